@@ -1,0 +1,27 @@
+//! Tracing set-up shared by the binaries.
+
+use tracing_subscriber::EnvFilter;
+
+/// Default filter when `RUST_LOG` is unset: our logs at info, chatty libraries at warn.
+const DEFAULT_FILTER: &str = "info,lapin=warn,h2=warn,tower=warn,hyper=warn";
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Installs the global tracing subscriber (`RUST_LOG` overrides the filter).
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

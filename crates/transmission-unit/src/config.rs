@@ -1,0 +1,77 @@
+//! Command line of `transmission-unit`; every flag also reads a `DNET_*` variable.
+
+use std::time::Duration;
+
+use clap::Parser;
+use dnet_common::duration::parse_duration;
+use dnet_common::telemetry::LogFormat;
+
+/// The gRPC front of a DNet unit: relays Compute calls to the unit's
+/// computation units through a RabbitMQ queue, and forwards answers that are
+/// not confident enough (NOT_SUCCESS) to the next unit.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "transmission-unit", version, about, long_about = None)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    #[arg(short = 'l', long, env = "DNET_LISTEN_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub listen_address: String,
+
+    /// RabbitMQ address (amqp://user:password@host:port/vhost).
+    #[arg(short = 'a', long, env = "DNET_AMQP_ADDRESS", default_value = "amqp://localhost")]
+    pub amqp_address: String,
+
+    /// Queue the computation units of this unit consume.
+    #[arg(short = 'q', long, env = "DNET_QUEUE_NAME", default_value = "ComputationQueue")]
+    pub queue_name: String,
+
+    /// gRPC address (host:port) of the next unit; NOT_SUCCESS answers are
+    /// forwarded there. Without it, NOT_SUCCESS is returned to the caller.
+    #[arg(short = 'n', long, env = "DNET_NEXT_ADDRESS")]
+    pub next_address: Option<String>,
+
+    /// Test only: milliseconds to wait before returning a forwarded answer,
+    /// to simulate a slow link.
+    #[arg(short = 'd', long, env = "DNET_DELAY", default_value_t = 0)]
+    pub delay: u64,
+
+    /// Deadline of a call whose caller set none (e.g. 500ms, 30s, 2m).
+    #[arg(long, env = "DNET_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Address of the Prometheus endpoint (/metrics); off when unset.
+    #[arg(long, env = "DNET_METRICS_ADDRESS")]
+    pub metrics_address: Option<String>,
+
+    /// Log line format.
+    #[arg(long, env = "DNET_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Name of this unit in hop records and logs [default: host name and port].
+    #[arg(long, env = "DNET_UNIT_NAME")]
+    pub unit_name: Option<String>,
+
+    /// Largest request or response accepted or sent, in bytes (gRPC and AMQP).
+    #[arg(long, env = "DNET_MAX_MESSAGE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// On SIGTERM/SIGINT, how long in-flight calls may take to finish.
+    #[arg(long, env = "DNET_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// The unit name for hop records: `--unit-name`, else `HOSTNAME:port`.
+    #[must_use]
+    pub fn unit_name(&self, port: u16) -> String {
+        if let Some(name) = &self.unit_name {
+            return name.clone();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "transmission-unit".to_owned());
+        format!("{host}:{port}")
+    }
+}

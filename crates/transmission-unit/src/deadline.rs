@@ -1,0 +1,69 @@
+//! The deadline of a call: the caller's `grpc-timeout` header, else a default.
+
+use std::time::Duration;
+
+use tonic::metadata::MetadataMap;
+
+/// Time kept back from the caller's deadline so that this unit answers
+/// DEADLINE_EXCEEDED itself, with a message, before the transport cancels.
+const MARGIN: Duration = Duration::from_millis(5);
+
+/// How long this call may take: the caller's `grpc-timeout` (less a small
+/// margin) when set and valid, else `default`.
+#[must_use]
+pub fn budget(metadata: &MetadataMap, default: Duration) -> Duration {
+    metadata
+        .get("grpc-timeout")
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .map_or(default, |timeout| timeout.saturating_sub(MARGIN.min(timeout / 10)))
+}
+
+/// Parses a `grpc-timeout` value: up to 8 digits and a unit (H M S m u n).
+#[must_use]
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_unit() {
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_grpc_timeout("4S"), Some(Duration::from_secs(4)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse_grpc_timeout("9n"), Some(Duration::from_nanos(9)));
+    }
+
+    #[test]
+    fn rejects_malformed_values() {
+        for bad in ["", "S", "12", "1x", "123456789S", "-1S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn budget_falls_back_to_default_and_keeps_a_margin() {
+        let mut metadata = MetadataMap::new();
+        assert_eq!(budget(&metadata, Duration::from_secs(3)), Duration::from_secs(3));
+        metadata.insert("grpc-timeout", "1000m".parse().expect("valid header"));
+        assert_eq!(budget(&metadata, Duration::from_secs(3)), Duration::from_millis(995));
+    }
+}

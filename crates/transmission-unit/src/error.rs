@@ -1,0 +1,74 @@
+//! What can go wrong in a call, and the gRPC status each kind becomes.
+
+use tonic::{Code, Status};
+
+/// Why a call to the unit's own queue failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// No broker session right now; the unit is reconnecting.
+    #[error("not connected to RabbitMQ at {broker}; reconnecting in the background")]
+    NotConnected { broker: String },
+    /// The broker connection died while the call waited for its reply.
+    #[error("the connection to RabbitMQ was lost before the reply arrived")]
+    ConnectionLost,
+    /// No computation unit replied before the call's deadline.
+    #[error("no reply from a computation unit on queue '{queue}' within {waited_ms} ms")]
+    Timeout { queue: String, waited_ms: u128 },
+    /// The request is larger than the configured message limit.
+    #[error("request of {size} bytes exceeds the message size limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    /// The broker refused the message (negative publisher confirm).
+    #[error("RabbitMQ refused the request for queue '{queue}'")]
+    Refused { queue: String },
+    /// The AMQP operation itself failed (channel or connection error).
+    #[error("RabbitMQ operation on queue '{queue}' failed: {source}")]
+    Amqp {
+        queue: String,
+        #[source]
+        source: lapin::Error,
+    },
+}
+
+/// Why a `Compute` call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// A computation unit answered with bytes that are not a ComputationResponse,
+    /// or with NOT_SUCCESS but no next request.
+    #[error("invalid reply from a computation unit: {0}")]
+    BadReply(String),
+    /// The next unit cannot be reached.
+    #[error("next unit {address} is unavailable: {message}")]
+    NextUnavailable { address: String, message: String },
+    /// The next unit did not answer within the remaining deadline.
+    #[error("next unit {address} did not answer before the deadline")]
+    NextDeadline { address: String },
+    /// The next unit answered with a gRPC error, passed on with its code.
+    #[error("next unit {address}: {message}")]
+    Next {
+        address: String,
+        code: Code,
+        message: String,
+    },
+}
+
+impl Error {
+    /// The gRPC code this error is answered with.
+    #[must_use]
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Queue(QueueError::Timeout { .. }) | Error::NextDeadline { .. } => Code::DeadlineExceeded,
+            Error::Queue(QueueError::TooLarge { .. }) => Code::ResourceExhausted,
+            Error::Queue(_) | Error::NextUnavailable { .. } => Code::Unavailable,
+            Error::BadReply(_) => Code::Internal,
+            Error::Next { code, .. } => *code,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        Status::new(error.code(), error.to_string())
+    }
+}

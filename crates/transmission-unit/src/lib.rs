@@ -1,0 +1,26 @@
+//! The transmission unit: the gRPC front of a DNet unit.
+//!
+//! It receives `Compute` calls, hands each request to the unit's computation
+//! units over a RabbitMQ RPC, and forwards `NOT_SUCCESS` answers to the next
+//! unit. It never decodes tensors and never links libtorch.
+//!
+//! Layout:
+//! - `config`: command line and `DNET_*` environment variables.
+//! - `server`: `run(listener, config, shutdown)`: gRPC, health, reflection, metrics, drain.
+//! - `service`: the `unit.DNet` handlers (`Compute`, `Qstatus`).
+//! - `queue_client`: AMQP RPC with many calls in flight, reconnecting on loss.
+//! - `next_unit`: the gRPC client to the next unit in the cascade.
+//! - `hop`: this unit's per-hop timing record.
+//! - `deadline`: reading the caller's `grpc-timeout`.
+//! - `metrics`: Prometheus counters and histograms.
+//! - `error`: error kinds and their gRPC status codes.
+
+pub mod config;
+pub mod deadline;
+pub mod error;
+pub mod hop;
+pub mod metrics;
+pub mod next_unit;
+pub mod queue_client;
+pub mod server;
+pub mod service;

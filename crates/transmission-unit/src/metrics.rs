@@ -1,0 +1,89 @@
+//! Prometheus metrics of the transmission unit.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Label of `dnet_requests`: how a call ended (SUCCESS, NOT_SUCCESS, ERROR,
+/// or the gRPC error code name).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: String,
+}
+
+/// The transmission unit's metrics; cheap to update from any task.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Compute calls by how they ended.
+    pub requests: Family<StatusLabel, Counter>,
+    /// Publish to reply on the unit's own queue.
+    pub queue_round_trip: Histogram,
+    /// Calls to the next unit, including its whole cascade.
+    pub forward: Histogram,
+    /// Compute calls being handled now.
+    pub in_flight: Gauge,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            requests: Family::default(),
+            // 100 us .. ~52 s
+            queue_round_trip: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
+            forward: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
+            in_flight: Gauge::default(),
+        };
+        registry.register(
+            "dnet_requests",
+            "Compute calls by final status",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "dnet_queue_round_trip_seconds",
+            "Publish to reply on the unit's RabbitMQ queue",
+            metrics.queue_round_trip.clone(),
+        );
+        registry.register(
+            "dnet_forward_seconds",
+            "Calls forwarded to the next unit",
+            metrics.forward.clone(),
+        );
+        registry.register(
+            "dnet_in_flight",
+            "Compute calls being handled",
+            metrics.in_flight.clone(),
+        );
+        metrics
+    }
+
+    /// Marks a call in flight until the returned guard is dropped (also when
+    /// the caller cancels and the handler future is dropped).
+    #[must_use]
+    pub fn enter(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
+    /// Counts one finished call.
+    pub fn count(&self, status: &str) {
+        self.requests
+            .get_or_create(&StatusLabel {
+                status: status.to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// Decrements `dnet_in_flight` when dropped.
+#[derive(Debug)]
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

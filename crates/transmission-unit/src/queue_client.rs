@@ -1,0 +1,416 @@
+//! RPC over the unit's RabbitMQ queue, with any number of calls in flight.
+//!
+//! Each request is published to the computation queue with a fresh
+//! `correlation_id` and this client's own exclusive reply queue as `reply_to`;
+//! one consumer task routes replies to the waiting calls through a map of
+//! one-shot senders. A supervisor task keeps a broker session alive: it
+//! connects with backoff, and when the connection is lost it fails the calls
+//! of that session with `ConnectionLost` and connects again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use dnet_common::amqp::{computation_queue_arguments, computation_queue_options, connect_with_backoff, redact};
+
+use crate::error::QueueError;
+
+/// Longest wait for a queue status answer.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+/// Wait before reconnecting when a fresh connection could not open its channels.
+const SESSION_RETRY: Duration = Duration::from_secs(1);
+
+/// Where and how to reach the computation queue.
+#[derive(Clone, Debug)]
+pub struct QueueSettings {
+    /// amqp:// URI of the broker.
+    pub uri: String,
+    /// Name of the computation queue.
+    pub queue: String,
+    /// Name the connection shows in the broker's management UI.
+    pub connection_name: String,
+    /// Largest request body published.
+    pub max_message_bytes: usize,
+}
+
+/// Message and consumer counts of the computation queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueStatus {
+    pub messages: u32,
+    pub consumers: u32,
+}
+
+/// Handle to the RPC client; clones share one broker session.
+#[derive(Clone)]
+pub struct QueueClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: QueueSettings,
+    /// The live broker session; `None` while (re)connecting.
+    session: RwLock<Option<Arc<Session>>>,
+    /// Calls waiting for their reply, by correlation id.
+    pending: Mutex<HashMap<String, Pending>>,
+    /// `true` while a session is live; drives the health status.
+    connected: watch::Sender<bool>,
+    /// Ends the supervisor and closes the connection.
+    stop: CancellationToken,
+}
+
+struct Session {
+    /// Distinguishes this session's calls from those of earlier ones.
+    generation: u64,
+    connection: Connection,
+    /// Channel with publisher confirms on, used for every request.
+    publish: Channel,
+    /// This client's exclusive, server-named reply queue.
+    reply_to: ShortString,
+}
+
+struct Pending {
+    generation: u64,
+    reply: oneshot::Sender<Result<Vec<u8>, QueueError>>,
+}
+
+/// Removes a call's entry from the pending map however the call ends
+/// (reply, timeout, or the caller dropping the future).
+struct PendingGuard<'a> {
+    inner: &'a Inner,
+    correlation_id: &'a str,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.inner.pending().remove(self.correlation_id);
+    }
+}
+
+impl QueueClient {
+    /// Starts the client: a supervisor task connects (retrying with backoff)
+    /// and keeps the session alive until [`QueueClient::close`].
+    #[must_use]
+    pub fn start(settings: QueueSettings) -> Self {
+        let (connected, _) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            settings,
+            session: RwLock::new(None),
+            pending: Mutex::new(HashMap::new()),
+            connected,
+            stop: CancellationToken::new(),
+        });
+        tokio::spawn(supervise(Arc::clone(&inner)));
+        Self { inner }
+    }
+
+    /// Watches whether a broker session is live.
+    #[must_use]
+    pub fn connected(&self) -> watch::Receiver<bool> {
+        self.inner.connected.subscribe()
+    }
+
+    /// Number of calls waiting for a reply (for tests and diagnostics).
+    #[must_use]
+    pub fn pending_calls(&self) -> usize {
+        self.inner.pending().len()
+    }
+
+    /// Publishes `body` and waits for the matching reply until `deadline`.
+    ///
+    /// # Errors
+    /// `NotConnected` while reconnecting, `ConnectionLost` if the session
+    /// dies while waiting, `Timeout` past the deadline, `TooLarge` over the
+    /// message limit, `Refused`/`Amqp` when the broker rejects the publish.
+    pub async fn call(&self, body: &[u8], deadline: Instant) -> Result<Vec<u8>, QueueError> {
+        let settings = &self.inner.settings;
+        if body.len() > settings.max_message_bytes {
+            return Err(QueueError::TooLarge {
+                size: body.len(),
+                limit: settings.max_message_bytes,
+            });
+        }
+        let session = self.inner.current_session().ok_or_else(|| QueueError::NotConnected {
+            broker: redact(&settings.uri),
+        })?;
+        let correlation_id = uuid::Uuid::new_v4().to_string();
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.inner.pending().insert(
+            correlation_id.clone(),
+            Pending {
+                generation: session.generation,
+                reply: reply_tx,
+            },
+        );
+        let _guard = PendingGuard {
+            inner: &self.inner,
+            correlation_id: &correlation_id,
+        };
+
+        let started = Instant::now();
+        let exchange = async {
+            let properties = BasicProperties::default()
+                .with_correlation_id(correlation_id.as_str().into())
+                .with_reply_to(session.reply_to.clone());
+            let amqp_error = |source| QueueError::Amqp {
+                queue: settings.queue.clone(),
+                source,
+            };
+            let confirm = session
+                .publish
+                .basic_publish(
+                    ShortString::from(""),
+                    settings.queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    properties,
+                )
+                .await
+                .map_err(amqp_error)?
+                .await
+                .map_err(amqp_error)?;
+            if let Confirmation::Nack(_) = confirm {
+                return Err(QueueError::Refused {
+                    queue: settings.queue.clone(),
+                });
+            }
+            reply_rx.await.unwrap_or(Err(QueueError::ConnectionLost))
+        };
+        match tokio::time::timeout_at(deadline, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(QueueError::Timeout {
+                queue: settings.queue.clone(),
+                waited_ms: started.elapsed().as_millis(),
+            }),
+        }
+    }
+
+    /// Message and consumer counts of the computation queue.
+    ///
+    /// # Errors
+    /// `NotConnected` while reconnecting, `Timeout` or `Amqp` if the broker
+    /// does not answer the declare.
+    pub async fn status(&self) -> Result<QueueStatus, QueueError> {
+        let settings = &self.inner.settings;
+        let session = self.inner.current_session().ok_or_else(|| QueueError::NotConnected {
+            broker: redact(&settings.uri),
+        })?;
+        let amqp_error = |source| QueueError::Amqp {
+            queue: settings.queue.clone(),
+            source,
+        };
+        let query = async {
+            // A channel of its own: a failed declare closes the channel it ran on.
+            let channel = session.connection.create_channel().await.map_err(amqp_error)?;
+            let queue = declare_computation_queue(&channel, &settings.queue)
+                .await
+                .map_err(amqp_error)?;
+            let _ = channel.close(200, "queue status read".into()).await;
+            Ok(QueueStatus {
+                messages: queue.message_count(),
+                consumers: queue.consumer_count(),
+            })
+        };
+        tokio::time::timeout(STATUS_TIMEOUT, query).await.unwrap_or_else(|_| {
+            Err(QueueError::Timeout {
+                queue: settings.queue.clone(),
+                waited_ms: STATUS_TIMEOUT.as_millis(),
+            })
+        })
+    }
+
+    /// Stops reconnecting and closes the broker connection.
+    pub async fn close(&self) {
+        self.inner.stop.cancel();
+        if let Some(session) = self.inner.take_session() {
+            let _ = session
+                .connection
+                .close(200, "transmission unit shutting down".into())
+                .await;
+        }
+    }
+}
+
+impl Inner {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
+        // A panic while holding the lock cannot leave the map inconsistent.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn current_session(&self) -> Option<Arc<Session>> {
+        self.session.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn set_session(&self, session: Arc<Session>) {
+        *self.session.write().unwrap_or_else(PoisonError::into_inner) = Some(session);
+        self.connected.send_replace(true);
+    }
+
+    fn take_session(&self) -> Option<Arc<Session>> {
+        let session = self.session.write().unwrap_or_else(PoisonError::into_inner).take();
+        self.connected.send_replace(false);
+        session
+    }
+
+    /// Hands a reply to the call waiting for it; a late or duplicate reply
+    /// (no call waiting) is dropped.
+    fn route_reply(&self, correlation_id: Option<&ShortString>, body: Vec<u8>) {
+        let Some(correlation_id) = correlation_id else {
+            warn!("dropping a reply without correlation_id");
+            return;
+        };
+        match self.pending().remove(correlation_id.as_str()) {
+            Some(pending) => {
+                let _ = pending.reply.send(Ok(body));
+            }
+            None => debug!(correlation_id = %correlation_id, "dropping a late or duplicate reply"),
+        }
+    }
+
+    /// Ends every call of session `generation` with `ConnectionLost`.
+    fn fail_session_calls(&self, generation: u64) {
+        let failed: Vec<Pending> = {
+            let mut pending = self.pending();
+            let ids: Vec<String> = pending
+                .iter()
+                .filter(|(_, p)| p.generation == generation)
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter().filter_map(|id| pending.remove(&id)).collect()
+        };
+        if !failed.is_empty() {
+            warn!(
+                calls = failed.len(),
+                "failing in-flight calls: connection to RabbitMQ lost"
+            );
+        }
+        for call in failed {
+            let _ = call.reply.send(Err(QueueError::ConnectionLost));
+        }
+    }
+}
+
+async fn declare_computation_queue(channel: &Channel, queue: &str) -> lapin::Result<lapin::Queue> {
+    channel
+        .queue_declare(queue.into(), computation_queue_options(), computation_queue_arguments())
+        .await
+}
+
+/// Opens the publish channel (confirms on), declares the computation queue,
+/// and starts consuming an exclusive reply queue.
+async fn open_session(connection: Connection, generation: u64, queue: &str) -> lapin::Result<(Session, Consumer)> {
+    let publish = connection.create_channel().await?;
+    publish.confirm_select(ConfirmSelectOptions::default()).await?;
+    declare_computation_queue(&publish, queue).await?;
+    let replies = connection.create_channel().await?;
+    let reply_queue = replies
+        .queue_declare(
+            ShortString::from(""),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let reply_to = reply_queue.name().clone();
+    let consumer = replies
+        .basic_consume(
+            reply_to.clone(),
+            ShortString::from(""),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((
+        Session {
+            generation,
+            connection,
+            publish,
+            reply_to,
+        },
+        consumer,
+    ))
+}
+
+/// Keeps one broker session alive until `stop`.
+async fn supervise(inner: Arc<Inner>) {
+    let settings = inner.settings.clone();
+    let mut generation = 0_u64;
+    loop {
+        let Some(connection) =
+            connect_with_backoff(&settings.uri, &settings.connection_name, inner.stop.cancelled()).await
+        else {
+            return;
+        };
+        generation += 1;
+        let events = connection.events_listener();
+        let (session, consumer) = match open_session(connection, generation, &settings.queue).await {
+            Ok(opened) => opened,
+            Err(error) => {
+                warn!(%error, queue = %settings.queue, "cannot set up the RabbitMQ session, reconnecting");
+                tokio::time::sleep(SESSION_RETRY).await;
+                continue;
+            }
+        };
+        info!(queue = %settings.queue, reply_to = %session.reply_to, "ready: publishing to the computation queue");
+        inner.set_session(Arc::new(session));
+
+        tokio::select! {
+            () = consume_replies(&inner, consumer) => {}
+            () = wait_for_connection_error(events) => {}
+            () = inner.stop.cancelled() => {
+                inner.fail_session_calls(generation);
+                return;
+            }
+        }
+        warn!(broker = %redact(&settings.uri), "connection to RabbitMQ lost, reconnecting");
+        if let Some(session) = inner.take_session() {
+            let _ = session.connection.close(320, "reconnecting".into()).await;
+        }
+        inner.fail_session_calls(generation);
+    }
+}
+
+/// Routes replies until the consumer ends (connection or channel lost).
+async fn consume_replies(inner: &Inner, mut consumer: Consumer) {
+    while let Some(delivery) = consumer.next().await {
+        match delivery {
+            Ok(delivery) => inner.route_reply(delivery.properties.correlation_id().as_ref(), delivery.data),
+            Err(error) => {
+                warn!(%error, "reply consumer failed");
+                return;
+            }
+        }
+    }
+}
+
+async fn wait_for_connection_error(events: impl futures::Stream<Item = lapin::Event> + Unpin) {
+    let mut events = events;
+    while let Some(event) = events.next().await {
+        match event {
+            lapin::Event::Error(error) => {
+                warn!(%error, "RabbitMQ connection error");
+                return;
+            }
+            lapin::Event::ConnectionBlocked(reason) => {
+                warn!(%reason, "RabbitMQ blocked publishing")
+            }
+            lapin::Event::ConnectionUnblocked => info!("RabbitMQ unblocked publishing"),
+            _ => {}
+        }
+    }
+    // The event stream ending means the connection is gone too.
+}

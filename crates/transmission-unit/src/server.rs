@@ -1,0 +1,153 @@
+//! `run`: the whole transmission unit on an already-bound listener.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dnet_proto::{DNetServer, FILE_DESCRIPTOR_SET};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::next_unit::NextUnit;
+use crate::queue_client::{QueueClient, QueueSettings};
+use crate::service::{ServiceSettings, UnitService};
+
+/// Health service name of the DNet service (the empty name covers the server).
+const SERVICE_NAME: &str = "unit.DNet";
+
+/// Why the unit could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves the unit on `listener` (and metrics on `metrics_listener`) until
+/// `shutdown` completes, then drains in-flight calls for up to the grace period.
+///
+/// # Errors
+/// A bad `--next-address`, or the gRPC server failing.
+pub async fn run(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    let unit_name = config.unit_name(port);
+    let next = config
+        .next_address
+        .as_deref()
+        .filter(|a| !a.is_empty())
+        .map(|address| NextUnit::new(address, config.max_message_bytes))
+        .transpose()
+        .map_err(ServeError::Config)?;
+
+    let queue = QueueClient::start(QueueSettings {
+        uri: config.amqp_address.clone(),
+        queue: config.queue_name.clone(),
+        connection_name: format!("transmission-unit {unit_name}"),
+        max_message_bytes: config.max_message_bytes,
+    });
+
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let stop_metrics = CancellationToken::new();
+    if let Some(metrics_listener) = metrics_listener {
+        let stop = stop_metrics.clone();
+        tokio::spawn(dnet_common::metrics_http::serve(
+            metrics_listener,
+            Arc::new(registry),
+            async move {
+                stop.cancelled().await;
+            },
+        ));
+    }
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let health_task = tokio::spawn(follow_broker_health(health.clone(), queue.clone()));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let settings = ServiceSettings {
+        unit_name: unit_name.clone(),
+        default_timeout: config.timeout,
+        forward_delay: Duration::from_millis(config.delay),
+    };
+    let service = DNetServer::new(UnitService::new(queue.clone(), next, settings, metrics))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+
+    info!(
+        listen = ?listener.local_addr().ok(),
+        unit = %unit_name,
+        queue = %config.queue_name,
+        next = config.next_address.as_deref().unwrap_or("none"),
+        "transmission unit serving"
+    );
+    let stop_accepting = CancellationToken::new();
+    let server = Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            stop_accepting.clone().cancelled_owned(),
+        );
+    tokio::pin!(server);
+
+    let served = tokio::select! {
+        served = &mut server => served,
+        () = shutdown => {
+            health_task.abort();
+            health.set_service_status("", ServingStatus::NotServing).await;
+            health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
+            info!(grace_s = config.shutdown_grace.as_secs_f64(), in_flight = queue.pending_calls(),
+                "no longer accepting calls, draining");
+            stop_accepting.cancel();
+            match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+                Ok(served) => served,
+                Err(_) => {
+                    warn!(abandoned = queue.pending_calls(), "grace period over, abandoning calls in flight");
+                    Ok(())
+                }
+            }
+        }
+    };
+    health_task.abort();
+    stop_metrics.cancel();
+    queue.close().await;
+    info!("transmission unit stopped");
+    served.map_err(ServeError::from)
+}
+
+/// Mirrors the broker session into the health service: SERVING while connected.
+async fn follow_broker_health(health: tonic_health::server::HealthReporter, queue: QueueClient) {
+    let mut connected = queue.connected();
+    loop {
+        let status = if *connected.borrow_and_update() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        health.set_service_status("", status).await;
+        health.set_service_status(SERVICE_NAME, status).await;
+        if connected.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -4,13 +4,12 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
-    // SAFETY of set_var: build scripts are single-threaded.
     std::env::set_var("PROTOC", protoc);
     let proto_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("unit_descriptor.bin"))
-        .compile_protos(&[proto_dir.join("TransmissionUnit.proto")], &[proto_dir.clone()])?;
+        .compile_protos(&[proto_dir.join("TransmissionUnit.proto")], std::slice::from_ref(&proto_dir))?;
     println!("cargo:rerun-if-changed={}", proto_dir.display());
     Ok(())
 }

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub forward: Histogram,
     /// Compute calls being handled now.
     pub in_flight: Gauge,
+    /// Entries in the correlation map (calls waiting for a queue reply).
+    pub pending_replies: Gauge,
 }
 
 impl Metrics {
@@ -36,6 +38,7 @@ impl Metrics {
             queue_round_trip: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
             forward: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
             in_flight: Gauge::default(),
+            pending_replies: Gauge::default(),
         };
         registry.register(
             "dnet_requests",
@@ -56,6 +59,11 @@ impl Metrics {
             "dnet_in_flight",
             "Compute calls being handled",
             metrics.in_flight.clone(),
+        );
+        registry.register(
+            "dnet_pending_replies",
+            "Calls waiting for a reply on the queue (correlation map size)",
+            metrics.pending_replies.clone(),
         );
         metrics
     }

@@ -15,6 +15,7 @@ use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +41,8 @@ pub struct QueueSettings {
     pub connection_name: String,
     /// Largest request body published.
     pub max_message_bytes: usize,
+    /// Exported as `dnet_pending_replies`: entries in the correlation map.
+    pub pending_gauge: Gauge,
 }
 
 /// Message and consumer counts of the computation queue.
@@ -91,7 +94,7 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.inner.pending().remove(self.correlation_id);
+        self.inner.remove_pending(self.correlation_id);
     }
 }
 
@@ -143,7 +146,7 @@ impl QueueClient {
         })?;
         let correlation_id = uuid::Uuid::new_v4().to_string();
         let (reply_tx, reply_rx) = oneshot::channel();
-        self.inner.pending().insert(
+        self.inner.insert_pending(
             correlation_id.clone(),
             Pending {
                 generation: session.generation,
@@ -245,6 +248,19 @@ impl Inner {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn insert_pending(&self, correlation_id: String, call: Pending) {
+        let mut pending = self.pending();
+        pending.insert(correlation_id, call);
+        self.settings.pending_gauge.set(pending.len() as i64);
+    }
+
+    fn remove_pending(&self, correlation_id: &str) -> Option<Pending> {
+        let mut pending = self.pending();
+        let removed = pending.remove(correlation_id);
+        self.settings.pending_gauge.set(pending.len() as i64);
+        removed
+    }
+
     fn current_session(&self) -> Option<Arc<Session>> {
         self.session.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
@@ -267,7 +283,7 @@ impl Inner {
             warn!("dropping a reply without correlation_id");
             return;
         };
-        match self.pending().remove(correlation_id.as_str()) {
+        match self.remove_pending(correlation_id.as_str()) {
             Some(pending) => {
                 let _ = pending.reply.send(Ok(body));
             }
@@ -284,7 +300,9 @@ impl Inner {
                 .filter(|(_, p)| p.generation == generation)
                 .map(|(id, _)| id.clone())
                 .collect();
-            ids.into_iter().filter_map(|id| pending.remove(&id)).collect()
+            let failed = ids.into_iter().filter_map(|id| pending.remove(&id)).collect();
+            self.settings.pending_gauge.set(pending.len() as i64);
+            failed
         };
         if !failed.is_empty() {
             warn!(

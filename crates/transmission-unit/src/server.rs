@@ -54,15 +54,15 @@ pub async fn run(
         .transpose()
         .map_err(ServeError::Config)?;
 
+    let mut registry = Registry::default();
+    let metrics = Arc::new(Metrics::register(&mut registry));
     let queue = QueueClient::start(QueueSettings {
         uri: config.amqp_address.clone(),
         queue: config.queue_name.clone(),
         connection_name: format!("transmission-unit {unit_name}"),
         max_message_bytes: config.max_message_bytes,
+        pending_gauge: metrics.pending_replies.clone(),
     });
-
-    let mut registry = Registry::default();
-    let metrics = Arc::new(Metrics::register(&mut registry));
     let stop_metrics = CancellationToken::new();
     if let Some(metrics_listener) = metrics_listener {
         let stop = stop_metrics.clone();

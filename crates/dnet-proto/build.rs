@@ -9,7 +9,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("unit_descriptor.bin"))
-        .compile_protos(&[proto_dir.join("TransmissionUnit.proto")], std::slice::from_ref(&proto_dir))?;
+        .compile_protos(
+            &[proto_dir.join("TransmissionUnit.proto")],
+            std::slice::from_ref(&proto_dir),
+        )?;
     println!("cargo:rerun-if-changed={}", proto_dir.display());
     Ok(())
 }

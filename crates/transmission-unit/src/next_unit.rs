@@ -8,6 +8,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 use crate::error::Error;
+use crate::server::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW};
 
 /// How long connecting to the next unit may take before it counts as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -36,7 +37,9 @@ impl NextUnit {
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(true)
+            .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW);
         let client = DNetClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes);

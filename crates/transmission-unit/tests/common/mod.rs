@@ -96,26 +96,9 @@ impl Unit {
             .expect("connect to unit")
     }
 
-    pub async fn health(&self) -> Option<ServingStatus> {
-        let mut client = health_client(self.address).await?;
-        let answer = client
-            .check(HealthCheckRequest {
-                service: "unit.DNet".into(),
-            })
-            .await
-            .ok()?;
-        ServingStatus::try_from(answer.into_inner().status).ok()
-    }
-
     /// Waits (up to 20 s) until the health service reports `status`.
     pub async fn wait_until(&self, status: ServingStatus) {
-        for _ in 0..200 {
-            if self.health().await == Some(status) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("unit {} never reported {status:?}", self.name);
+        wait_for_health(self.address, status).await;
     }
 
     /// The value of one un-labelled metric from /metrics.
@@ -266,4 +249,27 @@ pub async fn health_client(address: SocketAddr) -> Option<HealthClient<Channel>>
         .await
         .ok()?;
     Some(HealthClient::new(channel))
+}
+
+/// The health status a unit at `address` reports for `unit.DNet`.
+pub async fn health(address: SocketAddr) -> Option<ServingStatus> {
+    let mut client = health_client(address).await?;
+    let answer = client
+        .check(HealthCheckRequest {
+            service: "unit.DNet".into(),
+        })
+        .await
+        .ok()?;
+    ServingStatus::try_from(answer.into_inner().status).ok()
+}
+
+/// Waits (up to 20 s) until the unit at `address` reports `status`.
+pub async fn wait_for_health(address: SocketAddr, status: ServingStatus) {
+    for _ in 0..200 {
+        if health(address).await == Some(status) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("unit at {address} never reported {status:?}");
 }

@@ -1,0 +1,181 @@
+//! One transmission-unit hop on loopback with an instantly answering worker.
+//!
+//! Measures the release `transmission-unit` process (gRPC in, AMQP RPC out)
+//! and, as the baseline of the same run, the bare AMQP RPC it performs
+//! (`QueueClient` in this process, no gRPC, no second process). Writes a
+//! Markdown section to `$DNET_BENCH_OUT` (default `bench-out/transmission-unit.md`).
+//!
+//! Run: `cargo bench -p transmission-unit --bench hop` (or `make bench`).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use common::{delete_queue, free_port, random_queue, success, Behaviour, Worker};
+use dnet_proto::{ComputationRequest, DNetClient};
+use prost::Message;
+use transmission_unit::queue_client::{QueueClient, QueueSettings};
+
+const WARMUP: Duration = Duration::from_millis(500);
+const MEASURE: Duration = Duration::from_secs(3);
+/// A normalised 3x32x32 image (start_layer 0) and a layer-8 boundary tensor (288x24x24).
+const SIZES: [(&str, usize); 2] = [("12 KB", 3 * 32 * 32 * 4), ("660 KB", 288 * 24 * 24 * 4)];
+const CONCURRENCY: [usize; 2] = [1, 32];
+
+struct Stats {
+    p50_ms: f64,
+    p99_ms: f64,
+    rps: f64,
+}
+
+/// Runs `call` from `concurrency` closed-loop callers for WARMUP + MEASURE.
+async fn measure<F, Fut>(concurrency: usize, call: F) -> Stats
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let start = Instant::now();
+    let measure_from = start + WARMUP;
+    let end = measure_from + MEASURE;
+    let callers = (0..concurrency).map(|_| {
+        let call = call.clone();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let sent = Instant::now();
+                if sent >= end {
+                    return latencies;
+                }
+                call().await;
+                if sent >= measure_from {
+                    latencies.push(sent.elapsed());
+                }
+            }
+        })
+    });
+    let mut latencies: Vec<Duration> = futures::future::join_all(callers)
+        .await
+        .into_iter()
+        .flat_map(|r| r.expect("caller"))
+        .collect();
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)].as_secs_f64() * 1e3;
+    Stats {
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
+        rps: latencies.len() as f64 / MEASURE.as_secs_f64(),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let queue = random_queue();
+    // Instant worker: a small SUCCESS result, as a real exit-16 answer would be.
+    let worker = Worker::start(&queue, 64, |_| Behaviour::Reply(success(16, vec![0; 200]))).await;
+
+    let port = free_port().await;
+    let mut unit = std::process::Command::new(env!("CARGO_BIN_EXE_transmission-unit"))
+        .args([
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            "-a",
+            &common::amqp_uri(),
+            "-q",
+            &queue,
+        ])
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .expect("start the transmission-unit binary");
+    let address = format!("127.0.0.1:{port}").parse().expect("address");
+    common::wait_for_health(address, tonic_health::pb::health_check_response::ServingStatus::Serving).await;
+    let client = DNetClient::connect(format!("http://{address}"))
+        .await
+        .expect("connect")
+        .max_decoding_message_size(64 << 20);
+
+    let bare = QueueClient::start(QueueSettings {
+        uri: common::amqp_uri(),
+        queue: queue.clone(),
+        connection_name: "bench baseline".into(),
+        max_message_bytes: 64 << 20,
+        pending_gauge: Default::default(),
+    });
+    let mut connected = bare.connected();
+    while !*connected.borrow_and_update() {
+        connected.changed().await.expect("baseline client connects");
+    }
+
+    let mut rows = Vec::new();
+    for (size_label, size) in SIZES {
+        let request = ComputationRequest {
+            start_layer: 0,
+            x: vec![7; size],
+        };
+        let body = request.encode_to_vec();
+        for concurrency in CONCURRENCY {
+            let hop = measure(concurrency, {
+                let (client, request) = (client.clone(), request.clone());
+                move || {
+                    let (mut client, request) = (client.clone(), request.clone());
+                    async move {
+                        client.compute(request).await.expect("hop answer");
+                    }
+                }
+            })
+            .await;
+            let base = measure(concurrency, {
+                let (bare, body) = (bare.clone(), body.clone());
+                move || {
+                    let (bare, body) = (bare.clone(), body.clone());
+                    async move {
+                        bare.call(&body, tokio::time::Instant::now() + Duration::from_secs(30))
+                            .await
+                            .expect("reply");
+                    }
+                }
+            })
+            .await;
+            eprintln!(
+                "{size_label} c={concurrency}: hop p50 {:.3} ms, bare p50 {:.3} ms",
+                hop.p50_ms, base.p50_ms
+            );
+            rows.push(format!(
+                "| {size_label} | {concurrency} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {:.0} | {:.2} | {:.2} |",
+                hop.p50_ms,
+                hop.p99_ms,
+                hop.rps,
+                base.p50_ms,
+                base.p99_ms,
+                base.rps,
+                hop.p50_ms / base.p50_ms,
+                hop.rps / base.rps,
+            ));
+        }
+    }
+
+    let _ = unit.kill();
+    let _ = unit.wait();
+    bare.close().await;
+    worker.stop().await;
+    delete_queue(&queue).await;
+
+    let section = format!(
+        "## One transmission-unit hop (loopback, instant worker)\n\n\
+         Client -> `transmission-unit` (release, own process) -> RabbitMQ -> worker -> back. Baseline: the bare \
+         AMQP RPC the unit performs (publish with confirm, reply queue), from this process without gRPC. \
+         Closed loop, {} s per cell after {} ms warm-up; worker replies at once with 200 bytes.\n\n\
+         | x | concurrency | hop p50 ms | hop p99 ms | hop req/s | bare p50 ms | bare p99 ms | bare req/s | p50 ratio hop/bare | req/s ratio hop/bare |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n{}\n",
+        MEASURE.as_secs(),
+        WARMUP.as_millis(),
+        rows.join("\n")
+    );
+    let out = std::env::var("DNET_BENCH_OUT").unwrap_or_else(|_| "bench-out/transmission-unit.md".to_owned());
+    if let Some(parent) = std::path::Path::new(&out).parent() {
+        std::fs::create_dir_all(parent).expect("output folder");
+    }
+    std::fs::write(&out, &section).expect("write the benchmark section");
+    println!("{section}");
+}

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Installs what DNet needs and is missing, on Debian as root; safe to run again.
+#   scripts/setup.sh [rust|rabbitmq|torch|all]   (default: all)
+# Environment: DNET_CACHE (default ~/.cache/dnet), DNET_VENV (default $DNET_CACHE/venv).
+set -euo pipefail
+
+TORCH_VERSION=2.11.0
+DNET_CACHE=${DNET_CACHE:-$HOME/.cache/dnet}
+DNET_VENV=${DNET_VENV:-$DNET_CACHE/venv}
+APT_UPDATED=0
+
+say() { echo "[setup] $*" >&2; }
+
+apt_install() {
+  if ! command -v apt-get >/dev/null; then
+    say "missing: $* and there is no apt-get here; install them by hand"
+    exit 1
+  fi
+  if [ "$APT_UPDATED" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    APT_UPDATED=1
+  fi
+  say "installing $* (apt)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+ensure_rust() {
+  command -v gcc >/dev/null || apt_install gcc libc6-dev
+  command -v make >/dev/null || apt_install make
+  if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  if ! command -v cargo >/dev/null; then
+    apt_install cargo rustc rustfmt
+    say "Debian's cargo installed; DNet needs Rust 1.88 or newer (rustc --version: $(rustc --version))"
+  fi
+  cargo fmt --version >/dev/null 2>&1 || say "warning: rustfmt is missing; 'make test' runs cargo fmt --check"
+}
+
+broker_answers() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
+
+ensure_rabbitmq() {
+  if broker_answers; then
+    say "RabbitMQ answers on 127.0.0.1:5672"
+    return
+  fi
+  command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+  say "starting RabbitMQ"
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+  for _ in $(seq 1 120); do
+    if broker_answers; then
+      say "RabbitMQ is up on 127.0.0.1:5672"
+      return
+    fi
+    sleep 1
+  done
+  say "RabbitMQ did not start within 120 s; see /var/log/rabbitmq"
+  exit 1
+}
+
+torch_ok() {
+  "$DNET_VENV/bin/python" - "$TORCH_VERSION" <<'PY' >/dev/null 2>&1
+import sys, torch, safetensors, numpy
+sys.exit(0 if torch.__version__.split("+")[0] == sys.argv[1] else 1)
+PY
+}
+
+ensure_torch() {
+  if torch_ok; then
+    say "torch $TORCH_VERSION ready in $DNET_VENV"
+    return
+  fi
+  python3 -m venv --help >/dev/null 2>&1 || apt_install python3 python3-venv
+  python3 -c 'import ensurepip' 2>/dev/null || apt_install python3-venv
+  say "installing torch==$TORCH_VERSION into $DNET_VENV (about 4.5 GB, a few minutes the first time)"
+  mkdir -p "$(dirname "$DNET_VENV")"
+  [ -x "$DNET_VENV/bin/pip" ] || python3 -m venv "$DNET_VENV"
+  "$DNET_VENV/bin/pip" install -q --disable-pip-version-check "torch==$TORCH_VERSION" safetensors numpy
+  torch_ok || { say "torch $TORCH_VERSION is still not importable from $DNET_VENV"; exit 1; }
+}
+
+case "${1:-all}" in
+  rust) ensure_rust ;;
+  rabbitmq) ensure_rabbitmq ;;
+  torch) ensure_torch ;;
+  all) ensure_rust; ensure_rabbitmq; ensure_torch ;;
+  *) echo "usage: $0 [rust|rabbitmq|torch|all]" >&2; exit 2 ;;
+esac

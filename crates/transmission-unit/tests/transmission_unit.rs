@@ -192,9 +192,10 @@ async fn a_late_reply_is_dropped_and_the_next_call_gets_its_own() {
     // Replies only after 800 ms: the first call has given up by then.
     let worker = Worker::start(&queue, 10, |r| {
         if r.x == b"late" {
-            std::thread::sleep(Duration::from_millis(800));
+            Behaviour::ReplyAfter(Duration::from_millis(800), success(16, r.x))
+        } else {
+            Behaviour::Reply(success(16, r.x))
         }
-        Behaviour::Reply(success(16, r.x))
     })
     .await;
     let mut client = unit.client().await;
@@ -447,4 +448,52 @@ fn close_broker_connection(name: &str) {
         .status()
         .expect("rabbitmqctl");
     assert!(closed.success());
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_calls_and_exits_zero() {
+    let queue = random_queue();
+    let port = free_port().await;
+    let mut unit = tokio::process::Command::new(env!("CARGO_BIN_EXE_transmission-unit"))
+        .args([
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            "-a",
+            &common::amqp_uri(),
+            "-q",
+            &queue,
+        ])
+        .spawn()
+        .expect("start the binary");
+    let address = format!("127.0.0.1:{port}").parse().expect("address");
+    common::wait_for_health(address, ServingStatus::Serving).await;
+    let worker = Worker::start(&queue, 10, |r| {
+        Behaviour::ReplyAfter(Duration::from_millis(1000), success(16, r.x))
+    })
+    .await;
+    let mut client = dnet_proto::DNetClient::connect(format!("http://{address}"))
+        .await
+        .expect("connect");
+    let call = tokio::spawn(async move { client.compute(request(0, b"in flight")).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let pid = unit.id().expect("pid").to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let answer = call
+        .await
+        .expect("call task")
+        .expect("the in-flight call is drained")
+        .into_inner();
+    assert_eq!(answer.data, Some(Data::Result(b"in flight".to_vec())));
+    let exit = tokio::time::timeout(Duration::from_secs(10), unit.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert!(exit.success(), "{exit:?}");
+    worker.stop().await;
+    delete_queue(&queue).await;
 }

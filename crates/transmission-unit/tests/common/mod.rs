@@ -129,6 +129,8 @@ impl Unit {
 pub enum Behaviour {
     /// Publish this reply, then ack.
     Reply(ComputationResponse),
+    /// Wait, then publish this reply and ack (a slow model).
+    ReplyAfter(Duration, ComputationResponse),
     /// Close the connection without replying or acking, as a crashed worker.
     Die,
     /// Keep the message unacked and never reply.
@@ -169,28 +171,31 @@ impl Worker {
         let task = tokio::spawn(async move {
             while let Some(Ok(delivery)) = consumer.next().await {
                 let request = ComputationRequest::decode(delivery.data.as_slice()).expect("a ComputationRequest");
-                match behaviour(request) {
-                    Behaviour::Reply(reply) => {
-                        let reply_to = delivery.properties.reply_to().clone().expect("reply_to");
-                        let correlation_id = delivery.properties.correlation_id().clone().expect("correlation_id");
-                        channel
-                            .basic_publish(
-                                "".into(),
-                                reply_to,
-                                BasicPublishOptions::default(),
-                                &reply.encode_to_vec(),
-                                BasicProperties::default().with_correlation_id(correlation_id),
-                            )
-                            .await
-                            .expect("publish reply");
-                        delivery.ack(BasicAckOptions::default()).await.expect("ack");
+                let reply = match behaviour(request) {
+                    Behaviour::Reply(reply) => reply,
+                    Behaviour::ReplyAfter(wait, reply) => {
+                        tokio::time::sleep(wait).await;
+                        reply
                     }
                     Behaviour::Die => {
                         let _ = worker_connection.close(320, "test worker dies".into()).await;
                         return;
                     }
-                    Behaviour::Hold => {}
-                }
+                    Behaviour::Hold => continue,
+                };
+                let reply_to = delivery.properties.reply_to().clone().expect("reply_to");
+                let correlation_id = delivery.properties.correlation_id().clone().expect("correlation_id");
+                channel
+                    .basic_publish(
+                        "".into(),
+                        reply_to,
+                        BasicPublishOptions::default(),
+                        &reply.encode_to_vec(),
+                        BasicProperties::default().with_correlation_id(correlation_id),
+                    )
+                    .await
+                    .expect("publish reply");
+                delivery.ack(BasicAckOptions::default()).await.expect("ack");
             }
         });
         Worker { connection, task }

@@ -1,0 +1,235 @@
+//! Command line of `computation-unit`; every flag also reads a `DNET_*` variable.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use dnet_common::telemetry::LogFormat;
+use tch::Device;
+
+use crate::model::{DEFAULT_THRESHOLDS, SIDE_EXITS};
+use crate::weights::WeightSource;
+
+/// A DNet computation unit: consumes a RabbitMQ queue and runs the
+/// multi-exit Inception-v3 from each request's start layer to this unit's
+/// exit layer. Answers SUCCESS when the exit is confident enough, otherwise
+/// NOT_SUCCESS with the intermediate tensor for the next unit.
+#[derive(Debug, Parser)]
+#[command(
+    name = "computation-unit",
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the model offline on a safetensors file (debugging, references).
+    Infer(InferArgs),
+}
+
+/// Where the weights come from: exactly one of the two.
+#[derive(Clone, Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct WeightsArgs {
+    /// Weights: a .safetensors file with the original state_dict names.
+    #[arg(long, env = "DNET_WEIGHTS")]
+    pub weights: Option<PathBuf>,
+
+    /// Deterministic random weights from this seed (tests and demos).
+    #[arg(long, env = "DNET_RANDOM_WEIGHTS", value_name = "SEED")]
+    pub random_weights: Option<u64>,
+}
+
+/// The weights, the device and the threads.
+#[derive(Clone, Debug, Args)]
+pub struct ModelArgs {
+    #[command(flatten)]
+    pub weights: WeightsArgs,
+
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, env = "DNET_DEVICE", default_value = "cpu", value_parser = parse_device)]
+    pub device: Device,
+
+    /// Intra-op threads of libtorch [default: libtorch's choice].
+    #[arg(long, env = "DNET_THREADS")]
+    pub threads: Option<i32>,
+}
+
+impl ModelArgs {
+    #[must_use]
+    pub fn source(&self) -> WeightSource {
+        match (&self.weights.weights, self.weights.random_weights) {
+            (Some(path), _) => WeightSource::File(path.clone()),
+            (None, Some(seed)) => WeightSource::Random(seed),
+            // clap's required group guarantees one of the two.
+            (None, None) => WeightSource::Random(0),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct WorkerArgs {
+    /// RabbitMQ host or host:port (guest/guest), or a full amqp:// URI.
+    #[arg(short = 'a', long, env = "DNET_ADDRESS", default_value = "localhost")]
+    pub address: String,
+
+    /// Queue to consume (the transmission unit's --queue-name).
+    #[arg(
+        short = 'q',
+        long = "queuename",
+        env = "DNET_QUEUE_NAME",
+        default_value = "ComputationQueue"
+    )]
+    pub queue_name: String,
+
+    /// Exit layer of this unit, 1..16 (16 = the final head, always answers).
+    #[arg(short = 'e', long = "exitlayer", env = "DNET_EXIT_LAYER", default_value_t = 10,
+          value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub exit_layer: u8,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Confidence thresholds of exits 1..15, comma-separated
+    /// [default: 0.85,0.90,0.90,0.90,0.90,0.90,0.90,0.90,0.90,0.90,0.92,0.90,0.90,0.90,0.90].
+    #[arg(long, env = "DNET_THRESHOLDS", value_parser = parse_thresholds)]
+    pub thresholds: Option<Thresholds>,
+
+    /// Requests taken from the queue and not yet answered (one computes, the rest wait).
+    #[arg(long, env = "DNET_PREFETCH", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: u16,
+
+    /// Most samples (N) accepted in one request.
+    #[arg(long, env = "DNET_MAX_BATCH", default_value_t = 64)]
+    pub max_batch: usize,
+
+    /// Address of the Prometheus endpoint (/metrics); off when unset.
+    #[arg(long, env = "DNET_METRICS_ADDRESS")]
+    pub metrics_address: Option<String>,
+
+    /// Log line format.
+    #[arg(long, env = "DNET_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Name in hop records and logs [default: host name and process id].
+    #[arg(long, env = "DNET_UNIT_NAME")]
+    pub unit_name: Option<String>,
+}
+
+impl WorkerArgs {
+    /// The broker URI: `-a` as given when it is a URI, else `amqp://guest:guest@HOST[:PORT]/%2f`.
+    #[must_use]
+    pub fn amqp_uri(&self) -> String {
+        if self.address.contains("://") {
+            self.address.clone()
+        } else {
+            format!("amqp://guest:guest@{}/%2f", self.address)
+        }
+    }
+
+    #[must_use]
+    pub fn thresholds(&self) -> [f64; SIDE_EXITS] {
+        self.thresholds.as_ref().map_or(DEFAULT_THRESHOLDS, |t| t.0)
+    }
+
+    #[must_use]
+    pub fn unit_name(&self) -> String {
+        self.unit_name.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}/{}", host.trim(), std::process::id())
+        })
+    }
+}
+
+/// `computation-unit infer`: run the model on a file, write the outputs.
+#[derive(Clone, Debug, Args)]
+pub struct InferArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Input safetensors with one tensor "x" [N, C, H, W] (the shape of --start-layer).
+    #[arg(long)]
+    pub input: PathBuf,
+
+    /// Trunk layers already applied to x (0 = normalised images).
+    #[arg(long, default_value_t = 0)]
+    pub start_layer: usize,
+
+    /// Exit layer, 1..16.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub exit_layer: u8,
+
+    /// Output safetensors: probs, category, confidence, and logits (E=16) or x (E<16).
+    #[arg(long)]
+    pub output: PathBuf,
+}
+
+/// The 15 exit thresholds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Thresholds(pub [f64; SIDE_EXITS]);
+
+fn parse_thresholds(text: &str) -> Result<Thresholds, String> {
+    let values: Vec<f64> = text
+        .split(',')
+        .map(|v| v.trim().parse::<f64>().map_err(|_| format!("'{v}' is not a number")))
+        .collect::<Result<_, _>>()?;
+    let values: [f64; SIDE_EXITS] = values
+        .try_into()
+        .map_err(|v: Vec<f64>| format!("expected 15 thresholds (exits 1..15), got {}", v.len()))?;
+    if let Some(bad) = values.iter().find(|t| !(0.0..=1.0).contains(*t)) {
+        return Err(format!("threshold {bad} is outside 0..1"));
+    }
+    Ok(Thresholds(values))
+}
+
+fn parse_device(text: &str) -> Result<Device, String> {
+    match text {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        _ => text
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| format!("'{text}' is not a device: use cpu, cuda or cuda:N")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_need_fifteen_values_in_range() {
+        let fifteen = vec!["0.5"; 15].join(",");
+        assert_eq!(parse_thresholds(&fifteen), Ok(Thresholds([0.5; 15])));
+        assert!(parse_thresholds("0.5,0.6")
+            .expect_err("invalid")
+            .contains("expected 15"));
+        assert!(parse_thresholds(&vec!["1.5"; 15].join(","))
+            .expect_err("invalid")
+            .contains("outside"));
+    }
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!(parse_device("cpu"), Ok(Device::Cpu));
+        assert_eq!(parse_device("cuda:1"), Ok(Device::Cuda(1)));
+        assert!(parse_device("tpu").is_err());
+    }
+
+    #[test]
+    fn weights_are_required_and_exclusive() {
+        assert!(Cli::try_parse_from(["computation-unit"]).is_err());
+        assert!(Cli::try_parse_from(["computation-unit", "--weights", "w", "--random-weights", "1"]).is_err());
+        let cli = Cli::try_parse_from(["computation-unit", "-e", "8", "--random-weights", "3"]).expect("valid");
+        assert_eq!(cli.worker.model.source(), WeightSource::Random(3));
+        assert!(Cli::try_parse_from(["computation-unit", "-e", "17", "--random-weights", "3"]).is_err());
+    }
+}

@@ -1,0 +1,88 @@
+//! `computation-unit`: the queue worker, or `infer` for offline runs.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use computation_unit::config::{Cli, Command, WorkerArgs};
+use computation_unit::engine::Engine;
+use computation_unit::request::UnitSettings;
+use computation_unit::worker::{self, WorkerMetrics, WorkerSettings};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Infer(args)) => {
+            let summary = computation_unit::infer::run(&args)?;
+            println!(
+                "wrote {} ({} samples): categories {:?}, confidences {:?}",
+                args.output.display(),
+                summary.samples,
+                summary.categories,
+                summary.confidences
+            );
+            Ok(())
+        }
+        None => serve(cli.worker),
+    }
+}
+
+fn serve(args: WorkerArgs) -> anyhow::Result<()> {
+    dnet_common::telemetry::init(args.log_format);
+    let device = args.model.device;
+    if device.is_cuda() && !tch::Cuda::is_available() {
+        anyhow::bail!("--device {device:?}: CUDA is not available (no GPU, or libtorch without CUDA)");
+    }
+    let settings = UnitSettings {
+        exit: usize::from(args.exit_layer),
+        thresholds: args.thresholds(),
+        max_batch: args.max_batch,
+        unit_name: args.unit_name(),
+        device,
+    };
+    let engine = Arc::new(Engine::start(args.model.source(), settings, args.model.threads)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut registry = Registry::default();
+        let metrics = WorkerMetrics::register(&mut registry);
+        let stop_metrics = CancellationToken::new();
+        if let Some(address) = &args.metrics_address {
+            let listener = TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot listen on {address} (--metrics-address)"))?;
+            let stop = stop_metrics.clone();
+            tokio::spawn(dnet_common::metrics_http::serve(
+                listener,
+                Arc::new(registry),
+                async move { stop.cancelled().await },
+            ));
+        }
+        let worker_settings = WorkerSettings {
+            amqp_uri: args.amqp_uri(),
+            queue: args.queue_name.clone(),
+            prefetch: args.prefetch,
+            connection_name: format!("computation-unit {}", args.unit_name()),
+        };
+        worker::run(
+            worker_settings,
+            Arc::clone(&engine),
+            metrics,
+            dnet_common::shutdown::signal(),
+        )
+        .await;
+        stop_metrics.cancel();
+        anyhow::Ok(())
+    })?;
+    if let Ok(engine) = Arc::try_unwrap(engine) {
+        engine.join();
+    }
+    tracing::info!("computation unit stopped");
+    Ok(())
+}

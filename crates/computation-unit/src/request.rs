@@ -1,0 +1,102 @@
+//! One request, bytes in, response out: decode, validate, forward, decide, encode.
+
+use std::time::{Duration, Instant};
+
+use dnet_proto::{ComputationRequest, ComputationResponse, Data, HopRecord, StatusCode};
+use prost::Message;
+use tch::Device;
+
+use crate::codec;
+use crate::decision::decide;
+use crate::model::{MultiExitInception, SIDE_EXITS, TRUNK_LAYERS};
+
+/// What a unit does with requests, besides the model itself.
+#[derive(Clone, Debug)]
+pub struct UnitSettings {
+    /// Exit layer of this unit (1..=16).
+    pub exit: usize,
+    /// Thresholds of exits 1..=15.
+    pub thresholds: [f64; SIDE_EXITS],
+    /// Most samples accepted in one request.
+    pub max_batch: usize,
+    /// Name in this unit's hop record.
+    pub unit_name: String,
+    /// Where the model runs.
+    pub device: Device,
+}
+
+/// Handles one serialized `ComputationRequest`; never fails: a bad request
+/// becomes an ERROR response saying what was expected.
+pub fn handle(
+    model: &MultiExitInception,
+    settings: &UnitSettings,
+    body: &[u8],
+    queue_wait: Duration,
+) -> ComputationResponse {
+    let started = Instant::now();
+    let start_layer = ComputationRequest::decode(body)
+        .map(|r| r.start_layer)
+        .unwrap_or_default();
+    let mut response = compute(model, settings, body).unwrap_or_else(|message| ComputationResponse {
+        status: StatusCode::Error as i32,
+        data: Some(Data::ErrorMessage(message)),
+        ..ComputationResponse::default()
+    });
+    response.hops = vec![HopRecord {
+        unit: settings.unit_name.clone(),
+        start_layer,
+        exit_layer: settings.exit as u64,
+        queue_wait_us: micros(queue_wait),
+        compute_us: micros(started.elapsed()),
+        total_us: 0,
+    }];
+    response
+}
+
+fn compute(model: &MultiExitInception, settings: &UnitSettings, body: &[u8]) -> Result<ComputationResponse, String> {
+    let exit = settings.exit;
+    let request = ComputationRequest::decode(body)
+        .map_err(|e| format!("the message is not a serialized ComputationRequest ({e})"))?;
+    let start = usize::try_from(request.start_layer)
+        .ok()
+        .filter(|&start| start < exit)
+        .ok_or_else(|| {
+            format!(
+                "start_layer {} is out of range: this unit (exit layer {exit}) accepts 0 <= start_layer < {exit}",
+                request.start_layer
+            )
+        })?;
+    let x = codec::decode_x(&request.x, start, settings.max_batch).map_err(|e| e.to_string())?;
+    let output = model
+        .forward(&x.to_device(settings.device), start, exit)
+        .map_err(|e| e.to_string())?;
+    let threshold = (exit < TRUNK_LAYERS).then(|| settings.thresholds[exit - 1]);
+    let decision = decide(&output.probs, threshold);
+    let (status, data) = match (decision.exits, output.trunk) {
+        (false, Some(trunk)) => {
+            let x = codec::encode_x(&trunk).map_err(|e| e.to_string())?;
+            (
+                StatusCode::NotSuccess,
+                Data::NextRequest(ComputationRequest {
+                    start_layer: exit as u64,
+                    x,
+                }),
+            )
+        }
+        _ => {
+            let result = codec::encode_result(&decision.category, &output.probs).map_err(|e| e.to_string())?;
+            (StatusCode::Success, Data::Result(result))
+        }
+    };
+    Ok(ComputationResponse {
+        status: status as i32,
+        data: Some(data),
+        exit_layer: if status == StatusCode::Success { exit as u64 } else { 0 },
+        confidence: decision.min_confidence,
+        hops: Vec::new(),
+    })
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}

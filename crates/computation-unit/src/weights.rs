@@ -1,0 +1,107 @@
+//! Building the model with its weights: from a safetensors file with the
+//! original state_dict names (checked), or deterministically from a seed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use tch::nn::VarStore;
+use tch::{Device, Tensor};
+
+use crate::model::MultiExitInception;
+
+/// Where the weights come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WeightSource {
+    /// A `.safetensors` file with the original state_dict names.
+    File(PathBuf),
+    /// tch's initialisation under `manual_seed(seed)`, on the CPU: the same
+    /// seed gives the same weights on every machine with libtorch 2.11.0.
+    Random(u64),
+}
+
+/// Why the weights could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("cannot read weights from {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("weights file {path} does not fit the model: {problems}")]
+    Mismatch { path: PathBuf, problems: String },
+    #[error("cannot copy weights into the model: {0}")]
+    Copy(#[from] tch::TchError),
+}
+
+/// The model on `device`, with the variable store that owns its weights.
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub model: MultiExitInception,
+    pub vars: VarStore,
+}
+
+/// Builds the model on the CPU, fills its weights, then moves it to `device`.
+///
+/// # Errors
+/// An unreadable file, or one with missing tensors or wrong shapes (all named).
+pub fn load(source: &WeightSource, device: Device) -> Result<LoadedModel, WeightsError> {
+    let mut vars = VarStore::new(Device::Cpu);
+    if let WeightSource::Random(seed) = source {
+        // The seed is an i64 in libtorch; reinterpreting the bits keeps every u64 usable.
+        tch::manual_seed(*seed as i64);
+    }
+    let model = MultiExitInception::new(&vars.root());
+    if let WeightSource::File(path) = source {
+        copy_from_file(&vars, path)?;
+    }
+    vars.set_device(device);
+    Ok(LoadedModel { model, vars })
+}
+
+/// Copies every variable from `path`, after checking that each exists with
+/// the right shape. Extra tensors (AuxLogits, num_batches_tracked) are ignored.
+fn copy_from_file(vars: &VarStore, path: &Path) -> Result<(), WeightsError> {
+    let read_error = |message: String| WeightsError::Read {
+        path: path.to_owned(),
+        message,
+    };
+    let file: HashMap<String, Tensor> = Tensor::read_safetensors(path)
+        .map_err(|e| read_error(e.to_string()))?
+        .into_iter()
+        .collect();
+    let variables = vars.variables();
+    let mut names: Vec<&String> = variables.keys().collect();
+    names.sort();
+    let mut problems = Vec::new();
+    for name in &names {
+        let expected = variables[*name].size();
+        match file.get(*name) {
+            None => problems.push(format!("missing {name} {expected:?}")),
+            Some(tensor) if tensor.size() != expected => {
+                problems.push(format!("{name} has shape {:?}, expected {expected:?}", tensor.size()));
+            }
+            Some(tensor) if !tensor.is_floating_point() => {
+                problems.push(format!("{name} has dtype {:?}, expected a float dtype", tensor.kind()));
+            }
+            Some(_) => {}
+        }
+    }
+    if !problems.is_empty() {
+        let count = problems.len();
+        problems.truncate(20);
+        let more = if count > 20 {
+            format!(" (and {} more)", count - 20)
+        } else {
+            String::new()
+        };
+        return Err(WeightsError::Mismatch {
+            path: path.to_owned(),
+            problems: format!("{count} problem(s): {}{more}", problems.join("; ")),
+        });
+    }
+    tch::no_grad(|| -> Result<(), tch::TchError> {
+        for name in names {
+            let mut variable = variables[name].shallow_clone();
+            variable.f_copy_(&file[name])?;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}

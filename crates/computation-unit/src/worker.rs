@@ -1,0 +1,239 @@
+//! The AMQP side of the computation unit: consume the queue, feed the
+//! engine, publish each reply to `reply_to`, ack only after the reply is out.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use dnet_common::amqp::{computation_queue_arguments, computation_queue_options, connect_with_backoff, redact};
+use dnet_proto::{ComputationResponse, StatusCode};
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ConfirmSelectOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, Consumer};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use prost::Message;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::engine::{Engine, Job, Outcome};
+
+/// Where to consume from.
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    pub amqp_uri: String,
+    pub queue: String,
+    pub prefetch: u16,
+    /// Connection name shown by the broker.
+    pub connection_name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: &'static str,
+}
+
+/// The worker's metrics.
+#[derive(Debug)]
+pub struct WorkerMetrics {
+    replies: Family<StatusLabel, Counter>,
+    compute_seconds: Histogram,
+    queue_wait_seconds: Histogram,
+}
+
+impl WorkerMetrics {
+    pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let metrics = Self {
+            replies: Family::default(),
+            // 1 ms .. ~65 s
+            compute_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            queue_wait_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
+        };
+        registry.register(
+            "dnet_worker_replies",
+            "Replies published, by status",
+            metrics.replies.clone(),
+        );
+        registry.register(
+            "dnet_worker_compute_seconds",
+            "Model time per request",
+            metrics.compute_seconds.clone(),
+        );
+        registry.register(
+            "dnet_worker_queue_wait_seconds",
+            "Time a received request waited for the model",
+            metrics.queue_wait_seconds.clone(),
+        );
+        Arc::new(metrics)
+    }
+
+    fn observe(&self, response: &ComputationResponse) {
+        let status = StatusCode::try_from(response.status).map_or("UNKNOWN", |s| s.as_str_name());
+        self.replies.get_or_create(&StatusLabel { status }).inc();
+        if let Some(hop) = response.hops.first() {
+            self.compute_seconds.observe(hop.compute_us as f64 / 1e6);
+            self.queue_wait_seconds.observe(hop.queue_wait_us as f64 / 1e6);
+        }
+    }
+}
+
+/// Consumes the queue until `shutdown`, reconnecting when the broker is
+/// lost. On shutdown: stop consuming, finish the job being computed, give the
+/// others back to the queue, close the connection.
+pub async fn run(
+    settings: WorkerSettings,
+    engine: Arc<Engine>,
+    metrics: Arc<WorkerMetrics>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    tokio::pin!(shutdown);
+    loop {
+        let connecting = connect_with_backoff(&settings.amqp_uri, &settings.connection_name, stop.cancelled());
+        let connection = tokio::select! {
+            connection = connecting => connection,
+            () = &mut shutdown => None,
+        };
+        let Some(connection) = connection else { break };
+        let (channel, consumer) = match open(&connection, &settings).await {
+            Ok(opened) => opened,
+            Err(error) => {
+                warn!(%error, queue = %settings.queue, "cannot consume the queue, reconnecting");
+                let _ = connection.close(320, "retrying".into()).await;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        info!(queue = %settings.queue, prefetch = settings.prefetch, "consuming");
+        let consumer_tag = consumer.tag();
+        tokio::select! {
+            () = consume(consumer, &channel, &engine, &metrics, &tracker) => {
+                warn!(broker = %redact(&settings.amqp_uri), "connection to RabbitMQ lost, reconnecting");
+            }
+            () = &mut shutdown => {
+                info!("stopping: no new requests, finishing the current one, requeueing the rest");
+                let _ = channel.basic_cancel(consumer_tag, BasicCancelOptions::default()).await;
+                engine.stop_taking_new();
+                tracker.close();
+                tracker.wait().await;
+                let _ = connection.close(200, "computation unit stopping".into()).await;
+                break;
+            }
+        }
+    }
+    stop.cancel();
+}
+
+async fn open(connection: &Connection, settings: &WorkerSettings) -> lapin::Result<(Channel, Consumer)> {
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel.basic_qos(settings.prefetch, BasicQosOptions::default()).await?;
+    channel
+        .queue_declare(
+            settings.queue.as_str().into(),
+            computation_queue_options(),
+            computation_queue_arguments(),
+        )
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            settings.queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, consumer))
+}
+
+async fn consume(
+    mut consumer: Consumer,
+    channel: &Channel,
+    engine: &Arc<Engine>,
+    metrics: &Arc<WorkerMetrics>,
+    tracker: &TaskTracker,
+) {
+    while let Some(delivery) = consumer.next().await {
+        match delivery {
+            Ok(delivery) => {
+                let (channel, engine, metrics) = (channel.clone(), Arc::clone(engine), Arc::clone(metrics));
+                tracker.spawn(async move { serve(delivery, channel, engine, metrics).await });
+            }
+            Err(error) => {
+                warn!(%error, "consumer failed");
+                return;
+            }
+        }
+    }
+}
+
+/// One delivery: compute it, publish the reply, then ack (or requeue).
+async fn serve(delivery: Delivery, channel: Channel, engine: Arc<Engine>, metrics: Arc<WorkerMetrics>) {
+    let properties = &delivery.properties;
+    let (Some(reply_to), Some(correlation_id)) = (properties.reply_to().clone(), properties.correlation_id().clone())
+    else {
+        warn!(reply_to = ?properties.reply_to(), correlation_id = ?properties.correlation_id(),
+            "dropping a request without reply_to or correlation_id: nobody could receive its answer");
+        let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+        return;
+    };
+    let (done, outcome) = oneshot::channel();
+    let job = Job {
+        body: delivery.data.clone(),
+        received: Instant::now(),
+        done,
+    };
+    if engine.submit(job).is_err() {
+        let _ = delivery
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            })
+            .await;
+        return;
+    }
+    match outcome.await {
+        Ok(Outcome::Reply(response)) => {
+            metrics.observe(&response);
+            let published = channel
+                .basic_publish(
+                    "".into(),
+                    reply_to,
+                    BasicPublishOptions::default(),
+                    &response.encode_to_vec(),
+                    BasicProperties::default().with_correlation_id(correlation_id.clone()),
+                )
+                .await;
+            let confirmed = match published {
+                Ok(confirm) => confirm.await.is_ok(),
+                Err(_) => false,
+            };
+            if confirmed {
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+                debug!(correlation_id = %correlation_id, status = response.status, "answered");
+            } else {
+                // Not acked: the broker redelivers it once the channel is gone.
+                warn!(correlation_id = %correlation_id, "could not publish the reply; the request stays in the queue");
+            }
+        }
+        Ok(Outcome::Requeue) | Err(_) => {
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await;
+        }
+    }
+}

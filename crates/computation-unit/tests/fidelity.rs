@@ -1,0 +1,171 @@
+//! The tch model against an independent PyTorch implementation of model-spec.md.
+
+mod support;
+
+use std::collections::HashMap;
+
+use computation_unit::model::MultiExitInception;
+use computation_unit::weights::{load, WeightSource, WeightsError};
+use support::{write_reference, THREADS};
+use tch::{Device, Tensor};
+
+const TOLERANCE: f64 = 1e-5;
+
+/// max |got - want| / max |want|.
+fn relative_error(got: &Tensor, want: &Tensor) -> f64 {
+    assert_eq!(got.size(), want.size());
+    let scale = want.abs().max().double_value(&[]).max(f64::MIN_POSITIVE);
+    (got - want).abs().max().double_value(&[]) / scale
+}
+
+fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
+    let error = relative_error(got, want);
+    assert!(error <= TOLERANCE, "{what}: relative error {error:e} > {TOLERANCE:e}");
+}
+
+struct Reference {
+    _dir: tempfile::TempDir,
+    model: MultiExitInception,
+    cases: HashMap<String, Tensor>,
+    weights: std::path::PathBuf,
+    pickle: std::path::PathBuf,
+}
+
+fn reference() -> Reference {
+    tch::set_num_threads(THREADS);
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_reference(dir.path(), 7);
+    let weights = dir.path().join("weights.safetensors");
+    let model = load(&WeightSource::File(weights.clone()), Device::Cpu)
+        .expect("reference weights load")
+        .model;
+    let cases = Tensor::read_safetensors(dir.path().join("cases.safetensors"))
+        .expect("cases")
+        .into_iter()
+        .collect();
+    let pickle = dir.path().join("weights.pkl");
+    Reference {
+        _dir: dir,
+        model,
+        cases,
+        weights,
+        pickle,
+    }
+}
+
+#[test]
+fn every_exit_and_split_matches_pytorch_and_splits_chain() {
+    let reference = reference();
+    let case = |name: &str| reference.cases.get(name).unwrap_or_else(|| panic!("case {name}"));
+    let x = case("x");
+
+    for exit in 1..16 {
+        let out = reference.model.forward(x, 0, exit).expect("forward");
+        assert_close(
+            &format!("probs 0->{exit}"),
+            &out.probs,
+            case(&format!("probs/0/{exit}")),
+        );
+        let trunk = out.trunk.expect("trunk output below 16");
+        assert_close(&format!("trunk 0->{exit}"), &trunk, case(&format!("trunk/0/{exit}")));
+    }
+    let full = reference.model.forward(x, 0, 16).expect("forward");
+    assert!(full.trunk.is_none());
+    let logits = full.logits.expect("logits at 16");
+    assert_close("logits 0->16", &logits, case("logits/0/16"));
+    assert_close("probs 0->16", &full.probs, case("probs/0/16"));
+
+    let mid = reference
+        .model
+        .forward(case("trunk/0/8"), 8, 12)
+        .expect("forward 8->12");
+    assert_close("probs 8->12", &mid.probs, case("probs/8/12"));
+    assert_close("trunk 8->12", mid.trunk.as_ref().expect("trunk"), case("trunk/8/12"));
+    let tail = reference
+        .model
+        .forward(case("trunk/0/12"), 12, 16)
+        .expect("forward 12->16");
+    assert_close(
+        "logits 12->16",
+        tail.logits.as_ref().expect("logits"),
+        case("logits/12/16"),
+    );
+
+    // (0->8), (8->12), (12->16) in turn equals (0->16).
+    let first = reference.model.forward(x, 0, 8).expect("0->8").trunk.expect("trunk");
+    let second = reference
+        .model
+        .forward(&first, 8, 12)
+        .expect("8->12")
+        .trunk
+        .expect("trunk");
+    let chained = reference
+        .model
+        .forward(&second, 12, 16)
+        .expect("12->16")
+        .logits
+        .expect("logits");
+    assert_close("chained 0->8->12->16", &chained, &logits);
+
+    // The converter turns the original torch.save pickle into the same weights.
+    let converted = reference.pickle.with_extension("converted.safetensors");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/convert_weights.py");
+    let status = std::process::Command::new(support::python())
+        .arg(&script)
+        .arg(&reference.pickle)
+        .arg(&converted)
+        .status()
+        .expect("run convert_weights.py");
+    assert!(status.success());
+    let model = load(&WeightSource::File(converted), Device::Cpu)
+        .expect("converted weights load")
+        .model;
+    let again = model.forward(x, 0, 16).expect("forward").logits.expect("logits");
+    assert_close("converted weights 0->16", &again, &logits);
+
+    // A file with a missing tensor and a wrong shape fails, naming both.
+    let mut tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(&reference.weights).expect("read");
+    tensors.retain(|(name, _)| name != "fc.bias");
+    for (name, tensor) in &mut tensors {
+        if name == "Mixed_6a.branch3x3.conv.weight" {
+            *tensor = Tensor::zeros([384, 288, 3, 2], (tch::Kind::Float, Device::Cpu));
+        }
+    }
+    let broken = reference.weights.with_extension("broken.safetensors");
+    Tensor::write_safetensors(&tensors, &broken).expect("write");
+    let error = load(&WeightSource::File(broken), Device::Cpu).expect_err("must not load");
+    let message = error.to_string();
+    assert!(matches!(error, WeightsError::Mismatch { .. }), "{message}");
+    assert!(message.contains("missing fc.bias"), "{message}");
+    assert!(
+        message.contains("Mixed_6a.branch3x3.conv.weight has shape [384, 288, 3, 2]"),
+        "{message}"
+    );
+}
+
+#[test]
+fn random_weights_are_deterministic() {
+    let x = Tensor::randn([1, 3, 32, 32], (tch::Kind::Float, Device::Cpu));
+    let run = |seed| {
+        let model = load(&WeightSource::Random(seed), Device::Cpu)
+            .expect("random weights")
+            .model;
+        model.forward(&x, 0, 16).expect("forward").logits.expect("logits")
+    };
+    assert!(run(5).equal(&run(5)));
+    assert!(!run(5).equal(&run(6)));
+}
+
+#[test]
+fn bad_splits_and_shapes_are_errors_not_panics() {
+    let model = load(&WeightSource::Random(1), Device::Cpu)
+        .expect("random weights")
+        .model;
+    let image = Tensor::zeros([1, 3, 32, 32], (tch::Kind::Float, Device::Cpu));
+    assert!(model.forward(&image, 8, 8).is_err());
+    assert!(model.forward(&image, 0, 17).is_err());
+    assert!(
+        model.forward(&image, 1, 8).is_err(),
+        "an image is not the input of layer 1"
+    );
+}

@@ -119,7 +119,7 @@ pub async fn run(
         let consumer_tag = consumer.tag();
         tokio::select! {
             () = consume(consumer, &channel, &engine, &metrics, &tracker) => {
-                warn!(broker = %redact(&settings.amqp_uri), "connection to RabbitMQ lost, reconnecting");
+                warn!(broker = %redact(&settings.amqp_uri), "consumer ended (connection lost or queue deleted), reconnecting");
             }
             () = &mut shutdown => {
                 info!("stopping: no new requests, finishing the current one, requeueing the rest");

@@ -1,0 +1,305 @@
+//! The computation unit on the real broker, behind real transmission units.
+
+mod support;
+
+use std::time::Duration;
+
+use computation_unit::codec;
+use dnet_proto::{ComputationRequest, ComputationResponse, Data, StatusCode};
+use support::{delete_queue, images, infer, random_queue, Unit, WorkerProcess};
+use tch::{Kind, Tensor};
+
+const SEED: u64 = 11;
+
+fn thresholds(value: f64) -> String {
+    vec![format!("{value}"); 15].join(",")
+}
+
+fn request(start_layer: u64, x: &Tensor) -> ComputationRequest {
+    ComputationRequest {
+        start_layer,
+        x: codec::encode_x(x).expect("encode"),
+    }
+}
+
+fn result_tensors(response: &ComputationResponse) -> std::collections::HashMap<String, Tensor> {
+    let Some(Data::Result(bytes)) = &response.data else {
+        panic!("no result in {:?}", response.status)
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("result.safetensors");
+    std::fs::write(&path, bytes).expect("write");
+    Tensor::read_safetensors(&path)
+        .expect("result is safetensors")
+        .into_iter()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_follow_the_thresholds_exactly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let x = images(2, 1);
+    let reference = infer(dir.path(), &x, SEED, 0, 8);
+    let confidence = reference["confidence"].min().double_value(&[]);
+
+    for (threshold, expected) in [
+        (confidence - 1e-4, StatusCode::Success),
+        (confidence + 1e-4, StatusCode::NotSuccess),
+    ] {
+        let queue = random_queue();
+        let unit = Unit::start(&queue, &["--timeout", "60s"]).await;
+        let _worker = WorkerProcess::start(&queue, 8, SEED, &["--thresholds", &thresholds(threshold)]);
+        unit.wait_for_consumers(1).await;
+
+        let answer = unit
+            .client()
+            .await
+            .compute(request(0, &x))
+            .await
+            .expect("answer")
+            .into_inner();
+
+        assert_eq!(
+            answer.status, expected as i32,
+            "threshold {threshold} vs confidence {confidence}"
+        );
+        assert!((f64::from(answer.confidence) - confidence).abs() < 1e-6);
+        match expected {
+            StatusCode::Success => {
+                let result = result_tensors(&answer);
+                assert!(result["probs"].allclose(&reference["probs"], 1e-5, 1e-6, false));
+                assert!(result["category"].equal(&reference["category"]));
+                assert_eq!(answer.exit_layer, 8);
+            }
+            _ => {
+                let Some(Data::NextRequest(next)) = &answer.data else {
+                    panic!("no next request")
+                };
+                assert_eq!(next.start_layer, 8);
+                let trunk = codec::decode_x(&next.x, 8, 64).expect("a valid layer-8 tensor");
+                assert!(trunk.allclose(&reference["x"], 1e-5, 1e-6, false));
+            }
+        }
+        unit.stop().await;
+        delete_queue(&queue).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_unit_cascade_answers_what_infer_gives() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let x = images(1, 2);
+    let reference = infer(dir.path(), &x, SEED, 0, 16);
+    let queues = [random_queue(), random_queue(), random_queue()];
+    let never = thresholds(1.0);
+    let _workers = [
+        WorkerProcess::start(&queues[0], 8, SEED, &["--thresholds", &never]),
+        WorkerProcess::start(&queues[1], 12, SEED, &["--thresholds", &never]),
+        WorkerProcess::start(&queues[2], 16, SEED, &[]),
+    ];
+    let last = Unit::start(&queues[2], &["--timeout", "60s"]).await;
+    let middle = Unit::start(&queues[1], &["--timeout", "60s", "-n", &last.address.to_string()]).await;
+    let first = Unit::start(&queues[0], &["--timeout", "60s", "-n", &middle.address.to_string()]).await;
+    for unit in [&first, &middle, &last] {
+        unit.wait_for_consumers(1).await;
+    }
+
+    let answer = first
+        .client()
+        .await
+        .compute(request(0, &x))
+        .await
+        .expect("answer")
+        .into_inner();
+
+    assert_eq!(answer.status, StatusCode::Success as i32);
+    assert_eq!(answer.exit_layer, 16);
+    let layers: Vec<(u64, u64)> = answer.hops.iter().map(|h| (h.start_layer, h.exit_layer)).collect();
+    assert_eq!(layers, vec![(0, 8), (8, 12), (12, 16)]);
+    assert!(answer.hops.iter().all(|h| h.compute_us > 0));
+    let result = result_tensors(&answer);
+    assert!(result["category"].equal(&reference["category"]));
+    assert!(
+        result["probs"].allclose(&reference["probs"], 1e-5, 1e-6, false),
+        "cascade == infer 0->16"
+    );
+    for unit in [first, middle, last] {
+        unit.stop().await;
+    }
+    for queue in &queues {
+        delete_queue(queue).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_on_one_queue_share_the_load() {
+    let queue = random_queue();
+    let unit = Unit::start(&queue, &["--timeout", "60s"]).await;
+    let workers = [
+        WorkerProcess::start(&queue, 4, SEED, &["--prefetch", "1"]),
+        WorkerProcess::start(&queue, 4, SEED, &["--prefetch", "1"]),
+    ];
+    unit.wait_for_consumers(2).await;
+    let client = unit.client().await;
+
+    let calls = (0..8).map(|i| {
+        let mut client = client.clone();
+        let x = images(4, 100 + i);
+        tokio::spawn(async move { client.compute(request(0, &x)).await })
+    });
+    for call in futures::future::join_all(calls).await {
+        let answer = call.expect("task").expect("answer").into_inner();
+        assert_ne!(answer.status, StatusCode::Error as i32);
+    }
+
+    let replies: Vec<u64> = workers.iter().map(WorkerProcess::replies).collect();
+    assert_eq!(replies.iter().sum::<u64>(), 8, "{replies:?}");
+    assert!(replies.iter().all(|&n| n > 0), "both workers answered: {replies:?}");
+    unit.stop().await;
+    delete_queue(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_worker_mid_request_loses_nothing() {
+    let queue = random_queue();
+    let unit = Unit::start(&queue, &["--timeout", "120s"]).await;
+    let mut doomed = WorkerProcess::start(&queue, 16, SEED, &["--prefetch", "1"]);
+    unit.wait_for_consumers(1).await;
+
+    // A large batch keeps the worker busy for a while.
+    let x = images(48, 3);
+    let mut client = unit.client().await;
+    let call = tokio::spawn({
+        let x = x.shallow_clone();
+        async move { client.compute(request(0, &x)).await }
+    });
+    // Taken: nothing left ready in the queue, one consumer holding it unacked.
+    for _ in 0..100 {
+        if unit.qstatus().await == Some((0, 1)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    doomed.kill();
+
+    let _rescuer = WorkerProcess::start(&queue, 16, SEED, &[]);
+    let answer = call
+        .await
+        .expect("task")
+        .expect("answered by the second worker")
+        .into_inner();
+    assert_eq!(answer.status, StatusCode::Success as i32);
+    assert_eq!(result_tensors(&answer)["category"].size(), vec![48]);
+    unit.stop().await;
+    delete_queue(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_request_gets_an_error_naming_it_and_the_worker_keeps_serving() {
+    let queue = random_queue();
+    let unit = Unit::start(&queue, &["--timeout", "60s"]).await;
+    let _worker = WorkerProcess::start(&queue, 8, SEED, &[]);
+    unit.wait_for_consumers(1).await;
+    let mut client = unit.client().await;
+
+    let good = codec::encode_x(&images(1, 4)).expect("encode");
+    let pickle = vec![
+        0x80, 0x04, 0x95, 0x10, 0, 0, 0, 0, 0, 0, 0, 0x8c, 0x05, b't', b'o', b'r', b'c', b'h',
+    ];
+    let wrong_shape = codec::encode_x(&Tensor::zeros([1, 3, 28, 28], (Kind::Float, tch::Device::Cpu))).expect("encode");
+    let wrong_rank = codec::encode_x(&Tensor::zeros([3, 32, 32], (Kind::Float, tch::Device::Cpu))).expect("encode");
+    let integers = codec::encode_x(&Tensor::zeros([1, 3, 32, 32], (Kind::Int64, tch::Device::Cpu))).expect("encode");
+    let nan = codec::encode_x(&images(1, 5).fill_(f64::NAN)).expect("encode");
+    let cases: Vec<(&str, u64, Vec<u8>, &str)> = vec![
+        ("pickle", 0, pickle, "pickle"),
+        (
+            "garbage",
+            0,
+            b"certainly not a tensor".to_vec(),
+            "not a valid safetensors",
+        ),
+        ("empty", 0, Vec::new(), "empty"),
+        (
+            "truncated",
+            0,
+            good[..good.len() / 2].to_vec(),
+            "not a valid safetensors",
+        ),
+        ("wrong shape", 0, wrong_shape, "[N, 3, 32, 32]"),
+        ("wrong rank", 0, wrong_rank, "rank 3"),
+        ("integer dtype", 0, integers, "dtype I64"),
+        ("NaN", 0, nan, "NaN"),
+        ("start_layer >= exit", 8, good.clone(), "0 <= start_layer < 8"),
+        ("absurd start_layer", u64::MAX, good.clone(), "out of range"),
+    ];
+    for (what, start_layer, x, expected) in cases {
+        let answer = client
+            .compute(ComputationRequest { start_layer, x })
+            .await
+            .expect("answered")
+            .into_inner();
+        assert_eq!(answer.status, StatusCode::Error as i32, "{what}");
+        let Some(Data::ErrorMessage(message)) = &answer.data else {
+            panic!("{what}: no error message")
+        };
+        assert!(message.contains(expected), "{what}: {message}");
+    }
+
+    let answer = client
+        .compute(ComputationRequest {
+            start_layer: 0,
+            x: good,
+        })
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_ne!(
+        answer.status,
+        StatusCode::Error as i32,
+        "the next good request is answered"
+    );
+    unit.stop().await;
+    delete_queue(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_current_job_requeues_the_rest_and_exits_zero() {
+    let queue = random_queue();
+    let unit = Unit::start(&queue, &["--timeout", "120s"]).await;
+    let mut stopping = WorkerProcess::start(&queue, 16, SEED, &["--prefetch", "3"]);
+    unit.wait_for_consumers(1).await;
+    let client = unit.client().await;
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            let mut client = client.clone();
+            let x = images(16, 200 + i);
+            tokio::spawn(async move { client.compute(request(0, &x)).await })
+        })
+        .collect();
+    for _ in 0..100 {
+        if unit.qstatus().await == Some((0, 1)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let pid = stopping.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let exit = tokio::task::spawn_blocking(move || stopping.child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}");
+    let _successor = WorkerProcess::start(&queue, 16, SEED, &[]);
+    for call in calls {
+        let answer = call.await.expect("task").expect("every call answered").into_inner();
+        assert_eq!(answer.status, StatusCode::Success as i32);
+    }
+    unit.stop().await;
+    delete_queue(&queue).await;
+}

@@ -6,6 +6,7 @@ OUT="$PWD/bench-out"
 rm -rf "$OUT" && mkdir -p "$OUT"
 
 DNET_BENCH_OUT="$OUT/10-transmission-unit.md" cargo bench -p transmission-unit --bench hop
+DNET_BENCH_OUT="$OUT/20-computation-unit.md" cargo bench -p computation-unit --bench model
 
 {
   echo "# DNet benchmarks"

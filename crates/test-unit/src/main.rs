@@ -35,7 +35,11 @@ struct Args {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let uri = if args.address.contains("://") { args.address.clone() } else { format!("http://{}", args.address) };
+    let uri = if args.address.contains("://") {
+        args.address.clone()
+    } else {
+        format!("http://{}", args.address)
+    };
     let mut client = DNetClient::connect(uri.clone())
         .await
         .with_context(|| format!("cannot connect to the first unit at {uri}"))?
@@ -44,7 +48,10 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..args.number {
         tch::manual_seed(args.seed.wrapping_add(i as i64));
         let image = tch::Tensor::randn([1, 3, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
-        let mut request = tonic::Request::new(ComputationRequest { start_layer: 0, x: codec::encode_x(&image)? });
+        let mut request = tonic::Request::new(ComputationRequest {
+            start_layer: 0,
+            x: codec::encode_x(&image)?,
+        });
         request.set_timeout(args.timeout);
         let sent = Instant::now();
         match client.compute(request).await {

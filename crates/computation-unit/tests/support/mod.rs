@@ -65,12 +65,13 @@ impl WorkerProcess {
                 "--random-weights",
                 &seed.to_string(),
             ])
-            .args([
-                "--threads",
-                "1",
-                "--metrics-address",
-                &format!("127.0.0.1:{metrics_port}"),
-            ])
+            .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
+            // One libtorch thread unless the caller says otherwise: tests run side by side.
+            .args(if extra.contains(&"--threads") {
+                &[][..]
+            } else {
+                &["--threads", "1"][..]
+            })
             .args(extra)
             .env("RUST_LOG", "warn")
             .spawn()

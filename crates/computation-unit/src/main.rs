@@ -34,9 +34,6 @@ fn main() -> anyhow::Result<()> {
 fn serve(args: WorkerArgs) -> anyhow::Result<()> {
     dnet_common::telemetry::init(args.log_format);
     let device = args.model.device;
-    if device.is_cuda() && !tch::Cuda::is_available() {
-        anyhow::bail!("--device {device:?}: CUDA is not available (no GPU, or libtorch without CUDA)");
-    }
     let settings = UnitSettings {
         exit: usize::from(args.exit_layer),
         thresholds: args.thresholds(),

@@ -26,6 +26,8 @@ pub enum WeightsError {
     Read { path: PathBuf, message: String },
     #[error("weights file {path} does not fit the model: {problems}")]
     Mismatch { path: PathBuf, problems: String },
+    #[error("device cuda:{index} is not available: this machine has {available} CUDA device(s) usable by libtorch")]
+    NoDevice { index: usize, available: i64 },
     #[error("cannot copy weights into the model: {0}")]
     Copy(#[from] tch::TchError),
 }
@@ -40,8 +42,15 @@ pub struct LoadedModel {
 /// Builds the model on the CPU, fills its weights, then moves it to `device`.
 ///
 /// # Errors
-/// An unreadable file, or one with missing tensors or wrong shapes (all named).
+/// A CUDA device that is not there, an unreadable file, or one with missing
+/// tensors or wrong shapes (all named).
 pub fn load(source: &WeightSource, device: Device) -> Result<LoadedModel, WeightsError> {
+    if let Device::Cuda(index) = device {
+        let available = tch::Cuda::device_count();
+        if i64::try_from(index).map_or(true, |i| i >= available) {
+            return Err(WeightsError::NoDevice { index, available });
+        }
+    }
     let mut vars = VarStore::new(Device::Cpu);
     if let WeightSource::Random(seed) = source {
         // The seed is an i64 in libtorch; reinterpreting the bits keeps every u64 usable.

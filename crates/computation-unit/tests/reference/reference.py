@@ -13,7 +13,6 @@ import sys
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
 
 class BasicConv2d(nn.Module):
@@ -191,6 +190,8 @@ def randomize(model, seed):
 
 
 def main():
+    from safetensors.torch import save_file
+
     out_dir, seed, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     torch.set_num_threads(threads)
     model = MultiExitInception().eval()

@@ -9,7 +9,7 @@ SEED=${DNET_DEMO_SEED:-1}
 # Random weights are untrained: every exit's confidence stays near 0.1 (ten
 # classes). These thresholds sit inside that range, so that some requests
 # answer at exit 8 or 12 and the rest go on to 16. Trained weights use the defaults.
-THRESHOLDS_8=${DNET_DEMO_THRESHOLDS_8:-0.1064}
+THRESHOLDS_8=${DNET_DEMO_THRESHOLDS_8:-0.10682}
 THRESHOLDS_12=${DNET_DEMO_THRESHOLDS_12:-0.10888}
 LOGS=$(mktemp -d /tmp/dnet-demo.XXXXXX)
 PIDS=()
@@ -51,4 +51,4 @@ for exit in 8 12 16; do
   grep -q "consuming" "$LOGS/computation-unit-$exit.log" || { echo "[demo] unit $exit did not start:"; cat "$LOGS/computation-unit-$exit.log"; exit 1; }
 done
 echo "[demo] sending $REQUESTS synthetic images to the first unit"
-"$BIN/test-unit" -a 127.0.0.1:50060 -n "$REQUESTS"
+"$BIN/test-unit" -a 127.0.0.1:50060 -n "$REQUESTS" --each --qstatus

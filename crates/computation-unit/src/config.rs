@@ -175,7 +175,7 @@ pub struct InferArgs {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Thresholds(pub [f64; SIDE_EXITS]);
 
-fn parse_thresholds(text: &str) -> Result<Thresholds, String> {
+pub fn parse_thresholds(text: &str) -> Result<Thresholds, String> {
     let values: Vec<f64> = text
         .split(',')
         .map(|v| v.trim().parse::<f64>().map_err(|_| format!("'{v}' is not a number")))
@@ -189,7 +189,7 @@ fn parse_thresholds(text: &str) -> Result<Thresholds, String> {
     Ok(Thresholds(values))
 }
 
-fn parse_device(text: &str) -> Result<Device, String> {
+pub fn parse_device(text: &str) -> Result<Device, String> {
     match text {
         "cpu" => Ok(Device::Cpu),
         "cuda" => Ok(Device::Cuda(0)),

@@ -1,0 +1,174 @@
+//! One request end to end: the local layers (if any), then the first unit.
+
+use std::time::{Duration, Instant};
+
+use computation_unit::codec;
+use dnet_proto::{ComputationRequest, ComputationResponse, DNetClient, Data, HopRecord, StatusCode};
+use result::category_of;
+use tonic::transport::Channel;
+
+use crate::inputs::Sample;
+use crate::local::LocalLayers;
+
+/// How one request ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Answered on the device at local exit `exit`; never sent.
+    Local { exit: u64, category: Option<i64> },
+    /// Answered by the units.
+    Answered {
+        exit: u64,
+        category: Option<i64>,
+        hops: Vec<HopRecord>,
+    },
+    /// Failed; the kind is a gRPC code name or a reply status.
+    Failed { kind: String, sent: bool },
+}
+
+/// A finished request.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub outcome: Outcome,
+    pub latency: Duration,
+    pub label: Option<u8>,
+}
+
+impl Record {
+    /// One line: how the request ended, its exit layer and per-hop times.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        let ms = |us: u64| us as f64 / 1e3;
+        let latency = self.latency.as_secs_f64() * 1e3;
+        let shown = |category: &Option<i64>| category.map_or("?".to_owned(), |c| c.to_string());
+        match &self.outcome {
+            Outcome::Local { exit, category } => {
+                format!(
+                    "answered on the device at exit {exit} (category {}) in {latency:.1} ms",
+                    shown(category)
+                )
+            }
+            Outcome::Failed { kind, .. } => format!("failed: {kind} after {latency:.1} ms"),
+            Outcome::Answered { exit, category, hops } => {
+                let hops: Vec<String> = hops
+                    .iter()
+                    .map(|h| {
+                        format!(
+                            "{} {}->{} wait {:.1} ms compute {:.1} ms total {:.1} ms",
+                            h.unit,
+                            h.start_layer,
+                            h.exit_layer,
+                            ms(h.queue_wait_us),
+                            ms(h.compute_us),
+                            ms(h.total_us)
+                        )
+                    })
+                    .collect();
+                format!(
+                    "exit {exit} (category {}) in {latency:.1} ms; hops: {}",
+                    shown(category),
+                    hops.join(" | ")
+                )
+            }
+        }
+    }
+
+    /// Whether the request was sent to the first unit.
+    #[must_use]
+    pub fn sent(&self) -> bool {
+        match &self.outcome {
+            Outcome::Local { .. } => false,
+            Outcome::Answered { .. } => true,
+            Outcome::Failed { sent, .. } => *sent,
+        }
+    }
+}
+
+/// Sends `sample` (after the local layers, when there are any) and waits for its answer.
+pub async fn run(
+    sample: Sample,
+    local: Option<&LocalLayers>,
+    mut client: DNetClient<Channel>,
+    timeout: Duration,
+) -> Record {
+    let started = Instant::now();
+    // Tensors are not `Sync`: encode before the first await.
+    let x = codec::encode_x(&sample.image);
+    let label = sample.label;
+    drop(sample);
+    let outcome = match x {
+        Ok(x) => outcome(x, local, &mut client, timeout).await,
+        Err(_) => Outcome::Failed {
+            kind: "ENCODE".into(),
+            sent: false,
+        },
+    };
+    Record {
+        outcome,
+        latency: started.elapsed(),
+        label,
+    }
+}
+
+async fn outcome(
+    x: Vec<u8>,
+    local: Option<&LocalLayers>,
+    client: &mut DNetClient<Channel>,
+    timeout: Duration,
+) -> Outcome {
+    let failed = |kind: &str, sent| Outcome::Failed {
+        kind: kind.to_owned(),
+        sent,
+    };
+    let mut request = ComputationRequest { start_layer: 0, x };
+    if let Some(local) = local {
+        let Ok(answer) = local.compute(prost::Message::encode_to_vec(&request)).await else {
+            return failed("LOCAL_ERROR", false);
+        };
+        match (StatusCode::try_from(answer.status), answer.data) {
+            (Ok(StatusCode::Success), Some(Data::Result(result))) => {
+                return Outcome::Local {
+                    exit: answer.hops.first().map_or(0, |h| h.exit_layer),
+                    category: category_of(&result),
+                };
+            }
+            (Ok(StatusCode::NotSuccess), Some(Data::NextRequest(next))) => request = next,
+            _ => return failed("LOCAL_ERROR", false),
+        }
+    }
+    let mut call = tonic::Request::new(request);
+    call.set_timeout(timeout);
+    match tokio::time::timeout(timeout, client.compute(call)).await {
+        Err(_) => failed("DeadlineExceeded", true),
+        Ok(Err(status)) => failed(&format!("{:?}", status.code()), true),
+        Ok(Ok(answer)) => answered(answer.into_inner()),
+    }
+}
+
+fn answered(answer: ComputationResponse) -> Outcome {
+    match (StatusCode::try_from(answer.status), answer.data) {
+        (Ok(StatusCode::Success), Some(Data::Result(result))) => Outcome::Answered {
+            exit: answer.exit_layer,
+            category: category_of(&result),
+            hops: answer.hops,
+        },
+        (Ok(StatusCode::NotSuccess), _) => Outcome::Failed {
+            kind: "NOT_SUCCESS".into(),
+            sent: true,
+        },
+        _ => Outcome::Failed {
+            kind: "ERROR".into(),
+            sent: true,
+        },
+    }
+}
+
+mod result {
+    use safetensors::SafeTensors;
+
+    /// The first sample's category from a `result` buffer.
+    pub fn category_of(result: &[u8]) -> Option<i64> {
+        let tensors = SafeTensors::deserialize(result).ok()?;
+        let category = tensors.tensor("category").ok()?;
+        Some(i64::from_le_bytes(category.data().get(..8)?.try_into().ok()?))
+    }
+}

@@ -1,0 +1,117 @@
+//! Command line of `test-unit`; every flag also reads a `DNET_*` variable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use computation_unit::config::Thresholds;
+use computation_unit::weights::WeightSource;
+use dnet_common::duration::parse_duration;
+use tch::Device;
+
+/// Plays the end device of a DNet cascade: computes the first layers itself
+/// when asked (-e), answers locally when confident, sends the rest to the
+/// first unit, and reports throughput, latency, exits and accuracy.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "test-unit", version, about)]
+pub struct Args {
+    /// gRPC address of the first unit.
+    #[arg(short = 'a', long, env = "DNET_ADDRESS", default_value = "localhost:8080")]
+    pub address: String,
+
+    /// Number of requests (ignored with --duration).
+    #[arg(short = 'n', long, env = "DNET_NUMBER", default_value_t = 100)]
+    pub number: u64,
+
+    /// Local exit: 0 sends the raw image; 1..15 computes layers up to that exit
+    /// here, answers locally when confident, and sends the rest with start_layer = e.
+    #[arg(short = 'e', long, env = "DNET_EXIT", default_value_t = 0,
+          value_parser = clap::value_parser!(u8).range(0..=15))]
+    pub exit: u8,
+
+    /// Weights of the local layers (needed with -e > 0): a .safetensors file.
+    #[arg(long, env = "DNET_WEIGHTS", conflicts_with = "random_weights")]
+    pub weights: Option<PathBuf>,
+
+    /// Deterministic random weights of the local layers, from this seed.
+    #[arg(long, env = "DNET_RANDOM_WEIGHTS", value_name = "SEED")]
+    pub random_weights: Option<u64>,
+
+    /// Thresholds of exits 1..15 for the local exit [default: model-spec.md's].
+    #[arg(long, env = "DNET_THRESHOLDS", value_parser = computation_unit::config::parse_thresholds)]
+    pub thresholds: Option<Thresholds>,
+
+    /// Device of the local layers: cpu, cuda or cuda:N.
+    #[arg(long, env = "DNET_DEVICE", default_value = "cpu", value_parser = computation_unit::config::parse_device)]
+    pub device: Device,
+
+    /// libtorch threads of the local layers [default: libtorch's choice].
+    #[arg(long, env = "DNET_THREADS")]
+    pub threads: Option<i32>,
+
+    /// CIFAR-10 binary file (label byte + 3072 pixel bytes per record); with
+    /// labels, accuracy is reported. Without it: synthetic images (--seed).
+    #[arg(long, env = "DNET_DATASET")]
+    pub dataset: Option<PathBuf>,
+
+    /// Seed of the synthetic images and of the Poisson arrivals.
+    #[arg(long, env = "DNET_SEED", default_value_t = 0)]
+    pub seed: u64,
+
+    /// Closed loop: this many callers, each sending its next request when answered.
+    #[arg(short = 'c', long, env = "DNET_CONCURRENCY", default_value_t = 1, conflicts_with = "rate",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub concurrency: u64,
+
+    /// Open loop: requests per second with Poisson arrivals.
+    #[arg(long, env = "DNET_RATE")]
+    pub rate: Option<f64>,
+
+    /// Run for this long instead of -n requests (e.g. 30s, 2m).
+    #[arg(long, env = "DNET_DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Deadline of each call.
+    #[arg(long, env = "DNET_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// Print the first unit's queue length and consumers before and after.
+    #[arg(long, env = "DNET_QSTATUS")]
+    pub qstatus: bool,
+
+    /// Print one line per request: its exit layer and per-hop times.
+    #[arg(long, env = "DNET_EACH")]
+    pub each: bool,
+
+    /// Also write the report as JSON to this file.
+    #[arg(long, env = "DNET_JSON")]
+    pub json: Option<PathBuf>,
+
+    /// Draw the latency distribution and the answers by exit layer to this PNG.
+    #[arg(long, env = "DNET_PLOT")]
+    pub plot: Option<PathBuf>,
+}
+
+impl Args {
+    /// The first unit's URI.
+    #[must_use]
+    pub fn uri(&self) -> String {
+        if self.address.contains("://") {
+            self.address.clone()
+        } else {
+            format!("http://{}", self.address)
+        }
+    }
+}
+
+impl Args {
+    /// Where the local layers' weights come from; `None` without weights.
+    #[must_use]
+    pub fn weight_source(&self) -> Option<WeightSource> {
+        match (&self.weights, self.random_weights) {
+            (Some(path), _) => Some(WeightSource::File(path.clone())),
+            (None, Some(seed)) => Some(WeightSource::Random(seed)),
+            (None, None) => None,
+        }
+    }
+}

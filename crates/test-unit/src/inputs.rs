@@ -1,0 +1,123 @@
+//! Images to send: CIFAR-10 binary records, or deterministic synthetic ones,
+//! normalised as model-spec.md says (pixels / 255, then per-channel mean/std).
+
+use std::path::Path;
+
+use tch::{Kind, Tensor};
+
+/// Bytes per CIFAR-10 record: one label byte, then the red, green and blue 32x32 planes.
+pub const RECORD_BYTES: usize = 1 + PIXELS;
+const PIXELS: usize = 3 * 32 * 32;
+const MEAN: [f64; 3] = [0.4914, 0.4822, 0.4465];
+const STD: [f64; 3] = [0.2023, 0.1994, 0.2010];
+
+/// One image, normalised [1, 3, 32, 32], and its label when known.
+#[derive(Debug)]
+pub struct Sample {
+    pub image: Tensor,
+    pub label: Option<u8>,
+}
+
+/// Where the images come from.
+#[derive(Debug)]
+pub enum Inputs {
+    /// Records of a CIFAR-10 binary file, used in order and cycled.
+    Dataset(Vec<u8>),
+    /// Pseudo-random pixels from a seed.
+    Synthetic(u64),
+}
+
+impl Inputs {
+    /// Reads a CIFAR-10 binary file.
+    ///
+    /// # Errors
+    /// An unreadable or empty file, or one whose size is not a multiple of 3073 bytes.
+    pub fn dataset(path: &Path) -> anyhow::Result<Inputs> {
+        let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        if bytes.is_empty() || bytes.len() % RECORD_BYTES != 0 {
+            anyhow::bail!(
+                "{} is not a CIFAR-10 binary file: {} bytes is not a whole number of {RECORD_BYTES}-byte records",
+                path.display(),
+                bytes.len()
+            );
+        }
+        Ok(Inputs::Dataset(bytes))
+    }
+
+    /// Whether samples carry labels.
+    #[must_use]
+    pub fn labelled(&self) -> bool {
+        matches!(self, Inputs::Dataset(_))
+    }
+
+    /// Sample number `i` (the dataset cycles).
+    #[must_use]
+    pub fn get(&self, i: u64) -> Sample {
+        match self {
+            Inputs::Dataset(bytes) => {
+                let records = (bytes.len() / RECORD_BYTES) as u64;
+                let start = (i % records) as usize * RECORD_BYTES;
+                let record = &bytes[start..start + RECORD_BYTES];
+                Sample {
+                    image: normalise(&record[1..]),
+                    label: Some(record[0]),
+                }
+            }
+            Inputs::Synthetic(seed) => {
+                let mut state = seed.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let pixels: Vec<u8> = (0..PIXELS).map(|_| (splitmix64(&mut state) >> 56) as u8).collect();
+                Sample {
+                    image: normalise(&pixels),
+                    label: None,
+                }
+            }
+        }
+    }
+}
+
+/// 3072 pixel bytes (R, G, B planes) -> normalised F32 [1, 3, 32, 32].
+pub fn normalise(pixels: &[u8]) -> Tensor {
+    let values: Vec<f32> = pixels
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| {
+            let channel = i / (32 * 32);
+            ((f64::from(p) / 255.0 - MEAN[channel]) / STD[channel]) as f32
+        })
+        .collect();
+    Tensor::from_slice(&values).reshape([1, 3, 32, 32]).to_kind(Kind::Float)
+}
+
+/// SplitMix64: a small, good, seedable generator (synthetic pixels, arrivals).
+pub fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalises_each_plane_with_its_channel() {
+        let mut pixels = vec![0_u8; PIXELS];
+        pixels[0] = 255; // red, first pixel
+        pixels[2 * 1024] = 255; // blue, first pixel
+        let image = normalise(&pixels);
+        let at = |c: i64| image.double_value(&[0, c, 0, 0]);
+        assert!((at(0) - (1.0 - 0.4914) / 0.2023).abs() < 1e-5);
+        assert!((at(1) - (0.0 - 0.4822) / 0.1994).abs() < 1e-5);
+        assert!((at(2) - (1.0 - 0.4465) / 0.2010).abs() < 1e-5);
+    }
+
+    #[test]
+    fn synthetic_images_are_deterministic_and_differ() {
+        let inputs = Inputs::Synthetic(3);
+        assert!(inputs.get(5).image.equal(&inputs.get(5).image));
+        assert!(!inputs.get(5).image.equal(&inputs.get(6).image));
+        assert!(inputs.get(0).label.is_none());
+    }
+}

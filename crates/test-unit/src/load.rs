@@ -1,0 +1,112 @@
+//! The load: closed loop (`-c` callers) or open loop (`--rate`, Poisson arrivals).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dnet_proto::DNetClient;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tonic::transport::Channel;
+
+use crate::call::{self, Record};
+use crate::inputs::{splitmix64, Inputs};
+use crate::local::LocalLayers;
+
+/// When to stop sending.
+#[derive(Clone, Copy, Debug)]
+pub enum Until {
+    Count(u64),
+    Elapsed(Duration),
+}
+
+impl Until {
+    fn more(self, index: u64, started: Instant) -> bool {
+        match self {
+            Until::Count(n) => index < n,
+            Until::Elapsed(d) => started.elapsed() < d,
+        }
+    }
+}
+
+/// Everything a request needs; shared by the callers.
+pub struct Context {
+    pub inputs: Inputs,
+    pub local: Option<LocalLayers>,
+    pub client: DNetClient<Channel>,
+    pub timeout: Duration,
+}
+
+/// A progress bar on a terminal, nothing otherwise.
+fn progress(until: Until) -> ProgressBar {
+    let bar = match until {
+        Until::Count(n) => ProgressBar::new(n),
+        Until::Elapsed(_) => ProgressBar::no_length(),
+    };
+    bar.set_draw_target(ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} {per_sec} {elapsed}") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// `concurrency` callers, each sending its next request once answered.
+pub async fn closed_loop(context: Arc<Context>, concurrency: u64, until: Until) -> Vec<Record> {
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let bar = progress(until);
+    let callers = (0..concurrency).map(|_| {
+        let (context, next, bar) = (Arc::clone(&context), Arc::clone(&next), bar.clone());
+        tokio::spawn(async move {
+            let mut records = Vec::new();
+            loop {
+                let index = next.fetch_add(1, Ordering::SeqCst);
+                if !until.more(index, started) {
+                    return records;
+                }
+                let sample = context.inputs.get(index);
+                records.push(call::run(sample, context.local.as_ref(), context.client.clone(), context.timeout).await);
+                bar.inc(1);
+            }
+        })
+    });
+    let records = futures::future::join_all(callers)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap_or_default)
+        .collect();
+    bar.finish_and_clear();
+    records
+}
+
+/// Requests at `rate` per second on average, with exponential gaps
+/// (Poisson arrivals), whatever the answers' latency.
+pub async fn open_loop(context: Arc<Context>, rate: f64, seed: u64, until: Until) -> Vec<Record> {
+    let started = Instant::now();
+    let bar = progress(until);
+    let mut state = seed ^ 0xA076_1D64_78BD_642F;
+    let mut due = Duration::ZERO;
+    let mut calls = Vec::new();
+    let mut index = 0;
+    while until.more(index, started) {
+        tokio::time::sleep_until((started + due).into()).await;
+        let context = Arc::clone(&context);
+        let bar = bar.clone();
+        calls.push(tokio::spawn(async move {
+            let sample = context.inputs.get(index);
+            let record = call::run(sample, context.local.as_ref(), context.client.clone(), context.timeout).await;
+            bar.inc(1);
+            record
+        }));
+        index += 1;
+        // Exponential gap: -ln(U) / rate, with U uniform in (0, 1].
+        let uniform = ((splitmix64(&mut state) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        due += Duration::from_secs_f64(-uniform.ln() / rate);
+    }
+    let records = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect();
+    bar.finish_and_clear();
+    records
+}

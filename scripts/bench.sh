@@ -7,6 +7,8 @@ rm -rf "$OUT" && mkdir -p "$OUT"
 
 DNET_BENCH_OUT="$OUT/10-transmission-unit.md" cargo bench -p transmission-unit --bench hop
 DNET_BENCH_OUT="$OUT/20-computation-unit.md" cargo bench -p computation-unit --bench model
+cargo build --release --workspace --bins
+scripts/cascade.sh scripts/bench_cascade.sh "$OUT" "${DNET_BENCH_SECONDS:-15}"
 
 {
   echo "# DNet benchmarks"

@@ -24,9 +24,10 @@ pub struct Args {
     pub number: u64,
 
     /// Local exit: 0 sends the raw image; 1..15 computes layers up to that exit
-    /// here, answers locally when confident, and sends the rest with start_layer = e.
+    /// here, answers locally when confident, and sends the rest with start_layer = e;
+    /// 16 computes everything here (the in-process limit: no network).
     #[arg(short = 'e', long, env = "DNET_EXIT", default_value_t = 0,
-          value_parser = clap::value_parser!(u8).range(0..=15))]
+          value_parser = clap::value_parser!(u8).range(0..=16))]
     pub exit: u8,
 
     /// Weights of the local layers (needed with -e > 0): a .safetensors file.

@@ -19,7 +19,7 @@ use crate::next_unit::NextUnit;
 use crate::queue_client::{QueueClient, QueueSettings};
 use crate::service::{ServiceSettings, UnitService};
 
-/// Health service name of the DNet service (the empty name covers the server).
+/// Health service name of the DNet service (readiness); `""` is the server itself (liveness).
 const SERVICE_NAME: &str = "unit.DNet";
 
 /// HTTP/2 flow-control windows (receive side), sized for a few tensors in flight.
@@ -142,7 +142,9 @@ pub async fn run(
     served.map_err(ServeError::from)
 }
 
-/// Mirrors the broker session into the health service: SERVING while connected.
+/// Mirrors the broker session into the health of `unit.DNet` (readiness):
+/// SERVING while connected. The server's own entry `""` (liveness) stays
+/// SERVING until shutdown, so a broker outage does not get the pod restarted.
 async fn follow_broker_health(health: tonic_health::server::HealthReporter, queue: QueueClient) {
     let mut connected = queue.connected();
     loop {
@@ -151,7 +153,6 @@ async fn follow_broker_health(health: tonic_health::server::HealthReporter, queu
         } else {
             ServingStatus::NotServing
         };
-        health.set_service_status("", status).await;
         health.set_service_status(SERVICE_NAME, status).await;
         if connected.changed().await.is_err() {
             return;

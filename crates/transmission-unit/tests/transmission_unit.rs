@@ -383,7 +383,21 @@ async fn health_is_not_serving_while_the_broker_is_unreachable() {
         .await
         .expect("health answers")
         .into_inner();
-    assert_eq!(answer.status, ServingStatus::NotServing as i32);
+    assert_eq!(
+        answer.status,
+        ServingStatus::NotServing as i32,
+        "not ready without a broker"
+    );
+    let server = health
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .expect("health answers")
+        .into_inner();
+    assert_eq!(
+        server.status,
+        ServingStatus::Serving as i32,
+        "but alive: no restart for a broker outage"
+    );
     let mut client = dnet_proto::DNetClient::connect(format!("http://{address}"))
         .await
         .expect("connect");

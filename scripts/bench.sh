@@ -18,6 +18,6 @@ scripts/cascade.sh scripts/bench_cascade.sh "$OUT" "${DNET_BENCH_SECONDS:-15}"
   echo "RabbitMQ $(rabbitmqctl version 2>/dev/null || echo '?') on loopback. Timings are noisy on small shared machines:"
   echo "compare the ratios, which are measured in the same run."
   echo
-  cat "$OUT"/*.md
+  for section in "$OUT"/*.md; do cat "$section"; echo; done
 } > BENCHMARKS.md
 echo "[bench] BENCHMARKS.md rewritten"

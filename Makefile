@@ -30,6 +30,7 @@ test: setup
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace
+	$(DNET_VENV)/bin/python tests/deploy/check_deploy.py
 
 demo: build
 	@scripts/demo.sh

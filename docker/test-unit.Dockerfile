@@ -1,0 +1,24 @@
+# test-unit: the benchmark client; links libtorch for its local layers (-e > 0).
+#   docker buildx build --platform linux/amd64,linux/arm64 -f docker/test-unit.Dockerfile -t dnet/test-unit:0.1.0 .
+FROM rust:1.95-slim-bookworm AS build
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv g++ libfontconfig1-dev \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.11.0
+ENV PATH=/opt/venv/bin:$PATH LIBTORCH_USE_PYTORCH=1
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked -p test-unit && strip target/release/test-unit
+
+FROM debian:bookworm-slim
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libfontconfig1 fonts-dejavu-core \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --no-create-home dnet
+COPY --from=build /opt/venv/lib/python3.11/site-packages/torch/lib /opt/venv/lib/python3.11/site-packages/torch/lib
+COPY --from=build /src/target/release/test-unit /usr/local/bin/test-unit
+USER 10001
+ENTRYPOINT ["/usr/local/bin/test-unit"]

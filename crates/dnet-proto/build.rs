@@ -1,10 +1,12 @@
-//! Compiles `proto/*.proto` with a vendored protoc, so no system protoc is needed.
+//! Compiles `proto/*.proto` with a vendored protoc (or `$PROTOC`), so no system protoc is needed.
 
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protoc = protoc_bin_vendored::protoc_bin_path()?;
-    std::env::set_var("PROTOC", protoc);
+    // A protoc given in PROTOC wins (e.g. Alpine's, where the vendored glibc build may not run).
+    if std::env::var_os("PROTOC").is_none() {
+        std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
+    }
     let proto_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
@@ -14,5 +16,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             std::slice::from_ref(&proto_dir),
         )?;
     println!("cargo:rerun-if-changed={}", proto_dir.display());
+    println!("cargo:rerun-if-env-changed=PROTOC");
     Ok(())
 }

@@ -14,26 +14,8 @@ pub const TRUNK_LAYERS: usize = 16;
 pub const SIDE_EXITS: usize = 15;
 pub const NUM_CLASSES: i64 = 10;
 
-/// (C, H, W) of the tensor entering trunk layer `S`, i.e. what a unit
-/// receives with `start_layer = S` (S = 0: the normalised image).
-pub const BOUNDARY_SHAPES: [[i64; 3]; TRUNK_LAYERS] = [
-    [3, 32, 32],
-    [32, 32, 32],
-    [32, 30, 30],
-    [64, 28, 28],
-    [80, 28, 28],
-    [192, 24, 24],
-    [256, 24, 24],
-    [288, 24, 24],
-    [288, 24, 24],
-    [768, 11, 11],
-    [768, 11, 11],
-    [768, 11, 11],
-    [768, 11, 11],
-    [768, 11, 11],
-    [1280, 5, 5],
-    [2048, 5, 5],
-];
+/// (C, H, W) of the tensor entering trunk layer `S` (the wire contract, in `dnet-codec`).
+pub use dnet_codec::BOUNDARY_SHAPES;
 
 /// Exit heads 1..=15: max-pool kernel, stride, and flattened features.
 const EXIT_POOL_KERNEL: [i64; SIDE_EXITS] = [11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 5, 5];
@@ -142,7 +124,7 @@ impl MultiExitInception {
         if start >= exit || exit > TRUNK_LAYERS {
             return Err(ForwardError::BadSplit { start, exit });
         }
-        let expected = BOUNDARY_SHAPES[start];
+        let expected = BOUNDARY_SHAPES[start].map(|d| d as i64);
         let shape = x.size();
         if shape.len() != 4 || shape[0] < 1 || shape[1..] != expected {
             return Err(ForwardError::BadShape {

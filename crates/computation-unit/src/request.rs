@@ -55,17 +55,7 @@ pub fn handle(
 
 fn compute(model: &MultiExitInception, settings: &UnitSettings, body: &[u8]) -> Result<ComputationResponse, String> {
     let exit = settings.exit;
-    let request = ComputationRequest::decode(body)
-        .map_err(|e| format!("the message is not a serialized ComputationRequest ({e})"))?;
-    let start = usize::try_from(request.start_layer)
-        .ok()
-        .filter(|&start| start < exit)
-        .ok_or_else(|| {
-            format!(
-                "start_layer {} is out of range: this unit (exit layer {exit}) accepts 0 <= start_layer < {exit}",
-                request.start_layer
-            )
-        })?;
+    let (request, start) = dnet_codec::parse_request(body, exit)?;
     let x = codec::decode_x(&request.x, start, settings.max_batch).map_err(|e| e.to_string())?;
     let output = model
         .forward(&x.to_device(settings.device), start, exit)

@@ -303,3 +303,188 @@ async fn sigterm_finishes_the_current_job_requeues_the_rest_and_exits_zero() {
     unit.stop().await;
     delete_queue(&queue).await;
 }
+
+/// Publishes `body` straight onto `queue` with the given properties.
+async fn publish_raw(channel: &lapin::Channel, queue: &str, body: &[u8], properties: lapin::BasicProperties) {
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            lapin::options::BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_straight_onto_the_queue_get_errors_or_are_dropped_and_the_worker_keeps_serving() {
+    use futures::StreamExt;
+    use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    use lapin::BasicProperties;
+    use prost::Message;
+
+    let queue = random_queue();
+    let unit = Unit::start(&queue, &[]).await; // declares the queue as the worker expects
+    let _worker = WorkerProcess::start(&queue, 8, SEED, &["--max-batch", "2"]);
+    unit.wait_for_consumers(1).await;
+
+    let connection = lapin::Connection::connect(&support::amqp_uri(), lapin::ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let channel = connection.create_channel().await.expect("channel");
+    let replies = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("reply queue");
+    let mut consumer = channel
+        .basic_consume(
+            replies.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume replies");
+    let with_reply = |id: &str| {
+        BasicProperties::default()
+            .with_reply_to(replies.name().clone())
+            .with_correlation_id(id.into())
+    };
+
+    // Dropped (nobody could receive an answer): no reply_to, no correlation id.
+    let good = request(0, &images(1, 9)).encode_to_vec();
+    publish_raw(
+        &channel,
+        &queue,
+        &good,
+        BasicProperties::default().with_correlation_id("no-reply-to".into()),
+    )
+    .await;
+    publish_raw(
+        &channel,
+        &queue,
+        &good,
+        BasicProperties::default().with_reply_to(replies.name().clone()),
+    )
+    .await;
+    // Answered with ERROR: malformed protobuf, oversize x, absurd start_layer.
+    let oversize = request(0, &images(3, 9)).encode_to_vec();
+    let absurd = ComputationRequest {
+        start_layer: 1 << 60,
+        x: codec::encode_x(&images(1, 9)).expect("encode"),
+    }
+    .encode_to_vec();
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        (
+            "malformed",
+            vec![0x0a, 0xff, 0xff, 0x01, 0x02],
+            "not a serialized ComputationRequest",
+        ),
+        ("oversize", oversize, "at most 2"),
+        ("absurd", absurd, "out of range"),
+    ];
+    for (id, body, _) in &cases {
+        publish_raw(&channel, &queue, body, with_reply(id)).await;
+    }
+    publish_raw(&channel, &queue, &good, with_reply("good")).await;
+
+    let mut answers = std::collections::HashMap::new();
+    while answers.len() < cases.len() + 1 {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+            .await
+            .expect("every answerable message is answered")
+            .expect("stream")
+            .expect("delivery");
+        let id = delivery
+            .properties
+            .correlation_id()
+            .clone()
+            .expect("correlation id")
+            .to_string();
+        let response = ComputationResponse::decode(delivery.data.as_slice()).expect("a ComputationResponse");
+        assert!(answers.insert(id, response).is_none(), "answered once");
+    }
+    for (id, _, expected) in &cases {
+        let response = &answers[*id];
+        assert_eq!(response.status, StatusCode::Error as i32, "{id}");
+        let Some(Data::ErrorMessage(message)) = &response.data else {
+            panic!("{id}: no message")
+        };
+        assert!(message.contains(expected), "{id}: {message}");
+    }
+    assert_ne!(
+        answers["good"].status,
+        StatusCode::Error as i32,
+        "the good request is answered"
+    );
+    assert!(!answers.contains_key("no-reply-to"));
+    assert_eq!(
+        unit.qstatus().await,
+        Some((0, 1)),
+        "nothing left behind, the worker still consumes"
+    );
+    let _ = connection.close(200, "done".into()).await;
+    unit.stop().await;
+    delete_queue(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_grpc_message_is_refused_and_the_unit_keeps_serving() {
+    /// A message that puts bytes where ComputationRequest has a varint.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Malformed {
+        #[prost(bytes = "vec", tag = "1")]
+        start_layer: Vec<u8>,
+    }
+    let queue = random_queue();
+    let unit = Unit::start(&queue, &[]).await;
+    let _worker = WorkerProcess::start(&queue, 8, SEED, &[]);
+    unit.wait_for_consumers(1).await;
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", unit.address))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.expect("ready");
+    let codec = tonic_prost::ProstCodec::<Malformed, ComputationResponse>::default();
+    let path = http::uri::PathAndQuery::from_static("/unit.DNet/Compute");
+    let status = grpc
+        .unary(
+            tonic::Request::new(Malformed {
+                start_layer: vec![1, 2, 3],
+            }),
+            path,
+            codec,
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
+
+    let answer = unit
+        .client()
+        .await
+        .compute(request(0, &images(1, 10)))
+        .await
+        .expect("still serving")
+        .into_inner();
+    assert_ne!(answer.status, StatusCode::Error as i32);
+    unit.stop().await;
+    delete_queue(&queue).await;
+}

@@ -1,0 +1,26 @@
+//! A serialized `ComputationRequest`, checked for a unit of exit layer E
+//! (its `x` is checked by `parse_x`, when the unit builds the tensor).
+
+use dnet_proto::ComputationRequest;
+use prost::Message;
+
+/// Decodes `body` and checks `0 <= start_layer < exit`; returns the request
+/// and its start layer.
+///
+/// # Errors
+/// A message saying what was expected: not a ComputationRequest, or a
+/// start_layer outside `0..exit`.
+pub fn parse_request(body: &[u8], exit: usize) -> Result<(ComputationRequest, usize), String> {
+    let request = ComputationRequest::decode(body)
+        .map_err(|e| format!("the message is not a serialized ComputationRequest ({e})"))?;
+    let start = usize::try_from(request.start_layer)
+        .ok()
+        .filter(|&start| start < exit)
+        .ok_or_else(|| {
+            format!(
+                "start_layer {} is out of range: this unit (exit layer {exit}) accepts 0 <= start_layer < {exit}",
+                request.start_layer
+            )
+        })?;
+    Ok((request, start))
+}

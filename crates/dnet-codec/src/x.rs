@@ -1,0 +1,201 @@
+//! Checking `x`: one tensor named `x`, F32 (F16/BF16 accepted), shaped
+//! [N, C, H, W] for its `start_layer`, with finite values. Each error says
+//! what was expected.
+
+use safetensors::tensor::Dtype;
+use safetensors::SafeTensors;
+
+use crate::shapes::BOUNDARY_SHAPES;
+
+/// Why `x` was rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CodecError {
+    #[error("x is empty; expected a safetensors buffer with one F32 tensor named \"x\"")]
+    Empty,
+    #[error("x looks like a Python pickle; DNet no longer accepts pickles (unpickling runs code): send a safetensors buffer with one F32 tensor named \"x\"")]
+    Pickle,
+    #[error("x is not a valid safetensors buffer ({0}); expected one F32 tensor named \"x\"")]
+    NotSafetensors(String),
+    #[error("x holds tensors {0:?}; expected exactly one tensor named \"x\"")]
+    WrongNames(Vec<String>),
+    #[error("x has dtype {0}; expected F32 (or F16/BF16)")]
+    WrongDtype(String),
+    #[error("x has rank {rank} (shape {shape:?}); expected rank 4: [N, {c}, {h}, {w}] for start_layer {start}", c = .expected[0], h = .expected[1], w = .expected[2])]
+    WrongRank {
+        rank: usize,
+        shape: Vec<usize>,
+        start: usize,
+        expected: [usize; 3],
+    },
+    #[error("x has shape {shape:?}; start_layer {start} needs [N, {c}, {h}, {w}]", c = .expected[0], h = .expected[1], w = .expected[2])]
+    WrongShape {
+        shape: Vec<usize>,
+        start: usize,
+        expected: [usize; 3],
+    },
+    #[error("x holds {batch} samples; at most {max} fit the size limit")]
+    TooLarge { batch: usize, max: usize },
+    #[error("x contains NaN or infinite values; expected finite numbers")]
+    NotFinite,
+    #[error("start_layer {0} is out of range: expected 0..=15")]
+    BadStartLayer(usize),
+}
+
+/// Element type of a valid `x`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XDtype {
+    F32,
+    F16,
+    BF16,
+}
+
+/// A checked `x`: its shape and its little-endian data.
+#[derive(Debug, PartialEq, Eq)]
+pub struct XView<'a> {
+    pub dtype: XDtype,
+    pub shape: [usize; 4],
+    pub data: &'a [u8],
+}
+
+/// Checks `bytes` as the `x` of a request with `start_layer`, at most `max_batch` samples.
+///
+/// # Errors
+/// Any way in which `bytes` is not one finite F32/F16/BF16 tensor named `x`
+/// shaped [N, C, H, W] as trunk layer `start_layer` expects.
+pub fn parse_x(bytes: &[u8], start_layer: usize, max_batch: usize) -> Result<XView<'_>, CodecError> {
+    if bytes.is_empty() {
+        return Err(CodecError::Empty);
+    }
+    // Pickle protocol 2+ starts with PROTO (0x80) then the protocol number.
+    if bytes.len() >= 2 && bytes[0] == 0x80 && (2..=5).contains(&bytes[1]) {
+        return Err(CodecError::Pickle);
+    }
+    let expected = *BOUNDARY_SHAPES
+        .get(start_layer)
+        .ok_or(CodecError::BadStartLayer(start_layer))?;
+    let buffer = SafeTensors::deserialize(bytes).map_err(|e| CodecError::NotSafetensors(e.to_string()))?;
+    let names: Vec<String> = buffer.names().into_iter().map(str::to_owned).collect();
+    if names != ["x"] {
+        return Err(CodecError::WrongNames(names));
+    }
+    let view = buffer
+        .tensor("x")
+        .map_err(|e| CodecError::NotSafetensors(e.to_string()))?;
+    let dtype = match view.dtype() {
+        Dtype::F32 => XDtype::F32,
+        Dtype::F16 => XDtype::F16,
+        Dtype::BF16 => XDtype::BF16,
+        other => return Err(CodecError::WrongDtype(format!("{other:?}"))),
+    };
+    let shape = view.shape().to_vec();
+    let Ok(shape4) = <[usize; 4]>::try_from(shape.as_slice()) else {
+        return Err(CodecError::WrongRank {
+            rank: shape.len(),
+            shape,
+            start: start_layer,
+            expected,
+        });
+    };
+    if shape4[0] < 1 || shape4[1..] != expected {
+        return Err(CodecError::WrongShape {
+            shape,
+            start: start_layer,
+            expected,
+        });
+    }
+    if shape4[0] > max_batch {
+        return Err(CodecError::TooLarge {
+            batch: shape4[0],
+            max: max_batch,
+        });
+    }
+    let data = view.data();
+    if !all_finite(dtype, data) {
+        return Err(CodecError::NotFinite);
+    }
+    Ok(XView {
+        dtype,
+        shape: shape4,
+        data,
+    })
+}
+
+/// Whether every element is finite (exponent bits not all ones).
+fn all_finite(dtype: XDtype, data: &[u8]) -> bool {
+    match dtype {
+        XDtype::F32 => data
+            .chunks_exact(4)
+            .all(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite()),
+        XDtype::F16 => data
+            .chunks_exact(2)
+            .all(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7C00 != 0x7C00),
+        XDtype::BF16 => data
+            .chunks_exact(2)
+            .all(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7F80 != 0x7F80),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::TensorView;
+
+    fn buffer(name: &str, dtype: Dtype, shape: &[usize], data: &[u8]) -> Vec<u8> {
+        let view = TensorView::new(dtype, shape.to_vec(), data).expect("view");
+        safetensors::serialize([(name, view)], None).expect("serialize")
+    }
+
+    fn floats(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn accepts_a_valid_image_and_rejects_each_defect() {
+        let image = floats(&vec![0.5; 3 * 32 * 32]);
+        let good = buffer("x", Dtype::F32, &[1, 3, 32, 32], &image);
+        let view = parse_x(&good, 0, 4).expect("valid");
+        assert_eq!((view.dtype, view.shape), (XDtype::F32, [1, 3, 32, 32]));
+
+        assert_eq!(parse_x(&[], 0, 4), Err(CodecError::Empty));
+        assert_eq!(parse_x(&[0x80, 0x04, 0x95], 0, 4), Err(CodecError::Pickle));
+        assert!(matches!(
+            parse_x(b"garbage!garbage!", 0, 4),
+            Err(CodecError::NotSafetensors(_))
+        ));
+        assert!(matches!(
+            parse_x(&good[..good.len() - 1], 0, 4),
+            Err(CodecError::NotSafetensors(_))
+        ));
+        assert!(matches!(
+            parse_x(&good, 1, 4),
+            Err(CodecError::WrongShape { start: 1, .. })
+        ));
+        assert_eq!(parse_x(&good, 16, 4), Err(CodecError::BadStartLayer(16)));
+        assert!(matches!(
+            parse_x(&good, 0, 0),
+            Err(CodecError::TooLarge { batch: 1, max: 0 })
+        ));
+        let renamed = buffer("y", Dtype::F32, &[1, 3, 32, 32], &image);
+        assert!(matches!(parse_x(&renamed, 0, 4), Err(CodecError::WrongNames(_))));
+        let rank3 = buffer("x", Dtype::F32, &[3, 32, 32], &image);
+        assert!(matches!(
+            parse_x(&rank3, 0, 4),
+            Err(CodecError::WrongRank { rank: 3, .. })
+        ));
+        let ints = buffer("x", Dtype::I32, &[1, 3, 32, 32], &image);
+        assert!(matches!(parse_x(&ints, 0, 4), Err(CodecError::WrongDtype(_))));
+        let mut nan = vec![0.5; 3 * 32 * 32];
+        nan[7] = f32::NAN;
+        assert_eq!(
+            parse_x(&buffer("x", Dtype::F32, &[1, 3, 32, 32], &floats(&nan)), 0, 4),
+            Err(CodecError::NotFinite)
+        );
+        let half_inf: Vec<u8> = (0..3 * 32 * 32)
+            .flat_map(|i| if i == 3 { 0x7C00_u16 } else { 0x3C00 }.to_le_bytes())
+            .collect();
+        assert_eq!(
+            parse_x(&buffer("x", Dtype::F16, &[1, 3, 32, 32], &half_inf), 0, 4),
+            Err(CodecError::NotFinite)
+        );
+    }
+}

@@ -3,7 +3,9 @@
 #   docker buildx build --platform linux/amd64,linux/arm64 -f docker/transmission-unit.Dockerfile -t dnet/transmission-unit:0.1.0 .
 FROM rust:1.95-alpine3.22 AS build
 # hadolint ignore=DL3018
-RUN apk add --no-cache musl-dev
+RUN apk add --no-cache musl-dev protobuf-dev
+# Alpine's protoc: the vendored one is built for glibc.
+ENV PROTOC=/usr/bin/protoc
 WORKDIR /src
 COPY . .
 # Only this package: it does not depend on tch, so no libtorch is needed to build it.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A local cascade: three units chained exit 8 -> 12 -> 16 on loopback, each a
 # transmission unit and a computation unit with the same random weights. Runs
-# the given command with FIRST_UNIT=127.0.0.1:50060 set, then stops every
+# the given command with FIRST_UNIT=127.0.0.1:50060 and CASCADE_PIDS (a file of
+# "pid name" lines) set, then stops every
 # process it started (also on failure or Ctrl-C).
 #   scripts/cascade.sh COMMAND [ARGS...]
 set -euo pipefail
@@ -15,6 +16,7 @@ THRESHOLDS_8=${DNET_DEMO_THRESHOLDS_8:-0.10682}
 THRESHOLDS_12=${DNET_DEMO_THRESHOLDS_12:-0.10888}
 LOGS=$(mktemp -d /tmp/dnet-cascade.XXXXXX)
 PIDS=()
+NAMES=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
@@ -35,10 +37,12 @@ start_unit() { # exit port next thresholds
   "$BIN/computation-unit" -q "$queue" -e "$exit" --random-weights "$SEED" --unit-name "cu-$exit" --threads "$THREADS" \
     ${4:+--thresholds "$4"} >"$LOGS/computation-unit-$exit.log" 2>&1 &
   PIDS+=($!)
+  NAMES+=("computation-unit-$exit")
   local args=(-l "127.0.0.1:$port" -q "$queue" --unit-name "unit-$exit")
   [ -n "$next" ] && args+=(-n "127.0.0.1:$next")
   "$BIN/transmission-unit" "${args[@]}" >"$LOGS/transmission-unit-$exit.log" 2>&1 &
   PIDS+=($!)
+  NAMES+=("transmission-unit-$exit")
 }
 
 echo "[cascade] starting three units: exit 8 (:50060) -> exit 12 (:50061) -> exit 16 (:50062)"
@@ -52,4 +56,6 @@ for exit in 8 12 16; do
   done
   grep -q "consuming" "$LOGS/computation-unit-$exit.log" || { echo "[cascade] unit $exit did not start:"; cat "$LOGS/computation-unit-$exit.log"; exit 1; }
 done
-FIRST_UNIT=127.0.0.1:50060 "$@"
+# "pid name" per line, for commands that watch the processes (make soak).
+for i in "${!PIDS[@]}"; do echo "${PIDS[$i]} ${NAMES[$i]}"; done > "$LOGS/pids"
+FIRST_UNIT=127.0.0.1:50060 CASCADE_PIDS="$LOGS/pids" "$@"

@@ -101,6 +101,7 @@ async fn main() {
         connection_name: "bench baseline".into(),
         max_message_bytes: 64 << 20,
         pending_gauge: Default::default(),
+        late_replies: Default::default(),
     });
     let mut connected = bare.connected();
     while !*connected.borrow_and_update() {

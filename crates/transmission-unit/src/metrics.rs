@@ -27,6 +27,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     /// Entries in the correlation map (calls waiting for a queue reply).
     pub pending_replies: Gauge,
+    /// Replies dropped because no call waited for them (late or duplicate).
+    pub late_replies: Counter,
 }
 
 impl Metrics {
@@ -39,6 +41,7 @@ impl Metrics {
             forward: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
             in_flight: Gauge::default(),
             pending_replies: Gauge::default(),
+            late_replies: Counter::default(),
         };
         registry.register(
             "dnet_requests",
@@ -64,6 +67,11 @@ impl Metrics {
             "dnet_pending_replies",
             "Calls waiting for a reply on the queue (correlation map size)",
             metrics.pending_replies.clone(),
+        );
+        registry.register(
+            "dnet_late_replies",
+            "Replies dropped because no call waited for them (late or duplicate)",
+            metrics.late_replies.clone(),
         );
         metrics
     }

@@ -15,6 +15,7 @@ use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -43,6 +44,8 @@ pub struct QueueSettings {
     pub max_message_bytes: usize,
     /// Exported as `dnet_pending_replies`: entries in the correlation map.
     pub pending_gauge: Gauge,
+    /// Exported as `dnet_late_replies`: replies that found no call waiting.
+    pub late_replies: Counter,
 }
 
 /// Message and consumer counts of the computation queue.
@@ -287,7 +290,10 @@ impl Inner {
             Some(pending) => {
                 let _ = pending.reply.send(Ok(body));
             }
-            None => debug!(correlation_id = %correlation_id, "dropping a late or duplicate reply"),
+            None => {
+                self.settings.late_replies.inc();
+                debug!(correlation_id = %correlation_id, "dropping a late or duplicate reply");
+            }
         }
     }
 

@@ -67,6 +67,7 @@ pub async fn run(
         connection_name: format!("transmission-unit {unit_name}"),
         max_message_bytes: config.max_message_bytes,
         pending_gauge: metrics.pending_replies.clone(),
+        late_replies: metrics.late_replies.clone(),
     });
     let stop_metrics = CancellationToken::new();
     if let Some(metrics_listener) = metrics_listener {

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Run inside scripts/cascade.sh by `make soak`: test-unit at a steady open-loop
+# rate for a long time, and each unit process's memory (RSS) and open file
+# descriptors at the start and at the end. Writes a Markdown section.
+#   soak.sh OUT.md RATE SECONDS
+set -euo pipefail
+OUT=$1 RATE=$2 SECONDS_TOTAL=$3
+BIN=${DNET_BIN_DIR:-target/release}
+WARMUP=30
+sample() { # file: "name rss_kib fds" per process
+  while read -r pid name; do
+    echo "$name $(awk '/VmRSS/ {print $2}' "/proc/$pid/status") $(ls "/proc/$pid/fd" | wc -l)"
+  done < "$CASCADE_PIDS" > "$1"
+}
+TMP=$(mktemp -d)
+"$BIN/test-unit" -a "$FIRST_UNIT" --rate "$RATE" --duration "${SECONDS_TOTAL}s" --timeout 10s --json "$TMP/report.json" >"$TMP/report.txt" &
+LOAD=$!
+sleep "$WARMUP"
+sample "$TMP/start"
+wait "$LOAD" || true
+sample "$TMP/end"
+python3 - "$TMP" "$RATE" "$SECONDS_TOTAL" "$WARMUP" > "$OUT" <<'PY'
+import json, sys
+tmp, rate, seconds, warmup = sys.argv[1:5]
+report = json.load(open(f"{tmp}/report.json"))
+start = {l.split()[0]: l.split()[1:] for l in open(f"{tmp}/start")}
+end = {l.split()[0]: l.split()[1:] for l in open(f"{tmp}/end")}
+errors = sum(report["errors"].values())
+print("## Soak\n")
+print(f"The `make demo` cascade (8 -> 12 -> 16) under `test-unit --rate {rate}` (Poisson arrivals, about 80% of the")
+print(f"cascade's capacity measured by `make bench`) for {seconds} s. Memory and open file descriptors of every")
+print(f"process after {warmup} s of warm-up and at the end:\n")
+print(f"Requests: {report['sent']} sent, {report['answered']} answered, {errors} errors {report['errors']}; "
+      f"latency p50 {report['latency_ms']['p50']:.0f} ms, p99 {report['latency_ms']['p99']:.0f} ms.\n")
+print("| process | RSS start MiB | RSS end MiB | change | fds start | fds end |")
+print("|---|---|---|---|---|---|")
+for name in start:
+    rs, fs = int(start[name][0]), int(start[name][1])
+    re_, fe = int(end[name][0]), int(end[name][1])
+    print(f"| {name} | {rs/1024:.1f} | {re_/1024:.1f} | {100*(re_-rs)/rs:+.1f}% | {fs} | {fe} |")
+print()
+PY
+cat "$TMP/report.txt"

@@ -1,5 +1,6 @@
 //! Command line of `transmission-unit`; every flag also reads a `DNET_*` variable.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -53,6 +54,34 @@ pub struct Config {
     /// Largest request or response accepted or sent, in bytes (gRPC and AMQP).
     #[arg(long, env = "DNET_MAX_MESSAGE_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_message_bytes: usize,
+
+    /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "DNET_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "DNET_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require callers to present a certificate signed by this CA (PEM); needs --tls-cert.
+    #[arg(long, env = "DNET_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Call the next unit over TLS, trusting this CA (PEM).
+    #[arg(long, env = "DNET_NEXT_TLS_CA")]
+    pub next_tls_ca: Option<PathBuf>,
+
+    /// Name to verify in the next unit's certificate [default: the host of --next-address].
+    #[arg(long, env = "DNET_NEXT_TLS_DOMAIN", requires = "next_tls_ca")]
+    pub next_tls_domain: Option<String>,
+
+    /// Client certificate (PEM) presented to the next unit; needs --next-tls-key.
+    #[arg(long, env = "DNET_NEXT_TLS_CERT", requires_all = ["next_tls_key", "next_tls_ca"])]
+    pub next_tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --next-tls-cert.
+    #[arg(long, env = "DNET_NEXT_TLS_KEY", requires = "next_tls_cert")]
+    pub next_tls_key: Option<PathBuf>,
 
     /// On SIGTERM/SIGINT, how long in-flight calls may take to finish.
     #[arg(long, env = "DNET_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]

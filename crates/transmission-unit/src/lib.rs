@@ -14,6 +14,7 @@
 //! - `deadline`: reading the caller's `grpc-timeout`.
 //! - `metrics`: Prometheus counters and histograms.
 //! - `error`: error kinds and their gRPC status codes.
+//! - `tls`: TLS settings of the server and of the client to the next unit.
 
 pub mod config;
 pub mod deadline;
@@ -24,3 +25,4 @@ pub mod next_unit;
 pub mod queue_client;
 pub mod server;
 pub mod service;
+pub mod tls;

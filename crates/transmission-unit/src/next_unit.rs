@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use dnet_proto::{ComputationRequest, ComputationResponse, DNetClient};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
 use crate::error::Error;
@@ -22,17 +22,18 @@ pub struct NextUnit {
 }
 
 impl NextUnit {
-    /// A client for `address` (`host:port`, or a full `http://` URI).
+    /// A client for `address` (`host:port`, or a full URI), over TLS when `tls` is given.
     ///
     /// # Errors
     /// When `address` is not a valid URI authority.
-    pub fn new(address: &str, max_message_bytes: usize) -> Result<Self, String> {
+    pub fn new(address: &str, max_message_bytes: usize, tls: Option<ClientTlsConfig>) -> Result<Self, String> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let uri = if address.contains("://") {
             address.to_owned()
         } else {
-            format!("http://{address}")
+            format!("{scheme}://{address}")
         };
-        let endpoint = Endpoint::from_shared(uri)
+        let mut endpoint = Endpoint::from_shared(uri)
             .map_err(|e| format!("--next-address '{address}' is not a host:port address: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
@@ -40,6 +41,11 @@ impl NextUnit {
             .keep_alive_while_idle(true)
             .initial_stream_window_size(HTTP2_STREAM_WINDOW)
             .initial_connection_window_size(HTTP2_CONNECTION_WINDOW);
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| format!("TLS to the next unit {address}: {e}"))?;
+        }
         let client = DNetClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes);

@@ -18,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::next_unit::NextUnit;
 use crate::queue_client::{QueueClient, QueueSettings};
 use crate::service::{ServiceSettings, UnitService};
+use crate::tls;
 
 /// Health service name of the DNet service (readiness); `""` is the server itself (liveness).
 const SERVICE_NAME: &str = "unit.DNet";
@@ -55,9 +56,10 @@ pub async fn run(
         .next_address
         .as_deref()
         .filter(|a| !a.is_empty())
-        .map(|address| NextUnit::new(address, config.max_message_bytes))
+        .map(|address| NextUnit::new(address, config.max_message_bytes, tls::next(&config, address)?))
         .transpose()
         .map_err(ServeError::Config)?;
+    let server_tls = tls::server(&config).map_err(ServeError::Config)?;
 
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
@@ -107,7 +109,11 @@ pub async fn run(
     let stop_accepting = CancellationToken::new();
     // With an incoming stream of our own, socket options are set here, not on the builder.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(server_tls) = server_tls {
+        builder = builder.tls_config(server_tls)?;
+    }
+    let server = builder
         // Intermediate tensors are ~0.7 MB per image: larger HTTP/2 windows
         // than the 64 KiB default save flow-control round trips.
         .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW))

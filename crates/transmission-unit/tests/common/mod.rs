@@ -59,6 +59,24 @@ pub struct Unit {
 impl Unit {
     /// Starts a unit on `queue`; `extra` are more command-line flags.
     pub async fn start(queue: &str, extra: &[&str]) -> Unit {
+        let unit = Unit::spawn(queue, extra).await;
+        unit.wait_until(ServingStatus::Serving).await;
+        unit
+    }
+
+    /// Starts a unit serving TLS (`extra` holds the TLS flags). Its health
+    /// needs a TLS client to read, so this waits for the port, then for the
+    /// broker session, which takes well under a second on loopback.
+    pub async fn start_tls(queue: &str, extra: &[&str]) -> Unit {
+        let unit = Unit::spawn(queue, extra).await;
+        while tokio::net::TcpStream::connect(unit.address).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        unit
+    }
+
+    async fn spawn(queue: &str, extra: &[&str]) -> Unit {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let metrics_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind metrics");
         let address = listener.local_addr().expect("address");
@@ -75,15 +93,13 @@ impl Unit {
                 .await
                 .expect("unit runs");
         });
-        let unit = Unit {
+        Unit {
             address,
             metrics_address,
             name,
             stop,
             task,
-        };
-        unit.wait_until(ServingStatus::Serving).await;
-        unit
+        }
     }
 
     pub fn endpoint(&self) -> String {

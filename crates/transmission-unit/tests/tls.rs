@@ -1,0 +1,135 @@
+//! gRPC over TLS: server certificate, client-certificate check, TLS to the next unit.
+
+mod common;
+
+use std::path::Path;
+
+use common::{delete_queue, not_success, random_queue, success, Behaviour, Worker};
+use dnet_proto::{ComputationRequest, DNetClient, Data, StatusCode};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+/// A CA, a server certificate for localhost/127.0.0.1 and a client certificate, as PEM files.
+fn write_certificates(dir: &Path) {
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("CA");
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
+    for (name, sans) in [
+        ("server", vec!["localhost".to_owned(), "127.0.0.1".to_owned()]),
+        ("client", vec!["client".to_owned()]),
+    ] {
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(sans)
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("sign");
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).expect("write");
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).expect("write");
+    }
+}
+
+async fn tls_client(
+    address: std::net::SocketAddr,
+    dir: &Path,
+    with_identity: bool,
+) -> Result<DNetClient<Channel>, String> {
+    let read = |name: &str| std::fs::read(dir.join(name)).expect("read");
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")))
+        .domain_name("localhost");
+    if with_identity {
+        tls = tls.identity(Identity::from_pem(read("client.pem"), read("client.key")));
+    }
+    let channel = Channel::from_shared(format!("https://{address}"))
+        .map_err(|e| e.to_string())?
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(DNetClient::new(channel))
+}
+
+fn path(dir: &Path, name: &str) -> String {
+    dir.join(name).to_str().expect("utf-8 path").to_owned()
+}
+
+#[tokio::test]
+async fn tls_and_client_certificates_and_tls_to_the_next_unit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_certificates(dir.path());
+    let d = dir.path();
+    let (q1, q2) = (random_queue(), random_queue());
+    // The last unit requires a client certificate; the first presents one to it.
+    let last = common::Unit::start_tls(
+        &q2,
+        &[
+            "--tls-cert",
+            &path(d, "server.pem"),
+            "--tls-key",
+            &path(d, "server.key"),
+            "--tls-client-ca",
+            &path(d, "ca.pem"),
+        ],
+    )
+    .await;
+    let next = format!("localhost:{}", last.address.port());
+    let first = common::Unit::start_tls(
+        &q1,
+        &[
+            "--tls-cert",
+            &path(d, "server.pem"),
+            "--tls-key",
+            &path(d, "server.key"),
+            "-n",
+            &next,
+            "--next-tls-ca",
+            &path(d, "ca.pem"),
+            "--next-tls-cert",
+            &path(d, "client.pem"),
+            "--next-tls-key",
+            &path(d, "client.key"),
+        ],
+    )
+    .await;
+    let w1 = Worker::start(&q1, 4, |r| Behaviour::Reply(not_success(8, r.x))).await;
+    let w2 = Worker::start(&q2, 4, |r| Behaviour::Reply(success(16, r.x))).await;
+    let request = ComputationRequest {
+        start_layer: 0,
+        x: b"secret tensor".to_vec(),
+    };
+
+    // Over TLS, through both units (the second one checking the first one's certificate).
+    let mut client = tls_client(first.address, d, false).await.expect("TLS connects");
+    let answer = client.compute(request.clone()).await.expect("answer").into_inner();
+    assert_eq!(answer.status, StatusCode::Success as i32);
+    assert_eq!(answer.data, Some(Data::Result(b"secret tensor".to_vec())));
+    assert_eq!(answer.hops.len(), 2);
+
+    // Plain text to a TLS unit fails; no client certificate where one is required fails.
+    let plain = DNetClient::connect(format!("http://{}", first.address)).await;
+    let refused = match plain {
+        Ok(mut client) => client.compute(request.clone()).await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "plain text is refused");
+    let anonymous = match tls_client(last.address, d, false).await {
+        Ok(mut client) => client.compute(request.clone()).await.is_err(),
+        Err(_) => true,
+    };
+    assert!(anonymous, "a caller without a client certificate is refused");
+    let mut trusted = tls_client(last.address, d, true)
+        .await
+        .expect("with a client certificate");
+    assert!(trusted.compute(request).await.is_ok());
+
+    w1.stop().await;
+    w2.stop().await;
+    first.stop().await;
+    last.stop().await;
+    delete_queue(&q1).await;
+    delete_queue(&q2).await;
+}

@@ -80,6 +80,10 @@ pub struct WorkerArgs {
     #[arg(short = 'a', long, env = "DNET_ADDRESS", default_value = "localhost")]
     pub address: String,
 
+    /// CA (PEM) to trust for an amqps:// broker, besides the system's CAs.
+    #[arg(long, env = "DNET_AMQP_CA")]
+    pub amqp_ca: Option<PathBuf>,
+
     /// Queue to consume (the transmission unit's --queue-name).
     #[arg(
         short = 'q',

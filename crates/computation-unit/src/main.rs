@@ -66,6 +66,12 @@ fn serve(args: WorkerArgs) -> anyhow::Result<()> {
             queue: args.queue_name.clone(),
             prefetch: args.prefetch,
             connection_name: format!("computation-unit {}", args.unit_name()),
+            tls_ca: args
+                .amqp_ca
+                .as_deref()
+                .map(dnet_common::amqp::read_ca)
+                .transpose()
+                .map_err(anyhow::Error::msg)?,
         };
         worker::run(
             worker_settings,

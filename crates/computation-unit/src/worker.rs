@@ -36,6 +36,8 @@ pub struct WorkerSettings {
     pub prefetch: u16,
     /// Connection name shown by the broker.
     pub connection_name: String,
+    /// CA (PEM) trusted for `amqps://`, besides the system's.
+    pub tls_ca: Option<String>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -100,7 +102,12 @@ pub async fn run(
     let tracker = TaskTracker::new();
     tokio::pin!(shutdown);
     loop {
-        let connecting = connect_with_backoff(&settings.amqp_uri, &settings.connection_name, stop.cancelled());
+        let connecting = connect_with_backoff(
+            &settings.amqp_uri,
+            &settings.connection_name,
+            settings.tls_ca.as_deref(),
+            stop.cancelled(),
+        );
         let connection = tokio::select! {
             connection = connecting => connection,
             () = &mut shutdown => None,

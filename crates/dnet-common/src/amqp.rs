@@ -5,6 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use lapin::options::QueueDeclareOptions;
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use tracing::{info, warn};
@@ -36,11 +37,14 @@ pub fn computation_queue_arguments() -> FieldTable {
     FieldTable::default()
 }
 
-/// Connects to `uri`, retrying with capped exponential backoff and logging each
-/// failed attempt, until it succeeds or `cancel` completes (then `None`).
+/// Connects to `uri` (`amqp://` or `amqps://`), retrying with capped
+/// exponential backoff and logging each failed attempt, until it succeeds or
+/// `cancel` completes (then `None`). `tls_ca` (PEM) is trusted for `amqps://`
+/// besides the system's CAs.
 pub async fn connect_with_backoff(
     uri: &str,
     connection_name: &str,
+    tls_ca: Option<&str>,
     cancel: impl Future<Output = ()>,
 ) -> Option<Connection> {
     tokio::pin!(cancel);
@@ -48,7 +52,12 @@ pub async fn connect_with_backoff(
     let mut attempt: u32 = 1;
     loop {
         let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
-        let connecting = Connection::connect(uri, properties);
+        let tls = OwnedTLSConfig {
+            identity: None,
+            cert_chain: tls_ca.map(str::to_owned),
+        };
+        let connecting =
+            async { Connection::connect_with_config(uri, properties, tls, lapin::runtime::default_runtime()?).await };
         let result = tokio::select! {
             result = connecting => result,
             () = &mut cancel => return None,
@@ -100,4 +109,12 @@ mod tests {
         assert_eq!(redact("amqp://localhost"), "amqp://localhost");
         assert_eq!(redact("amqp://user@host"), "amqp://user@host");
     }
+}
+
+/// Reads the PEM file of a CA to trust for `amqps://`.
+///
+/// # Errors
+/// The file cannot be read.
+pub fn read_ca(path: &std::path::Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read the broker CA {}: {e}", path.display()))
 }

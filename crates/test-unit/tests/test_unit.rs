@@ -48,6 +48,7 @@ impl TestUnit {
             queue: queue.clone(),
             prefetch: 2,
             connection_name: "test worker".into(),
+            tls_ca: None,
         };
         let metrics = WorkerMetrics::register(&mut prometheus_client::registry::Registry::default());
         tokio::spawn(worker::run(

@@ -99,6 +99,7 @@ async fn main() {
         uri: common::amqp_uri(),
         queue: queue.clone(),
         connection_name: "bench baseline".into(),
+        tls_ca: None,
         max_message_bytes: 64 << 20,
         pending_gauge: Default::default(),
         late_replies: Default::default(),

@@ -17,7 +17,7 @@ pub struct Config {
     #[arg(short = 'l', long, env = "DNET_LISTEN_ADDRESS", default_value = "0.0.0.0:8080")]
     pub listen_address: String,
 
-    /// RabbitMQ address (amqp://user:password@host:port/vhost).
+    /// RabbitMQ address (amqp:// or amqps://user:password@host:port/vhost).
     #[arg(short = 'a', long, env = "DNET_AMQP_ADDRESS", default_value = "amqp://localhost")]
     pub amqp_address: String,
 
@@ -54,6 +54,10 @@ pub struct Config {
     /// Largest request or response accepted or sent, in bytes (gRPC and AMQP).
     #[arg(long, env = "DNET_MAX_MESSAGE_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_message_bytes: usize,
+
+    /// CA (PEM) to trust for an amqps:// broker, besides the system's CAs.
+    #[arg(long, env = "DNET_AMQP_CA")]
+    pub amqp_ca: Option<PathBuf>,
 
     /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, env = "DNET_TLS_CERT", requires = "tls_key")]

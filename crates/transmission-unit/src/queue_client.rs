@@ -40,6 +40,8 @@ pub struct QueueSettings {
     pub queue: String,
     /// Name the connection shows in the broker's management UI.
     pub connection_name: String,
+    /// CA (PEM) trusted for `amqps://`, besides the system's.
+    pub tls_ca: Option<String>,
     /// Largest request body published.
     pub max_message_bytes: usize,
     /// Exported as `dnet_pending_replies`: entries in the correlation map.
@@ -374,8 +376,13 @@ async fn supervise(inner: Arc<Inner>) {
     let settings = inner.settings.clone();
     let mut generation = 0_u64;
     loop {
-        let Some(connection) =
-            connect_with_backoff(&settings.uri, &settings.connection_name, inner.stop.cancelled()).await
+        let Some(connection) = connect_with_backoff(
+            &settings.uri,
+            &settings.connection_name,
+            settings.tls_ca.as_deref(),
+            inner.stop.cancelled(),
+        )
+        .await
         else {
             return;
         };

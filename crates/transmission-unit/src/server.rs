@@ -67,6 +67,12 @@ pub async fn run(
         uri: config.amqp_address.clone(),
         queue: config.queue_name.clone(),
         connection_name: format!("transmission-unit {unit_name}"),
+        tls_ca: config
+            .amqp_ca
+            .as_deref()
+            .map(dnet_common::amqp::read_ca)
+            .transpose()
+            .map_err(ServeError::Config)?,
         max_message_bytes: config.max_message_bytes,
         pending_gauge: metrics.pending_replies.clone(),
         late_replies: metrics.late_replies.clone(),

@@ -133,3 +133,62 @@ async fn tls_and_client_certificates_and_tls_to_the_next_unit() {
     delete_queue(&q1).await;
     delete_queue(&q2).await;
 }
+
+/// A TLS terminator in front of the local RabbitMQ: amqps:// on its port, plain AMQP behind.
+async fn amqps_proxy(dir: &Path) -> u16 {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let cert = CertificateDer::from_pem_file(dir.join("server.pem")).expect("certificate");
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).expect("key");
+    let config =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocols")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(inbound).await else {
+                    return;
+                };
+                let Ok(mut broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn the_transmission_unit_reaches_the_broker_over_amqps() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_certificates(dir.path());
+    let port = amqps_proxy(dir.path()).await;
+    let queue = random_queue();
+    let broker = format!("amqps://guest:guest@localhost:{port}/%2f");
+    let ca = path(dir.path(), "ca.pem");
+    let unit = common::Unit::start(&queue, &["-a", &broker, "--amqp-ca", &ca]).await;
+    let worker = Worker::start(&queue, 4, |r| Behaviour::Reply(success(16, r.x))).await;
+
+    let answer = unit
+        .client()
+        .await
+        .compute(ComputationRequest {
+            start_layer: 0,
+            x: b"over amqps".to_vec(),
+        })
+        .await
+        .expect("answer")
+        .into_inner();
+    assert_eq!(answer.data, Some(Data::Result(b"over amqps".to_vec())));
+    worker.stop().await;
+    unit.stop().await;
+    delete_queue(&queue).await;
+}

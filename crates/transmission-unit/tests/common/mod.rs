@@ -83,7 +83,10 @@ impl Unit {
         let metrics_address = metrics_listener.local_addr().expect("metrics address");
         let name = format!("unit-{}", address.port());
         let uri = amqp_uri();
-        let mut args = vec!["transmission-unit", "-a", &uri, "-q", queue, "--unit-name", &name];
+        let mut args = vec!["transmission-unit", "-q", queue, "--unit-name", &name];
+        if !extra.contains(&"-a") {
+            args.extend(["-a", &uri]);
+        }
         args.extend_from_slice(extra);
         let config = Config::try_parse_from(args).expect("valid flags");
         let stop = CancellationToken::new();

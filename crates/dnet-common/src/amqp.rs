@@ -96,6 +96,14 @@ pub fn redact(uri: &str) -> String {
     }
 }
 
+/// Reads the PEM file of a CA to trust for `amqps://`.
+///
+/// # Errors
+/// The file cannot be read.
+pub fn read_ca(path: &std::path::Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read the broker CA {}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact;
@@ -109,12 +117,4 @@ mod tests {
         assert_eq!(redact("amqp://localhost"), "amqp://localhost");
         assert_eq!(redact("amqp://user@host"), "amqp://user@host");
     }
-}
-
-/// Reads the PEM file of a CA to trust for `amqps://`.
-///
-/// # Errors
-/// The file cannot be read.
-pub fn read_ca(path: &std::path::Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("cannot read the broker CA {}: {e}", path.display()))
 }

@@ -76,6 +76,22 @@ pub struct Args {
     #[arg(long, env = "DNET_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
 
+    /// Call the first unit over TLS, trusting this CA (PEM).
+    #[arg(long, env = "DNET_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Name to verify in the first unit's certificate [default: the host of --address].
+    #[arg(long, env = "DNET_TLS_DOMAIN", requires = "tls_ca")]
+    pub tls_domain: Option<String>,
+
+    /// Client certificate (PEM) for units that require one; needs --tls-key.
+    #[arg(long, env = "DNET_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "DNET_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Print the first unit's queue length and consumers before and after.
     #[arg(long, env = "DNET_QSTATUS")]
     pub qstatus: bool,
@@ -97,10 +113,11 @@ impl Args {
     /// The first unit's URI.
     #[must_use]
     pub fn uri(&self) -> String {
+        let scheme = if self.tls_ca.is_some() { "https" } else { "http" };
         if self.address.contains("://") {
             self.address.clone()
         } else {
-            format!("http://{}", self.address)
+            format!("{scheme}://{}", self.address)
         }
     }
 }

@@ -8,7 +8,7 @@ use clap::Parser;
 use computation_unit::model::DEFAULT_THRESHOLDS;
 use computation_unit::request::UnitSettings;
 use dnet_proto::{DNetClient, QstatusRequest};
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use test_unit::config::Args;
 use test_unit::inputs::Inputs;
@@ -42,10 +42,13 @@ async fn main() -> anyhow::Result<()> {
             Some(tokio::task::spawn_blocking(move || LocalLayers::start(source, settings, threads)).await??)
         }
     };
-    let channel = Channel::from_shared(args.uri())
+    let mut endpoint = Channel::from_shared(args.uri())
         .with_context(|| format!("'{}' is not a gRPC address", args.address))?
-        .connect_timeout(std::time::Duration::from_secs(2))
-        .connect_lazy();
+        .connect_timeout(std::time::Duration::from_secs(2));
+    if let Some(tls) = tls_config(&args)? {
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    let channel = endpoint.connect_lazy();
     let client = DNetClient::new(channel)
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
@@ -86,6 +89,23 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// TLS to the first unit, when `--tls-ca` is given.
+fn tls_config(args: &Args) -> anyhow::Result<Option<ClientTlsConfig>> {
+    let Some(ca) = &args.tls_ca else { return Ok(None) };
+    let read = |path: &std::path::Path| std::fs::read(path).with_context(|| format!("cannot read {}", path.display()));
+    let host = args
+        .address
+        .rsplit_once(':')
+        .map_or(args.address.as_str(), |(host, _)| host);
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read(ca)?))
+        .domain_name(args.tls_domain.clone().unwrap_or_else(|| host.to_owned()));
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(tls))
 }
 
 async fn qstatus(client: &DNetClient<Channel>) -> Option<QueueStatus> {

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use dnet_common::telemetry::LogFormat;
+use dnet_common::telemetry::ObservabilityArgs;
 use tch::Device;
 
 use crate::model::{DEFAULT_THRESHOLDS, SIDE_EXITS};
@@ -114,13 +114,8 @@ pub struct WorkerArgs {
     #[arg(long, env = "DNET_MAX_BATCH", default_value_t = 64)]
     pub max_batch: usize,
 
-    /// Address of the Prometheus endpoint (/metrics); off when unset.
-    #[arg(long, env = "DNET_METRICS_ADDRESS")]
-    pub metrics_address: Option<String>,
-
-    /// Log line format.
-    #[arg(long, env = "DNET_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub observability: ObservabilityArgs,
 
     /// Name in hop records and logs [default: host name and process id].
     #[arg(long, env = "DNET_UNIT_NAME")]

@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(args: WorkerArgs) -> anyhow::Result<()> {
-    dnet_common::telemetry::init(args.log_format);
+    dnet_common::telemetry::init(args.observability.log_format);
     let device = args.model.device;
     let settings = UnitSettings {
         exit: usize::from(args.exit_layer),
@@ -50,7 +50,7 @@ fn serve(args: WorkerArgs) -> anyhow::Result<()> {
         let mut registry = Registry::default();
         let metrics = WorkerMetrics::register(&mut registry);
         let stop_metrics = CancellationToken::new();
-        if let Some(address) = &args.metrics_address {
+        if let Some(address) = &args.observability.metrics_address {
             let listener = TcpListener::bind(address)
                 .await
                 .with_context(|| format!("cannot listen on {address} (--metrics-address)"))?;

@@ -14,6 +14,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// Flags both programs share: logging and the metrics endpoint.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ObservabilityArgs {
+    /// Address of the Prometheus endpoint (/metrics); off when unset.
+    #[arg(long, env = "DNET_METRICS_ADDRESS")]
+    pub metrics_address: Option<String>,
+
+    /// Log line format.
+    #[arg(long, env = "DNET_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
 /// Installs the global tracing subscriber (`RUST_LOG` overrides the filter).
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use dnet_common::duration::parse_duration;
-use dnet_common::telemetry::LogFormat;
+use dnet_common::telemetry::ObservabilityArgs;
 
 /// The gRPC front of a DNet unit: relays Compute calls to the unit's
 /// computation units through a RabbitMQ queue, and forwards answers that are
@@ -39,13 +39,8 @@ pub struct Config {
     #[arg(long, env = "DNET_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
 
-    /// Address of the Prometheus endpoint (/metrics); off when unset.
-    #[arg(long, env = "DNET_METRICS_ADDRESS")]
-    pub metrics_address: Option<String>,
-
-    /// Log line format.
-    #[arg(long, env = "DNET_LOG_FORMAT", value_enum, default_value = "text")]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub observability: ObservabilityArgs,
 
     /// Name of this unit in hop records and logs [default: host name and port].
     #[arg(long, env = "DNET_UNIT_NAME")]

@@ -9,11 +9,11 @@ use transmission_unit::config::Config;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    dnet_common::telemetry::init(config.log_format);
+    dnet_common::telemetry::init(config.observability.log_format);
     let listener = TcpListener::bind(&config.listen_address)
         .await
         .with_context(|| format!("cannot listen on {} (--listen-address)", config.listen_address))?;
-    let metrics_listener = match &config.metrics_address {
+    let metrics_listener = match &config.observability.metrics_address {
         Some(address) => Some(
             TcpListener::bind(address)
                 .await

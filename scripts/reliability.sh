@@ -11,7 +11,7 @@ case "$PART" in
     "$BIN/chaos" --bin-dir "$BIN" --seconds "${DNET_CHAOS_SECONDS:-18}" --out "$SECTION.table"
     { echo "## Faults under load (\`make chaos\`)"; echo; cat "$SECTION.table"; } > "$SECTION" ;;
   soak)
-    scripts/cascade.sh scripts/soak.sh "$SECTION" "${DNET_SOAK_RATE:-20}" "${DNET_SOAK_SECONDS:-600}" ;;
+    scripts/cascade.sh scripts/soak.sh "$SECTION" "${DNET_SOAK_RATE:-16}" "${DNET_SOAK_SECONDS:-600}" ;;
   *) echo "usage: $0 chaos|soak" >&2; exit 2 ;;
 esac
 python3 - "$PART" "$SECTION" <<'PY'

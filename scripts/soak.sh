@@ -27,7 +27,7 @@ start = {l.split()[0]: l.split()[1:] for l in open(f"{tmp}/start")}
 end = {l.split()[0]: l.split()[1:] for l in open(f"{tmp}/end")}
 errors = sum(report["errors"].values())
 print("## Soak\n")
-print(f"The `make demo` cascade (8 -> 12 -> 16) under `test-unit --rate {rate}` (Poisson arrivals, about 80% of the")
+print(f"The `make demo` cascade (8 -> 12 -> 16) under `test-unit --rate {rate}` (Poisson arrivals; set DNET_SOAK_RATE to about 80% of the")
 print(f"cascade's capacity measured by `make bench`) for {seconds} s. Memory and open file descriptors of every")
 print(f"process after {warmup} s of warm-up and at the end:\n")
 print(f"Requests: {report['sent']} sent, {report['answered']} answered, {errors} errors {report['errors']}; "

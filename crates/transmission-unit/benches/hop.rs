@@ -13,7 +13,7 @@ mod common;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use common::{delete_queue, free_port, random_queue, success, Behaviour, Worker};
+use common::{delete_queue, random_queue, success, Behaviour, Worker};
 use dnet_proto::{ComputationRequest, DNetClient};
 use prost::Message;
 use transmission_unit::queue_client::{QueueClient, QueueSettings};
@@ -75,21 +75,7 @@ async fn main() {
     // Instant worker: a small SUCCESS result, as a real exit-16 answer would be.
     let worker = Worker::start(&queue, 64, |_| Behaviour::Reply(success(16, vec![0; 200]))).await;
 
-    let port = free_port().await;
-    let mut unit = std::process::Command::new(env!("CARGO_BIN_EXE_transmission-unit"))
-        .args([
-            "-l",
-            &format!("127.0.0.1:{port}"),
-            "-a",
-            &common::amqp_uri(),
-            "-q",
-            &queue,
-        ])
-        .env("RUST_LOG", "warn")
-        .spawn()
-        .expect("start the transmission-unit binary");
-    let address = format!("127.0.0.1:{port}").parse().expect("address");
-    common::wait_for_health(address, tonic_health::pb::health_check_response::ServingStatus::Serving).await;
+    let (mut unit, address) = common::spawn_binary(&queue).await;
     let client = DNetClient::connect(format!("http://{address}"))
         .await
         .expect("connect")
@@ -157,8 +143,7 @@ async fn main() {
         }
     }
 
-    let _ = unit.kill();
-    let _ = unit.wait();
+    let _ = unit.kill().await;
     bare.close().await;
     worker.stop().await;
     delete_queue(&queue).await;

@@ -467,20 +467,7 @@ fn close_broker_connection(name: &str) {
 #[tokio::test]
 async fn sigterm_drains_in_flight_calls_and_exits_zero() {
     let queue = random_queue();
-    let port = free_port().await;
-    let mut unit = tokio::process::Command::new(env!("CARGO_BIN_EXE_transmission-unit"))
-        .args([
-            "-l",
-            &format!("127.0.0.1:{port}"),
-            "-a",
-            &common::amqp_uri(),
-            "-q",
-            &queue,
-        ])
-        .spawn()
-        .expect("start the binary");
-    let address = format!("127.0.0.1:{port}").parse().expect("address");
-    common::wait_for_health(address, ServingStatus::Serving).await;
+    let (mut unit, address) = common::spawn_binary(&queue).await;
     let worker = Worker::start(&queue, 10, |r| {
         Behaviour::ReplyAfter(Duration::from_millis(1000), success(16, r.x))
     })

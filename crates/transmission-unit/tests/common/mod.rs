@@ -259,6 +259,21 @@ pub fn not_success(exit: u64, x: Vec<u8>) -> ComputationResponse {
     }
 }
 
+/// The `transmission-unit` binary on 127.0.0.1:`port` for `queue`, as its own
+/// process; returns it and its address once it reports SERVING.
+pub async fn spawn_binary(queue: &str) -> (tokio::process::Child, SocketAddr) {
+    let port = free_port().await;
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_transmission-unit"))
+        .args(["-l", &format!("127.0.0.1:{port}"), "-a", &amqp_uri(), "-q", queue])
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the transmission-unit binary");
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_for_health(address, ServingStatus::Serving).await;
+    (child, address)
+}
+
 /// A port nothing listens on (bound, then released).
 pub async fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

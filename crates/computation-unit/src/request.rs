@@ -3,8 +3,9 @@
 use std::time::{Duration, Instant};
 
 use dnet_proto::{ComputationRequest, ComputationResponse, Data, HopRecord, StatusCode};
-use prost::Message;
 use tch::Device;
+
+use dnet_common::duration::micros;
 
 use crate::codec;
 use crate::decision::decide;
@@ -34,14 +35,16 @@ pub fn handle(
     queue_wait: Duration,
 ) -> ComputationResponse {
     let started = Instant::now();
-    let start_layer = ComputationRequest::decode(body)
-        .map(|r| r.start_layer)
-        .unwrap_or_default();
-    let mut response = compute(model, settings, body).unwrap_or_else(|message| ComputationResponse {
-        status: StatusCode::Error as i32,
-        data: Some(Data::ErrorMessage(message)),
-        ..ComputationResponse::default()
-    });
+    // Decoded once: the hop record needs start_layer even when the request is refused.
+    let request = dnet_codec::decode_request(body);
+    let start_layer = request.as_ref().map_or(0, |r| r.start_layer);
+    let mut response = request
+        .and_then(|r| compute(model, settings, &r))
+        .unwrap_or_else(|message| ComputationResponse {
+            status: StatusCode::Error as i32,
+            data: Some(Data::ErrorMessage(message)),
+            ..ComputationResponse::default()
+        });
     response.hops = vec![HopRecord {
         unit: settings.unit_name.clone(),
         start_layer,
@@ -53,9 +56,13 @@ pub fn handle(
     response
 }
 
-fn compute(model: &MultiExitInception, settings: &UnitSettings, body: &[u8]) -> Result<ComputationResponse, String> {
+fn compute(
+    model: &MultiExitInception,
+    settings: &UnitSettings,
+    request: &ComputationRequest,
+) -> Result<ComputationResponse, String> {
     let exit = settings.exit;
-    let (request, start) = dnet_codec::parse_request(body, exit)?;
+    let start = dnet_codec::check_start_layer(request.start_layer, exit)?;
     let x = codec::decode_x(&request.x, start, settings.max_batch).map_err(|e| e.to_string())?;
     let output = model
         .forward(&x.to_device(settings.device), start, exit)
@@ -85,8 +92,4 @@ fn compute(model: &MultiExitInception, settings: &UnitSettings, body: &[u8]) -> 
         confidence: decision.min_confidence,
         hops: Vec::new(),
     })
-}
-
-fn micros(duration: Duration) -> u64 {
-    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }

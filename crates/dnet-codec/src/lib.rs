@@ -10,6 +10,6 @@ pub mod request;
 pub mod shapes;
 pub mod x;
 
-pub use request::parse_request;
+pub use request::{check_start_layer, decode_request, parse_request};
 pub use shapes::BOUNDARY_SHAPES;
 pub use x::{parse_x, CodecError, XDtype, XView};

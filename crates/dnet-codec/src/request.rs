@@ -11,16 +11,25 @@ use prost::Message;
 /// A message saying what was expected: not a ComputationRequest, or a
 /// start_layer outside `0..exit`.
 pub fn parse_request(body: &[u8], exit: usize) -> Result<(ComputationRequest, usize), String> {
-    let request = ComputationRequest::decode(body)
-        .map_err(|e| format!("the message is not a serialized ComputationRequest ({e})"))?;
-    let start = usize::try_from(request.start_layer)
-        .ok()
-        .filter(|&start| start < exit)
-        .ok_or_else(|| {
-            format!(
-                "start_layer {} is out of range: this unit (exit layer {exit}) accepts 0 <= start_layer < {exit}",
-                request.start_layer
-            )
-        })?;
+    let request = decode_request(body)?;
+    let start = check_start_layer(request.start_layer, exit)?;
     Ok((request, start))
+}
+
+/// Decodes a serialized `ComputationRequest`.
+///
+/// # Errors
+/// The bytes are not a ComputationRequest.
+pub fn decode_request(body: &[u8]) -> Result<ComputationRequest, String> {
+    ComputationRequest::decode(body).map_err(|e| format!("the message is not a serialized ComputationRequest ({e})"))
+}
+
+/// Checks that a unit of exit layer `exit` can start at `start_layer`.
+///
+/// # Errors
+/// `start_layer` outside `0..exit`, with the accepted range.
+pub fn check_start_layer(start_layer: u64, exit: usize) -> Result<usize, String> {
+    usize::try_from(start_layer).ok().filter(|&start| start < exit).ok_or_else(|| {
+        format!("start_layer {start_layer} is out of range: this unit (exit layer {exit}) accepts 0 <= start_layer < {exit}")
+    })
 }

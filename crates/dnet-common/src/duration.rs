@@ -27,6 +27,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value * unit_seconds).map_err(|e| format!("'{text}': {e}"))
 }
 
+/// Whole microseconds of `duration`, saturating (hop records carry u64 microseconds).
+#[must_use]
+pub fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_duration;

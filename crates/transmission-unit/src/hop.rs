@@ -34,11 +34,7 @@ pub fn record(
     }
 }
 
-/// Whole microseconds of `duration`, saturating.
-#[must_use]
-pub fn micros(duration: Duration) -> u64 {
-    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
-}
+pub use dnet_common::duration::micros;
 
 #[cfg(test)]
 mod tests {

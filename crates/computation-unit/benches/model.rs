@@ -7,15 +7,12 @@
 //!
 //! Writes a Markdown section to `$DNET_BENCH_OUT` (default bench-out/computation-unit.md).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::time::{Duration, Instant};
 
-use computation_unit::codec;
-use computation_unit::weights::{load, WeightSource};
+use dnet_model::codec;
+use dnet_model::weights::{load, WeightSource};
 use dnet_proto::ComputationRequest;
-use support::{delete_queue, python, random_queue, Unit, WorkerProcess};
+use dnet_testkit::{venv_python, Broker, ComputationUnit, TestQueue, TransmissionUnit};
 use tch::{Device, Kind, Tensor};
 
 const THREADS: i32 = 2;
@@ -41,8 +38,9 @@ fn median(mut runs: Vec<Duration>) -> Duration {
 }
 
 fn reference_rates(weights: &std::path::Path) -> serde_json::Value {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/bench_reference.py");
-    let mut command = std::process::Command::new(python());
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dnet-model/tests/reference/bench_reference.py");
+    let mut command = std::process::Command::new(venv_python());
     command
         .arg(&script)
         .arg(weights)
@@ -83,11 +81,15 @@ async fn main() {
     }
 
     // One unit: the same model behind a transmission unit and RabbitMQ.
-    let queue = random_queue();
-    let unit = Unit::start(&queue, &["--timeout", "60s"]).await;
-    let _worker = WorkerProcess::start(&queue, 16, 1, &["--threads", &THREADS.to_string()]);
-    unit.wait_for_consumers(1).await;
-    let mut client = unit.client().await;
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = TransmissionUnit::start(&broker, queue.name(), &["--timeout", "60s"])
+        .await
+        .expect("transmission unit");
+    let worker = ComputationUnit::start(&broker, queue.name(), 16, 1, &["--threads", &THREADS.to_string()])
+        .await
+        .expect("computation unit");
+    let mut client = unit.client().await.expect("client");
     let x = codec::encode_x(&Tensor::randn([1, 3, 32, 32], (Kind::Float, Device::Cpu))).expect("encode");
     let request = ComputationRequest { start_layer: 0, x };
     client.compute(request.clone()).await.expect("warm-up");
@@ -99,15 +101,14 @@ async fn main() {
         latencies.push(one.elapsed());
     }
     let through_unit = median(latencies);
-    unit.stop().await;
-    delete_queue(&queue).await;
+    drop((worker, unit));
     eprintln!("one unit: {through_unit:?} vs bare forward {bare_batch1:?}");
 
     let section = format!(
         "## Computation unit: model speed and framework overhead\n\n\
          In-process forward 0->16 (all 16 layers and the final head), {THREADS} libtorch threads on both sides, \
          random weights, median of {SECONDS} s of runs. PyTorch: the reference implementation in \
-         `crates/computation-unit/tests/reference/reference.py` under `torch.no_grad()`, same libtorch 2.11.0.\n\n\
+         `crates/dnet-model/tests/reference/reference.py` under `torch.no_grad()`, same libtorch 2.11.0.\n\n\
          | batch | tch images/s | PyTorch images/s | ratio tch/PyTorch |\n|---|---|---|---|\n{}\n\n\
          One request (batch 1, exit 16) through one unit: gRPC to the transmission unit, RabbitMQ, the \
          computation-unit process ({THREADS} threads), reply, back; closed loop, median.\n\n\

@@ -6,8 +6,9 @@ use clap::{Args, Parser, Subcommand};
 use dnet_common::telemetry::ObservabilityArgs;
 use tch::Device;
 
-use crate::model::{DEFAULT_THRESHOLDS, SIDE_EXITS};
-use crate::weights::WeightSource;
+use dnet_model::model::{DEFAULT_THRESHOLDS, SIDE_EXITS};
+use dnet_model::options::{parse_device, parse_thresholds, Thresholds};
+use dnet_model::weights::WeightSource;
 
 /// A DNet computation unit: consumes a RabbitMQ queue and runs the
 /// multi-exit Inception-v3 from each request's start layer to this unit's
@@ -170,58 +171,9 @@ pub struct InferArgs {
     pub output: PathBuf,
 }
 
-/// The 15 exit thresholds.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Thresholds(pub [f64; SIDE_EXITS]);
-
-pub fn parse_thresholds(text: &str) -> Result<Thresholds, String> {
-    let values: Vec<f64> = text
-        .split(',')
-        .map(|v| v.trim().parse::<f64>().map_err(|_| format!("'{v}' is not a number")))
-        .collect::<Result<_, _>>()?;
-    let values: [f64; SIDE_EXITS] = values
-        .try_into()
-        .map_err(|v: Vec<f64>| format!("expected 15 thresholds (exits 1..15), got {}", v.len()))?;
-    if let Some(bad) = values.iter().find(|t| !(0.0..=1.0).contains(*t)) {
-        return Err(format!("threshold {bad} is outside 0..1"));
-    }
-    Ok(Thresholds(values))
-}
-
-pub fn parse_device(text: &str) -> Result<Device, String> {
-    match text {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Ok(Device::Cuda(0)),
-        _ => text
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse().ok())
-            .map(Device::Cuda)
-            .ok_or_else(|| format!("'{text}' is not a device: use cpu, cuda or cuda:N")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn thresholds_need_fifteen_values_in_range() {
-        let fifteen = vec!["0.5"; 15].join(",");
-        assert_eq!(parse_thresholds(&fifteen), Ok(Thresholds([0.5; 15])));
-        assert!(parse_thresholds("0.5,0.6")
-            .expect_err("invalid")
-            .contains("expected 15"));
-        assert!(parse_thresholds(&vec!["1.5"; 15].join(","))
-            .expect_err("invalid")
-            .contains("outside"));
-    }
-
-    #[test]
-    fn devices_parse() {
-        assert_eq!(parse_device("cpu"), Ok(Device::Cpu));
-        assert_eq!(parse_device("cuda:1"), Ok(Device::Cuda(1)));
-        assert!(parse_device("tpu").is_err());
-    }
 
     #[test]
     fn weights_are_required_and_exclusive() {

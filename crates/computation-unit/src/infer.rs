@@ -4,10 +4,11 @@ use std::path::Path;
 
 use tch::Tensor;
 
-use crate::codec;
+use dnet_model::codec;
+use dnet_model::decision::decide;
+use dnet_model::weights::load;
+
 use crate::config::InferArgs;
-use crate::decision::decide;
-use crate::weights::load;
 
 /// What `infer` produced, for its one-line summary.
 #[derive(Debug)]

@@ -9,9 +9,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use computation_unit::config::{Cli, Command, WorkerArgs};
-use computation_unit::engine::Engine;
-use computation_unit::request::UnitSettings;
 use computation_unit::worker::{self, WorkerMetrics, WorkerSettings};
+use dnet_model::engine::Engine;
+use dnet_model::request::UnitSettings;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -46,7 +46,7 @@ fn serve(args: WorkerArgs) -> anyhow::Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    let metrics = runtime.block_on(async {
         let mut registry = Registry::default();
         let metrics = WorkerMetrics::register(&mut registry);
         let stop_metrics = CancellationToken::new();
@@ -69,23 +69,24 @@ fn serve(args: WorkerArgs) -> anyhow::Result<()> {
             tls_ca: args
                 .amqp_ca
                 .as_deref()
-                .map(dnet_common::amqp::read_ca)
+                .map(dnet_amqp::read_ca)
                 .transpose()
                 .map_err(anyhow::Error::msg)?,
         };
         worker::run(
             worker_settings,
             Arc::clone(&engine),
-            metrics,
+            Arc::clone(&metrics),
             dnet_common::shutdown::signal(),
         )
         .await;
         stop_metrics.cancel();
-        anyhow::Ok(())
+        anyhow::Ok(metrics)
     })?;
     if let Ok(engine) = Arc::try_unwrap(engine) {
         engine.join();
     }
-    tracing::info!("computation unit stopped");
+    let (published, requeued) = metrics.totals();
+    tracing::info!(published, requeued, "computation unit stopped");
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use dnet_common::amqp::{computation_queue_arguments, computation_queue_options, connect_with_backoff, redact};
+use dnet_amqp::{computation_queue_arguments, computation_queue_options, connect_with_backoff, redact};
 use dnet_proto::{ComputationResponse, StatusCode};
 use futures::StreamExt;
 use lapin::message::Delivery;
@@ -13,8 +13,8 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     BasicRejectOptions, ConfirmSelectOptions,
 };
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, Consumer};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::engine::{Engine, Job, Outcome};
+use dnet_model::engine::{Engine, Job, Outcome};
 
 /// Where to consume from.
 #[derive(Clone, Debug)]
@@ -45,12 +45,23 @@ struct StatusLabel {
     status: &'static str,
 }
 
+/// The statuses a reply can have.
+const REPLY_STATUSES: [StatusCode; 3] = [StatusCode::Success, StatusCode::NotSuccess, StatusCode::Error];
+
 /// The worker's metrics.
 #[derive(Debug)]
 pub struct WorkerMetrics {
+    /// Replies the broker confirmed, by status.
     replies: Family<StatusLabel, Counter>,
     compute_seconds: Histogram,
     queue_wait_seconds: Histogram,
+    /// Requests this worker gave back to the queue (nack with requeue).
+    requeued: Counter,
+    /// Replies the broker refused or that could not be published.
+    unpublished_replies: Counter,
+    /// Deliveries that came with the redelivered flag (given back or left by
+    /// a worker before this one).
+    redelivered: Counter,
 }
 
 impl WorkerMetrics {
@@ -60,10 +71,19 @@ impl WorkerMetrics {
             // 1 ms .. ~65 s
             compute_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             queue_wait_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
+            requeued: Counter::default(),
+            unpublished_replies: Counter::default(),
+            redelivered: Counter::default(),
         };
+        // Every status from the start, so that a scrape reads 0 rather than nothing.
+        for status in REPLY_STATUSES {
+            let _ = metrics.replies.get_or_create(&StatusLabel {
+                status: status.as_str_name(),
+            });
+        }
         registry.register(
             "dnet_worker_replies",
-            "Replies published, by status",
+            "Replies published (confirmed by the broker), by status",
             metrics.replies.clone(),
         );
         registry.register(
@@ -76,16 +96,50 @@ impl WorkerMetrics {
             "Time a received request waited for the model",
             metrics.queue_wait_seconds.clone(),
         );
+        registry.register(
+            "dnet_worker_requeued",
+            "Requests this worker gave back to the queue",
+            metrics.requeued.clone(),
+        );
+        registry.register(
+            "dnet_worker_unpublished_replies",
+            "Replies the broker refused or that could not be published (their requests were requeued)",
+            metrics.unpublished_replies.clone(),
+        );
+        registry.register(
+            "dnet_worker_redelivered",
+            "Deliveries that arrived with the redelivered flag",
+            metrics.redelivered.clone(),
+        );
         Arc::new(metrics)
     }
 
-    fn observe(&self, response: &ComputationResponse) {
-        let status = StatusCode::try_from(response.status).map_or("UNKNOWN", |s| s.as_str_name());
-        self.replies.get_or_create(&StatusLabel { status }).inc();
+    fn observe_compute(&self, response: &ComputationResponse) {
         if let Some(hop) = response.hops.first() {
             self.compute_seconds.observe(hop.compute_us as f64 / 1e6);
             self.queue_wait_seconds.observe(hop.queue_wait_us as f64 / 1e6);
         }
+    }
+
+    fn count_reply(&self, response: &ComputationResponse) {
+        let status = StatusCode::try_from(response.status).map_or("UNKNOWN", |s| s.as_str_name());
+        self.replies.get_or_create(&StatusLabel { status }).inc();
+    }
+
+    /// (replies published, requests requeued) so far, for the stop summary.
+    #[must_use]
+    pub fn totals(&self) -> (u64, u64) {
+        let published = REPLY_STATUSES
+            .iter()
+            .map(|status| {
+                self.replies
+                    .get_or_create(&StatusLabel {
+                        status: status.as_str_name(),
+                    })
+                    .get()
+            })
+            .sum();
+        (published, self.requeued.get())
     }
 }
 
@@ -185,7 +239,8 @@ async fn consume(
     }
 }
 
-/// One delivery: compute it, publish the reply, then ack (or requeue).
+/// One delivery: compute it, publish the reply, then ack; give it back to
+/// the queue when it was not computed or its reply was not confirmed.
 async fn serve(delivery: Delivery, channel: Channel, engine: Arc<Engine>, metrics: Arc<WorkerMetrics>) {
     let properties = &delivery.properties;
     let (Some(reply_to), Some(correlation_id)) = (properties.reply_to().clone(), properties.correlation_id().clone())
@@ -195,6 +250,9 @@ async fn serve(delivery: Delivery, channel: Channel, engine: Arc<Engine>, metric
         let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
         return;
     };
+    if delivery.redelivered {
+        metrics.redelivered.inc();
+    }
     let (done, outcome) = oneshot::channel();
     let job = Job {
         body: delivery.data.clone(),
@@ -202,45 +260,71 @@ async fn serve(delivery: Delivery, channel: Channel, engine: Arc<Engine>, metric
         done,
     };
     if engine.submit(job).is_err() {
-        let _ = delivery
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            })
-            .await;
+        requeue(&delivery, &metrics).await;
         return;
     }
-    match outcome.await {
-        Ok(Outcome::Reply(response)) => {
-            metrics.observe(&response);
-            let published = channel
-                .basic_publish(
-                    "".into(),
-                    reply_to,
-                    BasicPublishOptions::default(),
-                    &response.encode_to_vec(),
-                    BasicProperties::default().with_correlation_id(correlation_id.clone()),
-                )
-                .await;
-            let confirmed = match published {
-                Ok(confirm) => confirm.await.is_ok(),
-                Err(_) => false,
-            };
-            if confirmed {
-                let _ = delivery.ack(BasicAckOptions::default()).await;
-                debug!(correlation_id = %correlation_id, status = response.status, "answered");
-            } else {
-                // Not acked: the broker redelivers it once the channel is gone.
-                warn!(correlation_id = %correlation_id, "could not publish the reply; the request stays in the queue");
-            }
-        }
+    let response = match outcome.await {
+        Ok(Outcome::Reply(response)) => response,
         Ok(Outcome::Requeue) | Err(_) => {
-            let _ = delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await;
+            requeue(&delivery, &metrics).await;
+            return;
         }
+    };
+    metrics.observe_compute(&response);
+    match publish_reply(&channel, reply_to, correlation_id.clone(), &response).await {
+        Ok(()) => {
+            metrics.count_reply(&response);
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+            debug!(correlation_id = %correlation_id, status = response.status, "answered");
+        }
+        Err(reason) => {
+            metrics.unpublished_replies.inc();
+            warn!(correlation_id = %correlation_id, %reason, "the reply was not published; the request goes back to the queue");
+            requeue(&delivery, &metrics).await;
+        }
+    }
+}
+
+/// Publishes a reply and waits for the broker's confirm.
+///
+/// # Errors
+/// Only a positive confirm counts: a refusal (nack, e.g. a full reply queue
+/// with `reject-publish`) or a failed publish is an error.
+async fn publish_reply(
+    channel: &Channel,
+    reply_to: ShortString,
+    correlation_id: ShortString,
+    response: &ComputationResponse,
+) -> Result<(), String> {
+    let confirm = channel
+        .basic_publish(
+            "".into(),
+            reply_to,
+            BasicPublishOptions::default(),
+            &response.encode_to_vec(),
+            BasicProperties::default().with_correlation_id(correlation_id),
+        )
+        .await
+        .map_err(|e| format!("publish failed: {e}"))?
+        .await
+        .map_err(|e| format!("no confirm: {e}"))?;
+    match confirm {
+        Confirmation::Ack(_) => Ok(()),
+        Confirmation::Nack(_) => Err("the broker refused the reply (nack)".to_owned()),
+        Confirmation::NotRequested => Err("the channel is not in confirm mode".to_owned()),
+    }
+}
+
+/// Gives a delivery back to the queue. If the channel is gone the nack
+/// fails, and the broker requeues the delivery itself when it notices.
+async fn requeue(delivery: &Delivery, metrics: &WorkerMetrics) {
+    let requeued = delivery
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        })
+        .await;
+    if requeued.is_ok() {
+        metrics.requeued.inc();
     }
 }

@@ -1,38 +1,38 @@
-//! The computation unit on the real broker, behind real transmission units.
+//! The computation unit (its binary) on the real broker, behind real transmission units.
 
 mod support;
 
 use std::time::Duration;
 
-use computation_unit::codec;
+use dnet_model::codec;
 use dnet_proto::{ComputationRequest, ComputationResponse, Data, StatusCode};
-use support::{delete_queue, images, infer, random_queue, Unit, WorkerProcess};
+use dnet_testkit::{wait_for, Broker, ComputationUnit, TestQueue, TransmissionUnit};
+use support::{images, infer, request, result_tensors, thresholds};
 use tch::{Kind, Tensor};
 
 const SEED: u64 = 11;
+/// How long a test waits for a state it needs before it fails.
+const PATIENCE: Duration = Duration::from_secs(60);
 
-fn thresholds(value: f64) -> String {
-    vec![format!("{value}"); 15].join(",")
+async fn unit(broker: &Broker, queue: &TestQueue, extra: &[&str]) -> TransmissionUnit {
+    TransmissionUnit::start(broker, queue.name(), extra)
+        .await
+        .expect("transmission unit starts")
 }
 
-fn request(start_layer: u64, x: &Tensor) -> ComputationRequest {
-    ComputationRequest {
-        start_layer,
-        x: codec::encode_x(x).expect("encode"),
-    }
+async fn worker(broker: &Broker, queue: &TestQueue, exit: u8, extra: &[&str]) -> ComputationUnit {
+    ComputationUnit::start(broker, queue.name(), exit, SEED, extra)
+        .await
+        .expect("computation unit starts")
 }
 
-fn result_tensors(response: &ComputationResponse) -> std::collections::HashMap<String, Tensor> {
-    let Some(Data::Result(bytes)) = &response.data else {
-        panic!("no result in {:?}", response.status)
-    };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("result.safetensors");
-    std::fs::write(&path, bytes).expect("write");
-    Tensor::read_safetensors(&path)
-        .expect("result is safetensors")
-        .into_iter()
-        .collect()
+/// Waits until the broker counts (ready, unacknowledged, consumers) on `queue`.
+async fn wait_for_queue(broker: &Broker, queue: &TestQueue, counts: (u64, u64, u64), what: &str) {
+    wait_for(what, PATIENCE, || async {
+        (broker.queue_counts(queue.name()).ok()? == Some(counts)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; the broker counts {:?}", broker.queue_counts(queue.name())));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,14 +46,15 @@ async fn answers_follow_the_thresholds_exactly() {
         (confidence - 1e-4, StatusCode::Success),
         (confidence + 1e-4, StatusCode::NotSuccess),
     ] {
-        let queue = random_queue();
-        let unit = Unit::start(&queue, &["--timeout", "60s"]).await;
-        let _worker = WorkerProcess::start(&queue, 8, SEED, &["--thresholds", &thresholds(threshold)]);
-        unit.wait_for_consumers(1).await;
+        let broker = Broker::local();
+        let queue = TestQueue::new(&broker);
+        let unit = unit(&broker, &queue, &["--timeout", "60s"]).await;
+        let _worker = worker(&broker, &queue, 8, &["--thresholds", &thresholds(threshold)]).await;
 
         let answer = unit
             .client()
             .await
+            .expect("client")
             .compute(request(0, &x))
             .await
             .expect("answer")
@@ -80,8 +81,6 @@ async fn answers_follow_the_thresholds_exactly() {
                 assert!(trunk.allclose(&reference["x"], 1e-5, 1e-6, false));
             }
         }
-        unit.stop().await;
-        delete_queue(&queue).await;
     }
 }
 
@@ -90,23 +89,27 @@ async fn a_three_unit_cascade_answers_what_infer_gives() {
     let dir = tempfile::tempdir().expect("temp dir");
     let x = images(1, 2);
     let reference = infer(dir.path(), &x, SEED, 0, 16);
-    let queues = [random_queue(), random_queue(), random_queue()];
-    let never = thresholds(1.0);
-    let _workers = [
-        WorkerProcess::start(&queues[0], 8, SEED, &["--thresholds", &never]),
-        WorkerProcess::start(&queues[1], 12, SEED, &["--thresholds", &never]),
-        WorkerProcess::start(&queues[2], 16, SEED, &[]),
+    let broker = Broker::local();
+    let queues = [
+        TestQueue::new(&broker),
+        TestQueue::new(&broker),
+        TestQueue::new(&broker),
     ];
-    let last = Unit::start(&queues[2], &["--timeout", "60s"]).await;
-    let middle = Unit::start(&queues[1], &["--timeout", "60s", "-n", &last.address.to_string()]).await;
-    let first = Unit::start(&queues[0], &["--timeout", "60s", "-n", &middle.address.to_string()]).await;
-    for unit in [&first, &middle, &last] {
-        unit.wait_for_consumers(1).await;
-    }
+    let never = thresholds(1.0);
+    let _workers = futures::future::join3(
+        worker(&broker, &queues[0], 8, &["--thresholds", &never]),
+        worker(&broker, &queues[1], 12, &["--thresholds", &never]),
+        worker(&broker, &queues[2], 16, &[]),
+    )
+    .await;
+    let last = unit(&broker, &queues[2], &["--timeout", "60s"]).await;
+    let middle = unit(&broker, &queues[1], &["--timeout", "60s", "-n", &last.endpoint()]).await;
+    let first = unit(&broker, &queues[0], &["--timeout", "60s", "-n", &middle.endpoint()]).await;
 
     let answer = first
         .client()
         .await
+        .expect("client")
         .compute(request(0, &x))
         .await
         .expect("answer")
@@ -123,24 +126,19 @@ async fn a_three_unit_cascade_answers_what_infer_gives() {
         result["probs"].allclose(&reference["probs"], 1e-5, 1e-6, false),
         "cascade == infer 0->16"
     );
-    for unit in [first, middle, last] {
-        unit.stop().await;
-    }
-    for queue in &queues {
-        delete_queue(queue).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_on_one_queue_share_the_load() {
-    let queue = random_queue();
-    let unit = Unit::start(&queue, &["--timeout", "60s"]).await;
-    let workers = [
-        WorkerProcess::start(&queue, 4, SEED, &["--prefetch", "1"]),
-        WorkerProcess::start(&queue, 4, SEED, &["--prefetch", "1"]),
-    ];
-    unit.wait_for_consumers(2).await;
-    let client = unit.client().await;
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &["--timeout", "60s"]).await;
+    let (first, second) = futures::future::join(
+        worker(&broker, &queue, 4, &["--prefetch", "1"]),
+        worker(&broker, &queue, 4, &["--prefetch", "1"]),
+    )
+    .await;
+    let client = unit.client().await.expect("client");
 
     let calls = (0..8).map(|i| {
         let mut client = client.clone();
@@ -152,38 +150,33 @@ async fn two_workers_on_one_queue_share_the_load() {
         assert_ne!(answer.status, StatusCode::Error as i32);
     }
 
-    let replies: Vec<u64> = workers.iter().map(WorkerProcess::replies).collect();
-    assert_eq!(replies.iter().sum::<u64>(), 8, "{replies:?}");
-    assert!(replies.iter().all(|&n| n > 0), "both workers answered: {replies:?}");
-    unit.stop().await;
-    delete_queue(&queue).await;
+    let mut replies = Vec::new();
+    for worker in [&first, &second] {
+        let metrics = worker.metrics().await.expect("worker metrics");
+        replies.push(metrics.sum("dnet_worker_replies_total").expect("replies counter"));
+    }
+    assert_eq!(replies.iter().sum::<f64>(), 8.0, "{replies:?}");
+    assert!(replies.iter().all(|&n| n > 0.0), "both workers answered: {replies:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_worker_mid_request_loses_nothing() {
-    let queue = random_queue();
-    let unit = Unit::start(&queue, &["--timeout", "120s"]).await;
-    let mut doomed = WorkerProcess::start(&queue, 16, SEED, &["--prefetch", "1"]);
-    unit.wait_for_consumers(1).await;
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &["--timeout", "120s"]).await;
+    let mut doomed = worker(&broker, &queue, 16, &["--prefetch", "1"]).await;
 
     // A large batch keeps the worker busy for a while.
     let x = images(48, 3);
-    let mut client = unit.client().await;
+    let mut client = unit.client().await.expect("client");
     let call = tokio::spawn({
-        let x = x.shallow_clone();
-        async move { client.compute(request(0, &x)).await }
+        let request = request(0, &x);
+        async move { client.compute(request).await }
     });
-    // Taken: nothing left ready in the queue, one consumer holding it unacked.
-    for _ in 0..100 {
-        if unit.qstatus().await == Some((0, 1)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    doomed.kill();
+    wait_for_queue(&broker, &queue, (0, 1, 1), "the worker to hold the request unacked").await;
+    doomed.process.kill();
 
-    let _rescuer = WorkerProcess::start(&queue, 16, SEED, &[]);
+    let rescuer = worker(&broker, &queue, 16, &[]).await;
     let answer = call
         .await
         .expect("task")
@@ -191,17 +184,21 @@ async fn killing_a_worker_mid_request_loses_nothing() {
         .into_inner();
     assert_eq!(answer.status, StatusCode::Success as i32);
     assert_eq!(result_tensors(&answer)["category"].size(), vec![48]);
-    unit.stop().await;
-    delete_queue(&queue).await;
+    let rescued = rescuer.metrics().await.expect("rescuer metrics");
+    assert_eq!(
+        rescued.value("dnet_worker_redelivered_total").expect("counter"),
+        1.0,
+        "the broker redelivered it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_request_gets_an_error_naming_it_and_the_worker_keeps_serving() {
-    let queue = random_queue();
-    let unit = Unit::start(&queue, &["--timeout", "60s"]).await;
-    let _worker = WorkerProcess::start(&queue, 8, SEED, &[]);
-    unit.wait_for_consumers(1).await;
-    let mut client = unit.client().await;
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &["--timeout", "60s"]).await;
+    let _worker = worker(&broker, &queue, 8, &[]).await;
+    let mut client = unit.client().await.expect("client");
 
     let good = codec::encode_x(&images(1, 4)).expect("encode");
     let pickle = vec![
@@ -259,49 +256,56 @@ async fn every_bad_request_gets_an_error_naming_it_and_the_worker_keeps_serving(
         StatusCode::Error as i32,
         "the next good request is answered"
     );
-    unit.stop().await;
-    delete_queue(&queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_the_current_job_requeues_the_rest_and_exits_zero() {
-    let queue = random_queue();
-    let unit = Unit::start(&queue, &["--timeout", "120s"]).await;
-    let mut stopping = WorkerProcess::start(&queue, 16, SEED, &["--prefetch", "3"]);
-    unit.wait_for_consumers(1).await;
-    let client = unit.client().await;
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &["--timeout", "120s"]).await;
+    let mut stopping = worker(&broker, &queue, 16, &["--prefetch", "3"]).await;
+    let client = unit.client().await.expect("client");
     let calls: Vec<_> = (0..3)
         .map(|i| {
             let mut client = client.clone();
-            let x = images(16, 200 + i);
-            tokio::spawn(async move { client.compute(request(0, &x)).await })
+            let request = request(0, &images(16, 200 + i));
+            tokio::spawn(async move { client.compute(request).await })
         })
         .collect();
-    for _ in 0..100 {
-        if unit.qstatus().await == Some((0, 1)) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_queue(&broker, &queue, (0, 3, 1), "the worker to hold all three requests").await;
 
-    let pid = stopping.child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
-    let exit = tokio::task::spawn_blocking(move || stopping.child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
+    stopping.process.signal("TERM").expect("SIGTERM");
+    let exit = stopping.process.wait_exit(PATIENCE).await.expect("exits");
     assert!(exit.success(), "{exit:?}");
-    let _successor = WorkerProcess::start(&queue, 16, SEED, &[]);
+    // What the worker itself did, from its own account: the broker would
+    // requeue the unacked requests of a worker that did nothing, so the
+    // count of nacks it sent is the proof.
+    let summary = stopping.process.events("computation unit stopped");
+    let summary = summary
+        .first()
+        .unwrap_or_else(|| panic!("no stop summary in:\n{}", stopping.process.log()));
+    let (published, requeued) = (summary["published"].as_u64(), summary["requeued"].as_u64());
+    assert!(
+        matches!((published, requeued), (Some(p), Some(r)) if p >= 1 && r >= 1 && p + r == 3),
+        "finished at least the current one and gave the rest back: {summary}"
+    );
+    let requeued = requeued.unwrap_or_default();
+
+    let successor = worker(&broker, &queue, 16, &[]).await;
     for call in calls {
         let answer = call.await.expect("task").expect("every call answered").into_inner();
         assert_eq!(answer.status, StatusCode::Success as i32);
     }
-    unit.stop().await;
-    delete_queue(&queue).await;
+    let metrics = successor.metrics().await.expect("successor metrics");
+    assert_eq!(
+        metrics.sum("dnet_worker_replies_total").expect("replies"),
+        requeued as f64,
+        "the successor computed exactly what was given back"
+    );
+    assert_eq!(
+        metrics.value("dnet_worker_redelivered_total").expect("counter"),
+        requeued as f64
+    );
 }
 
 /// Publishes `body` straight onto `queue` with the given properties.
@@ -328,12 +332,13 @@ async fn bad_messages_straight_onto_the_queue_get_errors_or_are_dropped_and_the_
     use lapin::BasicProperties;
     use prost::Message;
 
-    let queue = random_queue();
-    let unit = Unit::start(&queue, &[]).await; // declares the queue as the worker expects
-    let _worker = WorkerProcess::start(&queue, 8, SEED, &["--max-batch", "2"]);
-    unit.wait_for_consumers(1).await;
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &[]).await;
+    let _worker = worker(&broker, &queue, 8, &["--max-batch", "2"]).await;
+    let queue = queue.name();
 
-    let connection = lapin::Connection::connect(&support::amqp_uri(), lapin::ConnectionProperties::default())
+    let connection = lapin::Connection::connect(&broker.uri, lapin::ConnectionProperties::default())
         .await
         .expect("connect");
     let channel = connection.create_channel().await.expect("channel");
@@ -370,14 +375,14 @@ async fn bad_messages_straight_onto_the_queue_get_errors_or_are_dropped_and_the_
     let good = request(0, &images(1, 9)).encode_to_vec();
     publish_raw(
         &channel,
-        &queue,
+        queue,
         &good,
         BasicProperties::default().with_correlation_id("no-reply-to".into()),
     )
     .await;
     publish_raw(
         &channel,
-        &queue,
+        queue,
         &good,
         BasicProperties::default().with_reply_to(replies.name().clone()),
     )
@@ -399,9 +404,9 @@ async fn bad_messages_straight_onto_the_queue_get_errors_or_are_dropped_and_the_
         ("absurd", absurd, "out of range"),
     ];
     for (id, body, _) in &cases {
-        publish_raw(&channel, &queue, body, with_reply(id)).await;
+        publish_raw(&channel, queue, body, with_reply(id)).await;
     }
-    publish_raw(&channel, &queue, &good, with_reply("good")).await;
+    publish_raw(&channel, queue, &good, with_reply("good")).await;
 
     let mut answers = std::collections::HashMap::new();
     while answers.len() < cases.len() + 1 {
@@ -434,13 +439,11 @@ async fn bad_messages_straight_onto_the_queue_get_errors_or_are_dropped_and_the_
     );
     assert!(!answers.contains_key("no-reply-to"));
     assert_eq!(
-        unit.qstatus().await,
-        Some((0, 1)),
+        unit.qstatus().await.expect("qstatus"),
+        (0, 1),
         "nothing left behind, the worker still consumes"
     );
     let _ = connection.close(200, "done".into()).await;
-    unit.stop().await;
-    delete_queue(&queue).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,10 +454,10 @@ async fn a_malformed_grpc_message_is_refused_and_the_unit_keeps_serving() {
         #[prost(bytes = "vec", tag = "1")]
         start_layer: Vec<u8>,
     }
-    let queue = random_queue();
-    let unit = Unit::start(&queue, &[]).await;
-    let _worker = WorkerProcess::start(&queue, 8, SEED, &[]);
-    unit.wait_for_consumers(1).await;
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &[]).await;
+    let _worker = worker(&broker, &queue, 8, &[]).await;
 
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", unit.address))
         .expect("uri")
@@ -480,11 +483,67 @@ async fn a_malformed_grpc_message_is_refused_and_the_unit_keeps_serving() {
     let answer = unit
         .client()
         .await
+        .expect("client")
         .compute(request(0, &images(1, 10)))
         .await
         .expect("still serving")
         .into_inner();
     assert_ne!(answer.status, StatusCode::Error as i32);
-    unit.stop().await;
-    delete_queue(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_the_broker_refuses_puts_the_request_back_instead_of_losing_it() {
+    use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    use prost::Message;
+
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    // A reply queue that refuses every message: the broker nacks the reply.
+    let full = TestQueue::new(&broker);
+    let mut refusing = worker(&broker, &queue, 8, &[]).await;
+    let connection = lapin::Connection::connect(&broker.uri, lapin::ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongInt(0));
+    arguments.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+    channel
+        .queue_declare(full.name().into(), QueueDeclareOptions::default(), arguments)
+        .await
+        .expect("declare the full reply queue");
+
+    let body = request(0, &images(1, 12)).encode_to_vec();
+    let properties = lapin::BasicProperties::default()
+        .with_reply_to(full.name().into())
+        .with_correlation_id("refused".into());
+    publish_raw(&channel, queue.name(), &body, properties).await;
+    wait_for(
+        "the worker to see its reply refused and give the request back",
+        PATIENCE,
+        || async {
+            let metrics = refusing.metrics().await.ok()?;
+            let refused = metrics.value("dnet_worker_unpublished_replies_total").ok()?;
+            let requeued = metrics.value("dnet_worker_requeued_total").ok()?;
+            (refused >= 1.0 && requeued >= 1.0).then_some(())
+        },
+    )
+    .await
+    .expect("refused and requeued");
+    let published = refusing
+        .metrics()
+        .await
+        .expect("metrics")
+        .sum("dnet_worker_replies_total")
+        .expect("replies");
+    assert_eq!(published, 0.0, "a refused reply is not counted as published");
+
+    refusing.process.kill();
+    wait_for_queue(&broker, &queue, (1, 0, 0), "the request to wait in the queue again").await;
+    let _ = connection.close(200, "done".into()).await;
 }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use computation_unit::codec;
+use dnet_model::codec;
 use dnet_proto::{ComputationRequest, ComputationResponse, DNetClient, Data, HopRecord, StatusCode};
 use result::category_of;
 use tonic::transport::Channel;

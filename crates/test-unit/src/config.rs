@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use computation_unit::config::Thresholds;
-use computation_unit::weights::WeightSource;
 use dnet_common::duration::parse_duration;
+use dnet_model::options::Thresholds;
+use dnet_model::weights::WeightSource;
 use tch::Device;
 
 /// Plays the end device of a DNet cascade: computes the first layers itself
@@ -39,11 +39,11 @@ pub struct Args {
     pub random_weights: Option<u64>,
 
     /// Thresholds of exits 1..15 for the local exit [default: model-spec.md's].
-    #[arg(long, env = "DNET_THRESHOLDS", value_parser = computation_unit::config::parse_thresholds)]
+    #[arg(long, env = "DNET_THRESHOLDS", value_parser = dnet_model::options::parse_thresholds)]
     pub thresholds: Option<Thresholds>,
 
     /// Device of the local layers: cpu, cuda or cuda:N.
-    #[arg(long, env = "DNET_DEVICE", default_value = "cpu", value_parser = computation_unit::config::parse_device)]
+    #[arg(long, env = "DNET_DEVICE", default_value = "cpu", value_parser = dnet_model::options::parse_device)]
     pub device: Device,
 
     /// libtorch threads of the local layers [default: libtorch's choice].

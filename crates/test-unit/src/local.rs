@@ -3,9 +3,9 @@
 
 use std::time::Instant;
 
-use computation_unit::engine::{Engine, Job, Outcome};
-use computation_unit::request::UnitSettings;
-use computation_unit::weights::WeightSource;
+use dnet_model::engine::{Engine, Job, Outcome};
+use dnet_model::request::UnitSettings;
+use dnet_model::weights::WeightSource;
 use dnet_proto::ComputationResponse;
 use tokio::sync::oneshot;
 

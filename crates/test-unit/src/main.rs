@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::Parser;
-use computation_unit::model::DEFAULT_THRESHOLDS;
-use computation_unit::request::UnitSettings;
+use dnet_model::model::DEFAULT_THRESHOLDS;
+use dnet_model::request::UnitSettings;
 use dnet_proto::{DNetClient, QstatusRequest};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 

@@ -3,112 +3,39 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 
-use computation_unit::engine::Engine;
-use computation_unit::model::{DEFAULT_THRESHOLDS, TRUNK_LAYERS};
-use computation_unit::request::UnitSettings;
-use computation_unit::weights::{load, WeightSource};
-use computation_unit::worker::{self, WorkerMetrics, WorkerSettings};
+use dnet_model::model::TRUNK_LAYERS;
+use dnet_model::weights::{load, WeightSource};
+use dnet_testkit::{Broker, ComputationUnit, TestQueue, TransmissionUnit};
 use serde_json::Value;
 use tch::Device;
 use test_unit::inputs::{Inputs, RECORD_BYTES};
-use tokio_util::sync::CancellationToken;
 
 const SEED: u64 = 1;
 
-fn amqp_uri() -> String {
-    std::env::var("DNET_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
-}
-
-/// One unit of exit 16: a transmission unit and a computation unit, in this process.
+/// One unit of exit 16: a transmission unit and a computation unit, as processes.
+/// Fields drop in order: the programs stop before their queue is deleted.
 struct TestUnit {
-    address: String,
-    queue: String,
-    stop: CancellationToken,
+    transmission: TransmissionUnit,
+    _computation: ComputationUnit,
+    _queue: TestQueue,
 }
 
 impl TestUnit {
-    async fn start() -> TestUnit {
-        let queue = format!("dnet-test-{}", uuid::Uuid::new_v4());
-        let stop = CancellationToken::new();
-        let settings = UnitSettings {
-            exit: TRUNK_LAYERS,
-            thresholds: DEFAULT_THRESHOLDS,
-            max_batch: 8,
-            unit_name: "cu-16".into(),
-            device: Device::Cpu,
-        };
-        let engine = tokio::task::spawn_blocking(move || Engine::start(WeightSource::Random(SEED), settings, Some(1)))
+    async fn start(broker: &Broker) -> TestUnit {
+        let queue = TestQueue::new(broker);
+        let computation = ComputationUnit::start(broker, queue.name(), TRUNK_LAYERS as u8, SEED, &["--max-batch", "8"])
             .await
-            .expect("join")
-            .expect("model loads");
-        let worker_settings = WorkerSettings {
-            amqp_uri: amqp_uri(),
-            queue: queue.clone(),
-            prefetch: 2,
-            connection_name: "test worker".into(),
-            tls_ca: None,
-        };
-        let metrics = WorkerMetrics::register(&mut prometheus_client::registry::Registry::default());
-        tokio::spawn(worker::run(
-            worker_settings,
-            Arc::new(engine),
-            metrics,
-            stop.clone().cancelled_owned(),
-        ));
-
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let address = listener.local_addr().expect("address").to_string();
-        let uri = amqp_uri();
-        let config = <transmission_unit::config::Config as clap::Parser>::try_parse_from([
-            "transmission-unit",
-            "-a",
-            &uri,
-            "-q",
-            &queue,
-            "--unit-name",
-            "unit-16",
-        ])
-        .expect("flags");
-        tokio::spawn(transmission_unit::server::run(
-            listener,
-            None,
-            config,
-            stop.clone().cancelled_owned(),
-        ));
-        let unit = TestUnit { address, queue, stop };
-        unit.wait_for_worker().await;
-        unit
-    }
-
-    async fn wait_for_worker(&self) {
-        for _ in 0..300 {
-            if let Ok(mut client) = dnet_proto::DNetClient::connect(format!("http://{}", self.address)).await {
-                if let Ok(status) = client.qstatus(dnet_proto::QstatusRequest {}).await {
-                    if status.into_inner().consumer >= 1 {
-                        return;
-                    }
-                }
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            .expect("computation unit starts");
+        let transmission = TransmissionUnit::start(broker, queue.name(), &["--unit-name", "unit-16"])
+            .await
+            .expect("transmission unit starts");
+        transmission.wait_for_consumers(1).await.expect("the worker consumes");
+        TestUnit {
+            transmission,
+            _computation: computation,
+            _queue: queue,
         }
-        panic!("the test worker never consumed {}", self.queue);
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let connection = lapin::Connection::connect(&amqp_uri(), lapin::ConnectionProperties::default())
-            .await
-            .expect("connect");
-        let channel = connection.create_channel().await.expect("channel");
-        let _ = channel
-            .queue_delete(
-                self.queue.as_str().into(),
-                lapin::options::QueueDeleteOptions::default(),
-            )
-            .await;
     }
 }
 
@@ -163,8 +90,8 @@ fn local_confidences(exit: usize, n: u64, seed: u64) -> Vec<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mode_against_a_real_unit() {
-    let unit = TestUnit::start().await;
-    let address = unit.address.clone();
+    let unit = TestUnit::start(&Broker::local()).await;
+    let address = unit.transmission.endpoint();
 
     // Raw images, closed loop.
     let (ok, report) = run_test_unit(args(&["-a", &address, "-n", "6", "-c", "2", "--qstatus"])).await;
@@ -240,16 +167,11 @@ async fn every_mode_against_a_real_unit() {
         (report["sent"].as_u64(), report["answered"].as_u64()),
         (Some(6), Some(6))
     );
-
-    unit.stop().await;
 }
 
 #[tokio::test]
 async fn a_unit_that_is_down_counts_errors_and_fails() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = dnet_testkit::free_port();
     let (ok, report) = run_test_unit(args(&[
         "-a",
         &format!("127.0.0.1:{port}"),

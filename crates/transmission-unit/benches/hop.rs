@@ -13,8 +13,9 @@ mod common;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use common::{delete_queue, random_queue, success, Behaviour, Worker};
+use common::{success, Behaviour, Worker};
 use dnet_proto::{ComputationRequest, DNetClient};
+use dnet_testkit::{Broker, TestQueue, TransmissionUnit};
 use prost::Message;
 use transmission_unit::queue_client::{QueueClient, QueueSettings};
 
@@ -71,19 +72,25 @@ where
 
 #[tokio::main]
 async fn main() {
-    let queue = random_queue();
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
     // Instant worker: a small SUCCESS result, as a real exit-16 answer would be.
-    let worker = Worker::start(&queue, 64, |_| Behaviour::Reply(success(16, vec![0; 200]))).await;
+    let worker = Worker::start(&broker, queue.name(), 64, |_| {
+        Behaviour::Reply(success(16, vec![0; 200]))
+    })
+    .await;
 
-    let (mut unit, address) = common::spawn_binary(&queue).await;
-    let client = DNetClient::connect(format!("http://{address}"))
+    let unit = TransmissionUnit::start(&broker, queue.name(), &[])
+        .await
+        .expect("the release transmission unit starts");
+    let client = DNetClient::connect(format!("http://{}", unit.address))
         .await
         .expect("connect")
         .max_decoding_message_size(64 << 20);
 
     let bare = QueueClient::start(QueueSettings {
-        uri: common::amqp_uri(),
-        queue: queue.clone(),
+        uri: broker.uri.clone(),
+        queue: queue.name().to_owned(),
         connection_name: "bench baseline".into(),
         tls_ca: None,
         max_message_bytes: 64 << 20,
@@ -143,10 +150,9 @@ async fn main() {
         }
     }
 
-    let _ = unit.kill().await;
+    drop(unit);
     bare.close().await;
     worker.stop().await;
-    delete_queue(&queue).await;
 
     let section = format!(
         "## One transmission-unit hop (loopback, instant worker)\n\n\

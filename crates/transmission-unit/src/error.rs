@@ -72,3 +72,20 @@ impl From<Error> for Status {
         Status::new(error.code(), error.to_string())
     }
 }
+
+/// tonic refuses a message over `--max-message-bytes` with `OUT_OF_RANGE`;
+/// gRPC's status-code table says `RESOURCE_EXHAUSTED` ("received message
+/// larger than max"), which is what clients of other gRPC implementations
+/// expect. Applied to every response of the server: only tonic's size check
+/// is rewritten, naming the flag that sets the limit.
+pub fn oversize_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let Some(status) = Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    if status.code() == Code::OutOfRange && status.message().contains("message length too large") {
+        let exhausted = Status::resource_exhausted(format!("{} (--max-message-bytes)", status.message()));
+        // Replaces grpc-status and grpc-message; only fails for a message that cannot be a header.
+        let _ = exhausted.add_header(response.headers_mut());
+    }
+    response
+}

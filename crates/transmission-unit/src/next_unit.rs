@@ -8,7 +8,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
 use crate::error::Error;
-use crate::server::{HTTP2_CONNECTION_WINDOW, HTTP2_STREAM_WINDOW};
+use crate::http2;
 
 /// How long connecting to the next unit may take before it counts as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -39,8 +39,8 @@ impl NextUnit {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true)
-            .initial_stream_window_size(HTTP2_STREAM_WINDOW)
-            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW);
+            .initial_stream_window_size(http2::STREAM_WINDOW)
+            .initial_connection_window_size(http2::CONNECTION_WINDOW);
         if let Some(tls) = tls {
             endpoint = endpoint
                 .tls_config(tls)

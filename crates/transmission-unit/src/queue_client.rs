@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use dnet_common::amqp::{computation_queue_arguments, computation_queue_options, connect_with_backoff, redact};
+use dnet_amqp::{computation_queue_arguments, computation_queue_options, connect_with_backoff, redact};
 
 use crate::error::QueueError;
 

@@ -14,6 +14,8 @@ use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::error;
+use crate::http2;
 use crate::metrics::Metrics;
 use crate::next_unit::NextUnit;
 use crate::queue_client::{QueueClient, QueueSettings};
@@ -22,10 +24,6 @@ use crate::tls;
 
 /// Health service name of the DNet service (readiness); `""` is the server itself (liveness).
 const SERVICE_NAME: &str = "unit.DNet";
-
-/// HTTP/2 flow-control windows (receive side), sized for a few tensors in flight.
-pub const HTTP2_STREAM_WINDOW: u32 = 4 << 20;
-pub const HTTP2_CONNECTION_WINDOW: u32 = 16 << 20;
 
 /// Why the unit could not start or serve.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +68,7 @@ pub async fn run(
         tls_ca: config
             .amqp_ca
             .as_deref()
-            .map(dnet_common::amqp::read_ca)
+            .map(dnet_amqp::read_ca)
             .transpose()
             .map_err(ServeError::Config)?,
         max_message_bytes: config.max_message_bytes,
@@ -106,7 +104,7 @@ pub async fn run(
         .max_encoding_message_size(config.max_message_bytes);
 
     info!(
-        listen = ?local_address,
+        listen = %local_address.map_or_else(|| "?".to_owned(), |a| a.to_string()),
         unit = %unit_name,
         queue = %config.queue_name,
         next = config.next_address.as_deref().unwrap_or("none"),
@@ -120,10 +118,11 @@ pub async fn run(
         builder = builder.tls_config(server_tls)?;
     }
     let server = builder
-        // Intermediate tensors are ~0.7 MB per image: larger HTTP/2 windows
-        // than the 64 KiB default save flow-control round trips.
-        .initial_stream_window_size(Some(HTTP2_STREAM_WINDOW))
-        .initial_connection_window_size(Some(HTTP2_CONNECTION_WINDOW))
+        .layer(tower::util::MapResponseLayer::new(
+            error::oversize_is_resource_exhausted,
+        ))
+        .initial_stream_window_size(Some(http2::STREAM_WINDOW))
+        .initial_connection_window_size(Some(http2::CONNECTION_WINDOW))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)

@@ -4,8 +4,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{delete_queue, not_success, random_queue, success, Behaviour, Worker};
+use common::{not_success, success, Behaviour, Worker};
 use dnet_proto::{ComputationRequest, DNetClient, Data, StatusCode};
+use dnet_testkit::{Broker, TestQueue, TransmissionUnit};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -62,10 +63,12 @@ async fn tls_and_client_certificates_and_tls_to_the_next_unit() {
     let dir = tempfile::tempdir().expect("temp dir");
     write_certificates(dir.path());
     let d = dir.path();
-    let (q1, q2) = (random_queue(), random_queue());
+    let broker = Broker::local();
+    let (q1, q2) = (TestQueue::new(&broker), TestQueue::new(&broker));
     // The last unit requires a client certificate; the first presents one to it.
-    let last = common::Unit::start_tls(
-        &q2,
+    let last = TransmissionUnit::start(
+        &broker,
+        q2.name(),
         &[
             "--tls-cert",
             &path(d, "server.pem"),
@@ -75,10 +78,12 @@ async fn tls_and_client_certificates_and_tls_to_the_next_unit() {
             &path(d, "ca.pem"),
         ],
     )
-    .await;
+    .await
+    .expect("TLS unit starts");
     let next = format!("localhost:{}", last.address.port());
-    let first = common::Unit::start_tls(
-        &q1,
+    let first = TransmissionUnit::start(
+        &broker,
+        q1.name(),
         &[
             "--tls-cert",
             &path(d, "server.pem"),
@@ -94,9 +99,10 @@ async fn tls_and_client_certificates_and_tls_to_the_next_unit() {
             &path(d, "client.key"),
         ],
     )
-    .await;
-    let w1 = Worker::start(&q1, 4, |r| Behaviour::Reply(not_success(8, r.x))).await;
-    let w2 = Worker::start(&q2, 4, |r| Behaviour::Reply(success(16, r.x))).await;
+    .await
+    .expect("TLS unit starts");
+    let w1 = Worker::start(&broker, q1.name(), 4, |r| Behaviour::Reply(not_success(8, r.x))).await;
+    let w2 = Worker::start(&broker, q2.name(), 4, |r| Behaviour::Reply(success(16, r.x))).await;
     let request = ComputationRequest {
         start_layer: 0,
         x: b"secret tensor".to_vec(),
@@ -128,14 +134,11 @@ async fn tls_and_client_certificates_and_tls_to_the_next_unit() {
 
     w1.stop().await;
     w2.stop().await;
-    first.stop().await;
-    last.stop().await;
-    delete_queue(&q1).await;
-    delete_queue(&q2).await;
 }
 
-/// A TLS terminator in front of the local RabbitMQ: amqps:// on its port, plain AMQP behind.
-async fn amqps_proxy(dir: &Path) -> u16 {
+/// A TLS terminator in front of `broker`: amqps:// on its port, plain AMQP behind.
+async fn amqps_proxy(dir: &Path, broker: &Broker) -> u16 {
+    let upstream = broker.host_port().expect("the test broker's host:port");
     use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
     let cert = CertificateDer::from_pem_file(dir.join("server.pem")).expect("certificate");
     let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).expect("key");
@@ -151,12 +154,12 @@ async fn amqps_proxy(dir: &Path) -> u16 {
     let port = listener.local_addr().expect("address").port();
     tokio::spawn(async move {
         while let Ok((inbound, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
+            let (acceptor, upstream) = (acceptor.clone(), upstream.clone());
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(inbound).await else {
                     return;
                 };
-                let Ok(mut broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await else {
+                let Ok(mut broker) = tokio::net::TcpStream::connect(&upstream).await else {
                     return;
                 };
                 let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
@@ -170,16 +173,20 @@ async fn amqps_proxy(dir: &Path) -> u16 {
 async fn the_transmission_unit_reaches_the_broker_over_amqps() {
     let dir = tempfile::tempdir().expect("temp dir");
     write_certificates(dir.path());
-    let port = amqps_proxy(dir.path()).await;
-    let queue = random_queue();
-    let broker = format!("amqps://guest:guest@localhost:{port}/%2f");
+    let broker = Broker::local();
+    let port = amqps_proxy(dir.path(), &broker).await;
+    let queue = TestQueue::new(&broker);
+    let amqps = format!("amqps://guest:guest@localhost:{port}/%2f");
     let ca = path(dir.path(), "ca.pem");
-    let unit = common::Unit::start(&queue, &["-a", &broker, "--amqp-ca", &ca]).await;
-    let worker = Worker::start(&queue, 4, |r| Behaviour::Reply(success(16, r.x))).await;
+    let unit = TransmissionUnit::start(&broker, queue.name(), &["-a", &amqps, "--amqp-ca", &ca])
+        .await
+        .expect("the unit connects over amqps");
+    let worker = Worker::start(&broker, queue.name(), 4, |r| Behaviour::Reply(success(16, r.x))).await;
 
     let answer = unit
         .client()
         .await
+        .expect("client")
         .compute(ComputationRequest {
             start_layer: 0,
             x: b"over amqps".to_vec(),
@@ -189,6 +196,4 @@ async fn the_transmission_unit_reaches_the_broker_over_amqps() {
         .into_inner();
     assert_eq!(answer.data, Some(Data::Result(b"over amqps".to_vec())));
     worker.stop().await;
-    unit.stop().await;
-    delete_queue(&queue).await;
 }

@@ -1,4 +1,4 @@
-//! The transmission unit against the real RabbitMQ, with test workers.
+//! The transmission unit (its binary) against the real RabbitMQ, with scripted workers.
 
 mod common;
 
@@ -6,27 +6,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{delete_queue, free_port, not_success, random_queue, success, Behaviour, Unit, Worker};
-use dnet_proto::{ComputationRequest, Data, QstatusRequest, StatusCode};
+use common::{not_success, request, success, Behaviour, Worker};
+use dnet_proto::{Data, QstatusRequest, StatusCode};
+use dnet_testkit::grpc::{health, wait_for_health};
+use dnet_testkit::{free_port, wait_for, Broker, TestQueue, TransmissionUnit};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-fn request(start_layer: u64, x: &[u8]) -> ComputationRequest {
-    ComputationRequest {
-        start_layer,
-        x: x.to_vec(),
-    }
+/// How long a test waits for a state it needs before it fails.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+async fn unit(broker: &Broker, queue: &TestQueue, extra: &[&str]) -> TransmissionUnit {
+    TransmissionUnit::start(broker, queue.name(), extra)
+        .await
+        .expect("transmission unit starts")
 }
 
 #[tokio::test]
 async fn success_passes_through_with_this_units_hop() {
-    let queue = random_queue();
-    let unit = Unit::start(&queue, &[]).await;
-    let worker = Worker::start(&queue, 10, |r| Behaviour::Reply(success(16, r.x))).await;
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &[]).await;
+    let worker = Worker::start(&broker, queue.name(), 10, |r| Behaviour::Reply(success(16, r.x))).await;
 
     let answer = unit
         .client()
         .await
+        .expect("client")
         .compute(request(12, b"tensor"))
         .await
         .expect("answer")
@@ -43,26 +49,29 @@ async fn success_passes_through_with_this_units_hop() {
     );
     assert!(hop.total_us >= hop.queue_wait_us + hop.compute_us, "{hop:?}");
     worker.stop().await;
-    unit.stop().await;
-    delete_queue(&queue).await;
 }
 
 #[tokio::test]
 async fn not_success_is_forwarded_along_three_units() {
-    let queues = [random_queue(), random_queue(), random_queue()];
-    let last = Unit::start(&queues[2], &[]).await;
-    let middle = Unit::start(&queues[1], &["-n", &last.endpoint()]).await;
-    let first = Unit::start(&queues[0], &["-n", &middle.endpoint()]).await;
+    let broker = Broker::local();
+    let queues = [
+        TestQueue::new(&broker),
+        TestQueue::new(&broker),
+        TestQueue::new(&broker),
+    ];
+    let last = unit(&broker, &queues[2], &[]).await;
+    let middle = unit(&broker, &queues[1], &["-n", &last.endpoint()]).await;
+    let first = unit(&broker, &queues[0], &["-n", &middle.endpoint()]).await;
     let workers = [
-        Worker::start(&queues[0], 10, |r| {
+        Worker::start(&broker, queues[0].name(), 10, |r| {
             Behaviour::Reply(not_success(4, [r.x, b"+4".to_vec()].concat()))
         })
         .await,
-        Worker::start(&queues[1], 10, |r| {
+        Worker::start(&broker, queues[1].name(), 10, |r| {
             Behaviour::Reply(not_success(8, [r.x, b"+8".to_vec()].concat()))
         })
         .await,
-        Worker::start(&queues[2], 10, |r| {
+        Worker::start(&broker, queues[2].name(), 10, |r| {
             Behaviour::Reply(success(12, [r.x, b"+12".to_vec()].concat()))
         })
         .await,
@@ -71,6 +80,7 @@ async fn not_success_is_forwarded_along_three_units() {
     let answer = first
         .client()
         .await
+        .expect("client")
         .compute(request(0, b"x"))
         .await
         .expect("answer")
@@ -101,23 +111,19 @@ async fn not_success_is_forwarded_along_three_units() {
     for worker in workers {
         worker.stop().await;
     }
-    for unit in [first, middle, last] {
-        unit.stop().await;
-    }
-    for queue in &queues {
-        delete_queue(queue).await;
-    }
 }
 
 #[tokio::test]
 async fn not_success_without_next_address_comes_back_as_is() {
-    let queue = random_queue();
-    let unit = Unit::start(&queue, &[]).await;
-    let worker = Worker::start(&queue, 10, |r| Behaviour::Reply(not_success(8, r.x))).await;
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &[]).await;
+    let worker = Worker::start(&broker, queue.name(), 10, |r| Behaviour::Reply(not_success(8, r.x))).await;
 
     let answer = unit
         .client()
         .await
+        .expect("client")
         .compute(request(0, b"image"))
         .await
         .expect("answer")
@@ -128,16 +134,15 @@ async fn not_success_without_next_address_comes_back_as_is() {
     assert_eq!(answer.hops.len(), 1);
     assert_eq!((answer.hops[0].start_layer, answer.hops[0].exit_layer), (0, 8));
     worker.stop().await;
-    unit.stop().await;
-    delete_queue(&queue).await;
 }
 
 #[tokio::test]
 async fn two_hundred_concurrent_calls_each_get_their_own_answer() {
-    let queue = random_queue();
-    let unit = Unit::start(&queue, &[]).await;
-    let worker = Worker::start(&queue, 50, |r| Behaviour::Reply(success(16, r.x))).await;
-    let client = unit.client().await;
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &[]).await;
+    let worker = Worker::start(&broker, queue.name(), 50, |r| Behaviour::Reply(success(16, r.x))).await;
+    let client = unit.client().await.expect("client");
 
     let calls = (0..200_u32).map(|i| {
         let mut client = client.clone();
@@ -153,24 +158,30 @@ async fn two_hundred_concurrent_calls_each_get_their_own_answer() {
         let (x, answer) = joined.expect("call task");
         assert_eq!(answer.data, Some(Data::Result(x)));
     }
-    assert_eq!(unit.metric("dnet_pending_replies").await, 0.0);
+    let metrics = unit.metrics().await.expect("metrics");
+    assert_eq!(metrics.value("dnet_pending_replies").expect("gauge"), 0.0);
+    assert_eq!(
+        metrics
+            .labelled("dnet_requests_total", "status", "SUCCESS")
+            .expect("counter"),
+        200.0
+    );
     worker.stop().await;
-    unit.stop().await;
-    delete_queue(&queue).await;
 }
 
 #[tokio::test]
 async fn deadline_expiry_gives_deadline_exceeded_and_leaves_no_entry() {
-    let queue = random_queue();
-    let unit = Unit::start(&queue, &["--timeout", "300ms"]).await;
-    let held = Worker::start(&queue, 10, |_| Behaviour::Hold).await;
-    let mut client = unit.client().await;
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &["--timeout", "300ms"]).await;
+    let held = Worker::start(&broker, queue.name(), 10, |_| Behaviour::Hold).await;
+    let mut client = unit.client().await.expect("client");
 
     // The unit's default deadline (no deadline from the caller).
     let started = Instant::now();
     let status = client.compute(request(0, b"slow")).await.expect_err("no reply in time");
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert!(status.message().contains(&queue), "{status:?}");
+    assert!(status.message().contains(queue.name()), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(3));
 
     // The caller's own deadline is honoured the same way.
@@ -179,18 +190,24 @@ async fn deadline_expiry_gives_deadline_exceeded_and_leaves_no_entry() {
     let status = client.compute(with_deadline).await.expect_err("no reply in time");
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
 
-    assert_eq!(unit.metric("dnet_pending_replies").await, 0.0);
+    let metrics = unit.metrics().await.expect("metrics");
+    assert_eq!(metrics.value("dnet_pending_replies").expect("gauge"), 0.0);
+    assert_eq!(
+        metrics
+            .labelled("dnet_requests_total", "status", "DeadlineExceeded")
+            .expect("counter"),
+        2.0
+    );
     held.stop().await;
-    unit.stop().await;
-    delete_queue(&queue).await;
 }
 
 #[tokio::test]
-async fn a_late_reply_is_dropped_and_the_next_call_gets_its_own() {
-    let queue = random_queue();
-    let unit = Unit::start(&queue, &["--timeout", "300ms"]).await;
+async fn a_late_reply_is_counted_dropped_and_the_next_call_gets_its_own() {
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &["--timeout", "300ms"]).await;
     // Replies only after 800 ms: the first call has given up by then.
-    let worker = Worker::start(&queue, 10, |r| {
+    let worker = Worker::start(&broker, queue.name(), 10, |r| {
         if r.x == b"late" {
             Behaviour::ReplyAfter(Duration::from_millis(800), success(16, r.x))
         } else {
@@ -198,34 +215,43 @@ async fn a_late_reply_is_dropped_and_the_next_call_gets_its_own() {
         }
     })
     .await;
-    let mut client = unit.client().await;
+    let mut client = unit.client().await.expect("client");
 
     let status = client.compute(request(0, b"late")).await.expect_err("too late");
     assert_eq!(status.code(), Code::DeadlineExceeded);
-    tokio::time::sleep(Duration::from_millis(700)).await; // the late reply arrives meanwhile
+    let late = wait_for("the late reply to be counted", PATIENCE, || async {
+        let late = unit.metrics().await.ok()?.value("dnet_late_replies_total").ok()?;
+        (late > 0.0).then_some(late)
+    })
+    .await
+    .expect("the late reply arrives and is dropped");
+    assert_eq!(late, 1.0, "exactly the one late reply");
+
     let answer = client
         .compute(request(0, b"on time"))
         .await
         .expect("answer")
         .into_inner();
     assert_eq!(answer.data, Some(Data::Result(b"on time".to_vec())));
-    assert_eq!(unit.metric("dnet_pending_replies").await, 0.0);
+    let metrics = unit.metrics().await.expect("metrics");
+    assert_eq!(metrics.value("dnet_pending_replies").expect("gauge"), 0.0);
+    assert_eq!(metrics.value("dnet_late_replies_total").expect("counter"), 1.0);
     worker.stop().await;
-    unit.stop().await;
-    delete_queue(&queue).await;
 }
 
 #[tokio::test]
 async fn next_unit_down_gives_unavailable_quickly() {
-    let queue = random_queue();
-    let next = format!("127.0.0.1:{}", free_port().await);
-    let unit = Unit::start(&queue, &["-n", &next]).await;
-    let worker = Worker::start(&queue, 10, |r| Behaviour::Reply(not_success(8, r.x))).await;
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let next = format!("127.0.0.1:{}", free_port());
+    let unit = unit(&broker, &queue, &["-n", &next]).await;
+    let worker = Worker::start(&broker, queue.name(), 10, |r| Behaviour::Reply(not_success(8, r.x))).await;
 
     let started = Instant::now();
     let status = unit
         .client()
         .await
+        .expect("client")
         .compute(request(0, b"x"))
         .await
         .expect_err("next unit is down");
@@ -238,28 +264,30 @@ async fn next_unit_down_gives_unavailable_quickly() {
         started.elapsed()
     );
     worker.stop().await;
-    unit.stop().await;
-    delete_queue(&queue).await;
 }
 
 #[tokio::test]
 async fn a_worker_dying_mid_request_loses_nothing() {
-    let queue = random_queue();
-    let unit = Unit::start(&queue, &["--timeout", "20s"]).await;
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &["--timeout", "20s"]).await;
     let taken = Arc::new(AtomicBool::new(false));
     let taken_by_first = Arc::clone(&taken);
-    let doomed = Worker::start(&queue, 1, move |_| {
+    let doomed = Worker::start(&broker, queue.name(), 1, move |_| {
         taken_by_first.store(true, Ordering::SeqCst);
         Behaviour::Die
     })
     .await;
-    let mut client = unit.client().await;
+    let mut client = unit.client().await.expect("client");
     let call = tokio::spawn(async move { client.compute(request(0, b"precious")).await });
-    while !taken.load(Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for("the doomed worker to take the request", PATIENCE, || {
+        let taken = taken.load(Ordering::SeqCst);
+        async move { taken.then_some(()) }
+    })
+    .await
+    .expect("taken");
 
-    let rescuer = Worker::start(&queue, 1, |r| {
+    let rescuer = Worker::start(&broker, queue.name(), 1, |r| {
         Behaviour::Reply(success(16, [b"rescued:".to_vec(), r.x].concat()))
     })
     .await;
@@ -272,22 +300,15 @@ async fn a_worker_dying_mid_request_loses_nothing() {
     assert_eq!(answer.data, Some(Data::Result(b"rescued:precious".to_vec())));
     doomed.stop().await;
     rescuer.stop().await;
-    unit.stop().await;
-    delete_queue(&queue).await;
 }
 
 #[tokio::test]
 async fn qstatus_counts_messages_and_consumers() {
-    let queue = random_queue();
-    let unit = Unit::start(&queue, &["--timeout", "20s"]).await;
-    let client = unit.client().await;
-    let status = client
-        .clone()
-        .qstatus(QstatusRequest {})
-        .await
-        .expect("qstatus")
-        .into_inner();
-    assert_eq!((status.qlength, status.consumer), (0, 0));
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &["--timeout", "20s"]).await;
+    let client = unit.client().await.expect("client");
+    assert_eq!(unit.qstatus().await.expect("qstatus"), (0, 0));
 
     let calls: Vec<_> = (0..3_u8)
         .map(|i| {
@@ -295,25 +316,15 @@ async fn qstatus_counts_messages_and_consumers() {
             tokio::spawn(async move { client.compute(request(0, &[i])).await })
         })
         .collect();
-    let mut waiting = (0, 0);
-    for _ in 0..100 {
-        let status = client
-            .clone()
-            .qstatus(QstatusRequest {})
-            .await
-            .expect("qstatus")
-            .into_inner();
-        waiting = (status.qlength, status.consumer);
-        if waiting == (3, 0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(waiting, (3, 0), "three requests wait, nobody consumes");
+    wait_for("three requests waiting with nobody consuming", PATIENCE, || async {
+        (unit.qstatus().await.ok()? == (3, 0)).then_some(())
+    })
+    .await
+    .expect("Qstatus reports (3, 0)");
 
     let workers = [
-        Worker::start(&queue, 1, |r| Behaviour::Reply(success(16, r.x))).await,
-        Worker::start(&queue, 1, |r| Behaviour::Reply(success(16, r.x))).await,
+        Worker::start(&broker, queue.name(), 1, |r| Behaviour::Reply(success(16, r.x))).await,
+        Worker::start(&broker, queue.name(), 1, |r| Behaviour::Reply(success(16, r.x))).await,
     ];
     for call in calls {
         call.await.expect("call task").expect("answered once workers came");
@@ -328,106 +339,88 @@ async fn qstatus_counts_messages_and_consumers() {
     for worker in workers {
         worker.stop().await;
     }
-    unit.stop().await;
-    delete_queue(&queue).await;
 }
 
 #[tokio::test]
-async fn oversize_requests_are_refused_before_the_broker() {
-    let queue = random_queue();
-    let unit = Unit::start(&queue, &["--max-message-bytes", "1000"]).await;
+async fn an_oversize_request_gets_resource_exhausted_naming_the_limit() {
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &["--max-message-bytes", "1000"]).await;
     let status = unit
         .client()
         .await
+        .expect("client")
         .compute(request(0, &[0_u8; 2000]))
         .await
         .expect_err("too large");
-    assert!(
-        matches!(status.code(), Code::ResourceExhausted | Code::OutOfRange),
-        "{status:?}"
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("1000"), "names the limit: {status:?}");
+    assert_eq!(
+        broker.queue_counts(queue.name()).expect("rabbitmqctl"),
+        Some((0, 0, 0)),
+        "nothing reached the queue"
     );
-    unit.stop().await;
-    delete_queue(&queue).await;
 }
 
 #[tokio::test]
 async fn health_is_not_serving_while_the_broker_is_unreachable() {
-    let port = free_port().await;
-    let broker = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("address");
-    let config = <transmission_unit::config::Config as clap::Parser>::try_parse_from([
-        "transmission-unit",
-        "-a",
-        &broker,
-        "-q",
-        "unused",
-    ])
-    .expect("flags");
-    let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(transmission_unit::server::run(
-        listener,
-        None,
-        config,
-        stop.clone().cancelled_owned(),
-    ));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    let mut health = common::health_client(address)
+    let broker = Broker::local();
+    let nowhere = format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port());
+    let unit = TransmissionUnit::launch(&broker, "unused", &["-a", &nowhere])
         .await
         .expect("gRPC is up even without a broker");
-    let answer = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "unit.DNet".into(),
-        })
-        .await
-        .expect("health answers")
-        .into_inner();
+
     assert_eq!(
-        answer.status,
-        ServingStatus::NotServing as i32,
+        health(unit.address, "unit.DNet").await,
+        Some(ServingStatus::NotServing),
         "not ready without a broker"
     );
-    let server = health
-        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
-        .await
-        .expect("health answers")
-        .into_inner();
     assert_eq!(
-        server.status,
-        ServingStatus::Serving as i32,
+        health(unit.address, "").await,
+        Some(ServingStatus::Serving),
         "but alive: no restart for a broker outage"
     );
-    let mut client = dnet_proto::DNetClient::connect(format!("http://{address}"))
+    let status = unit
+        .client()
         .await
-        .expect("connect");
-    let status = client.compute(request(0, b"x")).await.expect_err("no broker");
+        .expect("client")
+        .compute(request(0, b"x"))
+        .await
+        .expect_err("no broker");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    stop.cancel();
-    task.await.expect("task").expect("clean exit");
 }
 
 #[tokio::test]
 async fn broker_connection_loss_fails_in_flight_calls_then_recovers() {
-    let queue = random_queue();
-    let unit = Unit::start(&queue, &["--timeout", "30s"]).await;
-    let held = Worker::start(&queue, 10, |_| Behaviour::Hold).await;
-    let mut client = unit.client().await;
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &["--timeout", "30s"]).await;
+    let held = Worker::start(&broker, queue.name(), 10, |_| Behaviour::Hold).await;
+    let mut client = unit.client().await.expect("client");
     let in_flight = tokio::spawn({
         let mut client = client.clone();
         async move { client.compute(request(0, b"in flight")).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for("the call to wait for its reply", PATIENCE, || async {
+        let pending = unit.metrics().await.ok()?.value("dnet_pending_replies").ok()?;
+        (pending == 1.0).then_some(())
+    })
+    .await
+    .expect("one call in flight");
 
-    close_broker_connection(&format!("transmission-unit {}", unit.name));
+    broker
+        .close_connection(&format!("transmission-unit {}", unit.name))
+        .expect("the broker closes the unit's connection");
     let started = Instant::now();
     let status = in_flight.await.expect("call task").expect_err("connection lost");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
 
-    unit.wait_until(ServingStatus::Serving).await;
+    wait_for_health(unit.address, ServingStatus::Serving, PATIENCE)
+        .await
+        .expect("reconnected");
     held.stop().await;
-    let worker = Worker::start(&queue, 10, |r| Behaviour::Reply(success(16, r.x))).await;
+    let worker = Worker::start(&broker, queue.name(), 10, |r| Behaviour::Reply(success(16, r.x))).await;
     let answer = client
         .compute(request(0, b"after"))
         .await
@@ -435,66 +428,34 @@ async fn broker_connection_loss_fails_in_flight_calls_then_recovers() {
         .into_inner();
     assert_eq!(answer.data, Some(Data::Result(b"after".to_vec())));
     worker.stop().await;
-    unit.stop().await;
-    delete_queue(&queue).await;
-}
-
-/// Asks the broker to close the connection with this client-provided name.
-fn close_broker_connection(name: &str) {
-    let listing = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "--quiet",
-            "--no-table-headers",
-            "pid",
-            "client_properties",
-        ])
-        .output()
-        .expect("rabbitmqctl runs (the broker of these tests is local)");
-    let listing = String::from_utf8_lossy(&listing.stdout);
-    let pid = listing
-        .lines()
-        .filter(|line| line.contains(&format!("\"{name}\"")))
-        .find_map(|line| line.split('\t').next().map(str::to_owned))
-        .unwrap_or_else(|| panic!("no connection named {name} in:\n{listing}"));
-    let closed = std::process::Command::new("rabbitmqctl")
-        .args(["close_connection", &pid, "test closes the connection"])
-        .status()
-        .expect("rabbitmqctl");
-    assert!(closed.success());
 }
 
 #[tokio::test]
 async fn sigterm_drains_in_flight_calls_and_exits_zero() {
-    let queue = random_queue();
-    let (mut unit, address) = common::spawn_binary(&queue).await;
-    let worker = Worker::start(&queue, 10, |r| {
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let mut unit = unit(&broker, &queue, &[]).await;
+    let worker = Worker::start(&broker, queue.name(), 10, |r| {
         Behaviour::ReplyAfter(Duration::from_millis(1000), success(16, r.x))
     })
     .await;
-    let mut client = dnet_proto::DNetClient::connect(format!("http://{address}"))
-        .await
-        .expect("connect");
+    let mut client = unit.client().await.expect("client");
     let call = tokio::spawn(async move { client.compute(request(0, b"in flight")).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for("the call to be in flight", PATIENCE, || async {
+        let in_flight = unit.metrics().await.ok()?.value("dnet_in_flight").ok()?;
+        (in_flight == 1.0).then_some(())
+    })
+    .await
+    .expect("one call in flight");
 
-    let pid = unit.id().expect("pid").to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    unit.process.signal("TERM").expect("SIGTERM");
     let answer = call
         .await
         .expect("call task")
         .expect("the in-flight call is drained")
         .into_inner();
     assert_eq!(answer.data, Some(Data::Result(b"in flight".to_vec())));
-    let exit = tokio::time::timeout(Duration::from_secs(10), unit.wait())
-        .await
-        .expect("exits")
-        .expect("status");
+    let exit = unit.process.wait_exit(Duration::from_secs(10)).await.expect("exits");
     assert!(exit.success(), "{exit:?}");
     worker.stop().await;
-    delete_queue(&queue).await;
 }

@@ -2,8 +2,9 @@
 
 mod common;
 
-use common::{delete_queue, random_queue, success, Behaviour, Unit, Worker};
+use common::{success, Behaviour, Worker};
 use dnet_proto::{ComputationRequest, ComputationResponse, Data, HopRecord, StatusCode};
+use dnet_testkit::{Broker, TestQueue, TransmissionUnit};
 use prost::Message;
 
 /// The original `ComputationMessage.proto`, field for field, as a client
@@ -106,9 +107,12 @@ fn our_responses_decode_with_the_original_definitions() {
 
 #[tokio::test]
 async fn a_client_generated_from_the_original_definitions_works_unchanged() {
-    let queue = random_queue();
-    let unit = Unit::start(&queue, &[]).await;
-    let worker = Worker::start(&queue, 10, |r| Behaviour::Reply(success(16, r.x))).await;
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = TransmissionUnit::start(&broker, queue.name(), &[])
+        .await
+        .expect("unit starts");
+    let worker = Worker::start(&broker, queue.name(), 10, |r| Behaviour::Reply(success(16, r.x))).await;
 
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", unit.address))
         .expect("uri")
@@ -137,6 +141,4 @@ async fn a_client_generated_from_the_original_definitions_works_unchanged() {
         }
     );
     worker.stop().await;
-    unit.stop().await;
-    delete_queue(&queue).await;
 }

@@ -1,13 +1,32 @@
 //! The tch model against an independent PyTorch implementation of model-spec.md.
 
-mod support;
-
 use std::collections::HashMap;
 
-use computation_unit::model::MultiExitInception;
-use computation_unit::weights::{load, WeightSource, WeightsError};
-use support::{write_reference, THREADS};
+use dnet_model::model::MultiExitInception;
+use dnet_model::weights::{load, WeightSource, WeightsError};
+use dnet_testkit::venv_python;
 use tch::{Device, Tensor};
+
+/// libtorch threads on both sides of a comparison.
+const THREADS: i32 = 2;
+
+/// Runs the PyTorch reference into `dir`: weights.safetensors, weights.pkl, cases.safetensors.
+fn write_reference(dir: &std::path::Path, seed: u64) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/reference.py");
+    let status = std::process::Command::new(venv_python())
+        .arg(&script)
+        .arg(dir)
+        .arg(seed.to_string())
+        .arg(THREADS.to_string())
+        .status()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} (make setup installs the venv): {e}",
+                venv_python().display()
+            )
+        });
+    assert!(status.success(), "reference.py failed");
+}
 
 const TOLERANCE: f64 = 1e-5;
 
@@ -110,7 +129,7 @@ fn every_exit_and_split_matches_pytorch_and_splits_chain() {
     // The converter turns the original torch.save pickle into the same weights.
     let converted = reference.pickle.with_extension("converted.safetensors");
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/convert_weights.py");
-    let status = std::process::Command::new(support::python())
+    let status = std::process::Command::new(venv_python())
         .arg(&script)
         .arg(&reference.pickle)
         .arg(&converted)

@@ -1,5 +1,8 @@
-//! The AMQP side of the unit contract: how the computation queue is declared
-//! and how a program connects to the broker.
+//! DNet's side of RabbitMQ, shared by the transmission unit and the worker:
+//! how the computation queue is declared (the contract with the original
+//! programs, docs/architecture.md) and how a program connects to the broker.
+//! Kept apart from `dnet-common` so that programs without a broker (the test
+//! client) do not link an AMQP client.
 
 use std::future::Future;
 use std::time::Duration;

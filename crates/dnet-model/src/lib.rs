@@ -1,0 +1,22 @@
+//! The multi-exit Inception-v3 of DNet in tch, and everything that runs it
+//! without a broker: the computation unit's worker and the test client's
+//! local layers both use this crate. See `docs/model-spec.md`.
+//!
+//! Layout:
+//! - `blocks`: BasicConv2d and Inception blocks A-E.
+//! - `model`: the network, its boundary shapes and default thresholds; `forward(x, start, exit)`.
+//! - `weights`: building the model from a safetensors file (checked) or a seed.
+//! - `codec`: safetensors bytes <-> tensors (validation is `dnet-codec`'s).
+//! - `decision`: the exit rule (confidence against the threshold).
+//! - `request`: one request, bytes in, response out (decode, validate, forward, decide, encode).
+//! - `engine`: the OS thread that owns the model and computes one job at a time.
+//! - `options`: thresholds and devices as command lines give them.
+
+pub mod blocks;
+pub mod codec;
+pub mod decision;
+pub mod engine;
+pub mod model;
+pub mod options;
+pub mod request;
+pub mod weights;

@@ -1,0 +1,71 @@
+//! A unit seen from its gRPC side: clients, health, queue status.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use dnet_proto::{DNetClient, QstatusRequest};
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// Largest message the kit's clients accept (a batch of intermediate tensors).
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+/// A `unit.DNet` client of the unit at `address` (plain HTTP/2).
+///
+/// # Errors
+/// Nothing accepts connections there.
+pub async fn client(address: SocketAddr) -> anyhow::Result<DNetClient<Channel>> {
+    let client = DNetClient::connect(format!("http://{address}"))
+        .await
+        .with_context(|| format!("cannot connect to the unit at {address}"))?;
+    Ok(client
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+/// The health a unit reports for `service` (`"unit.DNet"`: readiness, `""`:
+/// liveness); `None` when it cannot be asked.
+pub async fn health(address: SocketAddr, service: &str) -> Option<ServingStatus> {
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let answer = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .ok()?;
+    ServingStatus::try_from(answer.into_inner().status).ok()
+}
+
+/// Waits up to `limit` until `unit.DNet` at `address` reports `status`.
+///
+/// # Errors
+/// It never did.
+pub async fn wait_for_health(address: SocketAddr, status: ServingStatus, limit: Duration) -> anyhow::Result<()> {
+    crate::wait_for(
+        &format!("unit at {address} to report {status:?}"),
+        limit,
+        || async move { (health(address, "unit.DNet").await == Some(status)).then_some(()) },
+    )
+    .await
+}
+
+/// (messages waiting, consumers) of the unit's queue, from `Qstatus`.
+///
+/// # Errors
+/// The unit cannot be reached or cannot read its queue.
+pub async fn qstatus(address: SocketAddr) -> anyhow::Result<(u64, u64)> {
+    let answer = client(address)
+        .await?
+        .qstatus(QstatusRequest {})
+        .await
+        .with_context(|| format!("Qstatus of the unit at {address}"))?
+        .into_inner();
+    Ok((answer.qlength, answer.consumer))
+}

@@ -1,0 +1,60 @@
+//! DNet's test kit, shared by every integration suite, the benches and the
+//! chaos suite: the real programs, started and stopped from the outside.
+//!
+//! Layout:
+//! - `broker`: the RabbitMQ a suite talks to (the machine's, or a private
+//!   node started and stopped by the suite), and `rabbitmqctl` against it.
+//! - `queue`: a queue name no other test uses, deleted on `Drop`.
+//! - `process`: a child process with its log in a file, killed on `Drop`;
+//!   waiting for lines of its JSON log.
+//! - `programs`: the transmission unit and the computation unit as
+//!   processes, ready when they say so, with their addresses read from their logs.
+//! - `metrics`: reading a program's `/metrics`.
+//! - `grpc`: clients, health and queue status of a unit.
+//! - `wait`: waiting for a condition, failing with what never came.
+//!
+//! Everything a test starts is owned by a value whose `Drop` cleans up, so a
+//! failing test leaves no process or queue behind. Declare the queue before
+//! the programs that use it: locals drop in reverse order, so the programs
+//! stop before their queue is deleted (a consumer would declare it again).
+
+pub mod broker;
+pub mod grpc;
+pub mod metrics;
+pub mod process;
+pub mod programs;
+pub mod queue;
+pub mod wait;
+
+pub use broker::{Broker, PrivateBroker};
+pub use metrics::Metrics;
+pub use process::Process;
+pub use programs::{ComputationUnit, TransmissionUnit};
+pub use queue::TestQueue;
+pub use wait::wait_for;
+
+/// A local TCP port nothing listens on right now (bound, then released).
+/// Prefer letting a program bind port 0 and reading the port from its log;
+/// this is for programs that must be told their port in advance.
+///
+/// # Panics
+/// When no port can be bound on 127.0.0.1.
+#[must_use]
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+/// The venv's python (`DNET_VENV`, default `~/.cache/dnet/venv`), which has
+/// the pinned torch for reference computations.
+#[must_use]
+pub fn venv_python() -> std::path::PathBuf {
+    let venv = std::env::var("DNET_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/dnet/venv")
+        });
+    venv.join("bin/python")
+}

@@ -1,0 +1,252 @@
+//! The transmission unit and the computation unit as processes, started
+//! from the built binaries with JSON logs, and ready when their logs say so.
+//!
+//! Ports: each program binds port 0 and the kit reads the bound address from
+//! its log, so parallel tests never race for a port. A test that must fix a
+//! port (to restart a unit on it) passes `-l` itself.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use dnet_proto::DNetClient;
+use serde_json::Value;
+use tonic::transport::Channel;
+
+use crate::broker::Broker;
+use crate::metrics::Metrics;
+use crate::process::Process;
+
+/// How long a program may take to say it is ready (a worker loads its model first).
+const READY_WITHIN: Duration = Duration::from_secs(90);
+
+/// The binaries' folder when a program chose it ([`use_bin_dir`]).
+static BIN_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Starts later programs from `dir` (the chaos suite's `--bin-dir`).
+pub fn use_bin_dir(dir: PathBuf) {
+    let _ = BIN_DIR.set(dir);
+}
+
+/// The folder of the workspace's binaries: the one given to [`use_bin_dir`],
+/// else `DNET_TEST_BIN_DIR`, else the folder of the running executable
+/// (`target/<profile>/deps/` of tests and benches resolves to `target/<profile>/`).
+#[must_use]
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = BIN_DIR.get() {
+        return dir.clone();
+    }
+    if let Ok(dir) = std::env::var("DNET_TEST_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    if dir.file_name().is_some_and(|name| name == "deps") {
+        dir.parent().map(PathBuf::from).unwrap_or(dir)
+    } else {
+        dir
+    }
+}
+
+/// The path of a workspace binary in `bin_dir`.
+///
+/// # Errors
+/// It has not been built.
+pub fn binary(bin_dir: &std::path::Path, name: &str) -> anyhow::Result<PathBuf> {
+    let path = bin_dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} is not built; run `cargo build --workspace --bins` (cargo test --workspace builds it)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// `defaults` followed by `extra`, leaving out each default flag that `extra` sets itself.
+fn arguments(defaults: &[(&str, String)], extra: &[&str]) -> Vec<String> {
+    let mut args = Vec::new();
+    for (flag, value) in defaults {
+        if !extra.contains(flag) {
+            args.extend([(*flag).to_owned(), value.clone()]);
+        }
+    }
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args
+}
+
+/// An address a program logged in field `field` of its `message` line.
+async fn logged_address(process: &mut Process, message: &str, field: &str) -> anyhow::Result<SocketAddr> {
+    let event: Value = process.wait_for_event(message, READY_WITHIN).await?;
+    event[field]
+        .as_str()
+        .and_then(|text| text.parse().ok())
+        .with_context(|| format!("no address in field '{field}' of: {event}"))
+}
+
+/// A `transmission-unit` process.
+#[derive(Debug)]
+pub struct TransmissionUnit {
+    pub process: Process,
+    /// Where it serves gRPC.
+    pub address: SocketAddr,
+    /// Where it serves /metrics.
+    pub metrics_address: SocketAddr,
+    /// Its `--unit-name` (in hop records and its broker connection name).
+    pub name: String,
+}
+
+impl TransmissionUnit {
+    /// Starts a unit on `queue` (`extra`: more flags, which may replace the
+    /// kit's `-a`, `-l`, `--unit-name`) and waits until it serves gRPC and
+    /// has its broker session.
+    ///
+    /// # Errors
+    /// It does not start, or is not ready in time.
+    pub async fn start(broker: &Broker, queue: &str, extra: &[&str]) -> anyhow::Result<TransmissionUnit> {
+        let mut unit = TransmissionUnit::launch(broker, queue, extra).await?;
+        unit.process
+            .wait_for_event("ready: publishing to the computation queue", READY_WITHIN)
+            .await?;
+        Ok(unit)
+    }
+
+    /// Starts a unit and waits only until it serves gRPC (its broker may be unreachable).
+    ///
+    /// # Errors
+    /// It does not start.
+    pub async fn launch(broker: &Broker, queue: &str, extra: &[&str]) -> anyhow::Result<TransmissionUnit> {
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let default_name = format!("tu-{}-{}", std::process::id(), STARTED.fetch_add(1, Ordering::SeqCst));
+        let name = extra
+            .iter()
+            .position(|flag| *flag == "--unit-name")
+            .and_then(|i| extra.get(i + 1))
+            .map_or(default_name.clone(), |name| (*name).to_owned());
+        let args = arguments(
+            &[
+                ("-a", broker.uri.clone()),
+                ("-q", queue.to_owned()),
+                ("-l", "127.0.0.1:0".to_owned()),
+                ("--metrics-address", "127.0.0.1:0".to_owned()),
+                ("--unit-name", default_name),
+                ("--log-format", "json".to_owned()),
+            ],
+            extra,
+        );
+        let mut process = Process::start(&binary(&bin_dir(), "transmission-unit")?, &args)?;
+        let address = logged_address(&mut process, "transmission unit serving", "listen").await?;
+        let metrics_address = logged_address(&mut process, "serving Prometheus metrics at /metrics", "address").await?;
+        Ok(TransmissionUnit {
+            process,
+            address,
+            metrics_address,
+            name,
+        })
+    }
+
+    /// `host:port` for `-n` of another unit.
+    #[must_use]
+    pub fn endpoint(&self) -> String {
+        self.address.to_string()
+    }
+
+    /// A gRPC client of this unit.
+    ///
+    /// # Errors
+    /// The unit does not accept connections.
+    pub async fn client(&self) -> anyhow::Result<DNetClient<Channel>> {
+        crate::grpc::client(self.address).await
+    }
+
+    /// One scrape of its /metrics.
+    ///
+    /// # Errors
+    /// Unreadable.
+    pub async fn metrics(&self) -> anyhow::Result<Metrics> {
+        Metrics::scrape(self.metrics_address).await
+    }
+
+    /// (messages waiting, consumers) of its queue.
+    ///
+    /// # Errors
+    /// See [`crate::grpc::qstatus`].
+    pub async fn qstatus(&self) -> anyhow::Result<(u64, u64)> {
+        crate::grpc::qstatus(self.address).await
+    }
+
+    /// Waits until its queue has at least `consumers` consumers.
+    ///
+    /// # Errors
+    /// It never had them.
+    pub async fn wait_for_consumers(&self, consumers: u64) -> anyhow::Result<()> {
+        let address = self.address;
+        crate::wait_for(
+            &format!("{consumers} consumer(s) on the queue of {}", self.name),
+            READY_WITHIN,
+            || async move {
+                crate::grpc::qstatus(address)
+                    .await
+                    .ok()
+                    .filter(|(_, c)| *c >= consumers)
+                    .map(drop)
+            },
+        )
+        .await
+    }
+}
+
+/// A `computation-unit` worker process.
+#[derive(Debug)]
+pub struct ComputationUnit {
+    pub process: Process,
+    /// Where it serves /metrics.
+    pub metrics_address: SocketAddr,
+}
+
+impl ComputationUnit {
+    /// Starts a worker of exit `exit` with random weights `seed` on `queue`
+    /// (one libtorch thread unless `extra` sets `--threads`: tests run side
+    /// by side) and waits until it consumes.
+    ///
+    /// # Errors
+    /// It does not start, or does not consume in time.
+    pub async fn start(
+        broker: &Broker,
+        queue: &str,
+        exit: u8,
+        seed: u64,
+        extra: &[&str],
+    ) -> anyhow::Result<ComputationUnit> {
+        let args = arguments(
+            &[
+                ("-a", broker.uri.clone()),
+                ("-q", queue.to_owned()),
+                ("-e", exit.to_string()),
+                ("--random-weights", seed.to_string()),
+                ("--threads", "1".to_owned()),
+                ("--metrics-address", "127.0.0.1:0".to_owned()),
+                ("--log-format", "json".to_owned()),
+            ],
+            extra,
+        );
+        let mut process = Process::start(&binary(&bin_dir(), "computation-unit")?, &args)?;
+        let metrics_address = logged_address(&mut process, "serving Prometheus metrics at /metrics", "address").await?;
+        process.wait_for_event("consuming", READY_WITHIN).await?;
+        Ok(ComputationUnit {
+            process,
+            metrics_address,
+        })
+    }
+
+    /// One scrape of its /metrics.
+    ///
+    /// # Errors
+    /// Unreadable (e.g. the process has ended).
+    pub async fn metrics(&self) -> anyhow::Result<Metrics> {
+        Metrics::scrape(self.metrics_address).await
+    }
+}

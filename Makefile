@@ -16,10 +16,10 @@ export DNET_BIN_DIR := $(TARGET_DIR)/release
 
 help:
 	@echo "make demo   run a local cascade (starts RabbitMQ if needed)"
-	@echo "make test   fmt, clippy, unit and integration tests (real RabbitMQ)"
+	@echo "make test   fmt, clippy, unit and integration tests (real RabbitMQ, never restarted), fuzz, chaos"
 	@echo "make build  release binaries into $(DNET_BIN_DIR)"
 	@echo "make bench  measure and rewrite BENCHMARKS.md"
-	@echo "make chaos  fault injection under load (restarts the local RabbitMQ), rewrites RELIABILITY.md"
+	@echo "make chaos  fault injection under load (a private RabbitMQ node is restarted), rewrites RELIABILITY.md"
 	@echo "make soak   10 minutes at ~80% load, memory and fds per process, rewrites RELIABILITY.md"
 
 setup:
@@ -29,13 +29,7 @@ build: setup
 	cargo build --release --workspace --bins
 
 test: setup
-	cargo fmt --all --check
-	cargo clippy --workspace --all-targets -- -D warnings
-	cargo test --workspace
-	$(DNET_VENV)/bin/python tests/deploy/check_deploy.py
-	scripts/fuzz.sh 10
-	cargo build --release --workspace --bins
-	$(DNET_BIN_DIR)/chaos --bin-dir $(DNET_BIN_DIR) --seconds 8
+	@scripts/test.sh
 
 demo: build
 	@scripts/demo.sh

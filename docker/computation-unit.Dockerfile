@@ -7,7 +7,7 @@
 #     --build-arg TORCH_VARIANT=cpu -t dnet/computation-unit:0.1.0-cpu .
 ARG TORCH_VARIANT=cpu
 
-FROM rust:1.95-slim-bookworm AS build
+FROM rust:1.89-slim-bookworm AS build
 ARG TORCH_VARIANT
 # hadolint ignore=DL3008
 RUN apt-get update \

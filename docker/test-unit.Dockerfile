@@ -1,6 +1,6 @@
 # test-unit: the benchmark client; links libtorch for its local layers (-e > 0).
 #   docker buildx build --platform linux/amd64,linux/arm64 -f docker/test-unit.Dockerfile -t dnet/test-unit:0.1.0 .
-FROM rust:1.95-slim-bookworm AS build
+FROM rust:1.89-slim-bookworm AS build
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv g++ libfontconfig1-dev \

@@ -1,7 +1,7 @@
 # transmission-unit: a static (musl) binary on an empty image, run as non-root.
 # No libtorch. Build from the repository root:
 #   docker buildx build --platform linux/amd64,linux/arm64 -f docker/transmission-unit.Dockerfile -t dnet/transmission-unit:0.1.0 .
-FROM rust:1.95-alpine3.22 AS build
+FROM rust:1.89-alpine3.22 AS build
 # hadolint ignore=DL3018
 RUN apk add --no-cache musl-dev protobuf-dev
 # Alpine's protoc: the vendored one is built for glibc.

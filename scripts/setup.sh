@@ -5,6 +5,9 @@
 set -euo pipefail
 
 TORCH_VERSION=2.11.0
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# The one minimum Rust version lives in the workspace Cargo.toml.
+RUST_VERSION=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml")
 DNET_CACHE=${DNET_CACHE:-$HOME/.cache/dnet}
 DNET_VENV=${DNET_VENV:-$DNET_CACHE/venv}
 APT_UPDATED=0
@@ -31,24 +34,39 @@ ensure_rust() {
   # test-unit's --plot draws text with fontconfig and a TrueType font.
   pkg-config --exists fontconfig 2>/dev/null || apt_install pkg-config libfontconfig1-dev
   fc-list 2>/dev/null | grep -q . || apt_install fonts-dejavu-core
-  if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  if ! rust_ok && [ -x "$HOME/.cargo/bin/cargo" ]; then
     export PATH="$HOME/.cargo/bin:$PATH"
   fi
-  if ! command -v cargo >/dev/null; then
-    apt_install cargo rustc rustfmt
-    say "Debian's cargo installed; DNet needs Rust 1.88 or newer (rustc --version: $(rustc --version))"
+  if ! rust_ok; then
+    # Debian's own Rust is older than the dependencies need: use rustup.
+    command -v curl >/dev/null || apt_install curl ca-certificates
+    say "installing Rust with rustup (DNet needs $RUST_VERSION or newer; found: $(rustc --version 2>/dev/null || echo none))"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --component rustfmt,clippy
+    export PATH="$HOME/.cargo/bin:$PATH"
+    rust_ok || { say "Rust $RUST_VERSION or newer is still missing"; exit 1; }
   fi
   cargo fmt --version >/dev/null 2>&1 || say "warning: rustfmt is missing; 'make test' runs cargo fmt --check"
+  cargo clippy --version >/dev/null 2>&1 || say "warning: clippy is missing; 'make test' runs cargo clippy"
+}
+
+# rustc is at least RUST_VERSION.
+rust_ok() {
+  command -v rustc >/dev/null || return 1
+  local have
+  have=$(rustc --version | awk '{print $2}')
+  [ "$(printf '%s\n%s\n' "$RUST_VERSION" "$have" | sort -V | head -n1)" = "$RUST_VERSION" ]
 }
 
 broker_answers() { (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; }
 
 ensure_rabbitmq() {
+  # The chaos suite starts a private node of its own, so the server is needed
+  # even when a broker already answers.
+  command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
   if broker_answers; then
     say "RabbitMQ answers on 127.0.0.1:5672"
     return
   fi
-  command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
   say "starting RabbitMQ"
   rabbitmq-server -detached >/dev/null 2>&1 || true
   for _ in $(seq 1 120); do

@@ -7,6 +7,8 @@
    reaches a transmission unit; every transmission unit's queue has computation
    units on the same queue and broker; exit layers increase along the chain;
    every dnet image is listed in docker/README.md.
+4. One minimum Rust version: every Rust build stage uses the `rust-version` of
+   the workspace Cargo.toml, and scripts/setup.sh reads it from there.
 The consistency checker is also run on broken copies, which it must reject.
 """
 import copy
@@ -134,6 +136,19 @@ def consistency(docs, images):
     return problems
 
 
+def rust_version():
+    with open(os.path.join(ROOT, "Cargo.toml")) as f:
+        return re.search(r'^rust-version = "([0-9.]+)"', f.read(), re.M).group(1)
+
+
+def rust_stages(dockerfile, version):
+    """Problems with the Rust version of a Dockerfile's build stages."""
+    with open(dockerfile) as f:
+        tags = re.findall(r"^FROM rust:([^\s]+)", f.read(), re.M)
+    return [f"FROM rust:{tag} does not build with rust {version}" for tag in tags
+            if not tag.startswith(f"{version}-")]
+
+
 def main():
     manifests = sorted(glob.glob(os.path.join(ROOT, "example/**/*.yaml"), recursive=True))
     dockerfiles = sorted(glob.glob(os.path.join(ROOT, "docker/*.Dockerfile")))
@@ -142,6 +157,13 @@ def main():
                run([os.path.join(BIN, "kubernetes-validate"), "--strict", "--quiet", "-k", KUBERNETES_VERSION, path]))
     for path in dockerfiles:
         report(f"hadolint {os.path.relpath(path, ROOT)}", run([os.path.join(BIN, "hadolint"), path]))
+
+    version = rust_version()
+    for path in dockerfiles:
+        report(f"{os.path.relpath(path, ROOT)} builds with rust-version {version}", rust_stages(path, version))
+    with open(os.path.join(ROOT, "scripts/setup.sh")) as f:
+        report("scripts/setup.sh reads rust-version from Cargo.toml",
+               [] if "rust-version" in f.read() else ["setup.sh does not read rust-version"])
 
     images = readme_images()
     shared = load([os.path.join(ROOT, "example/dnet-nodeport.yaml"), os.path.join(ROOT, "example/dnet-testunit.yaml")])

@@ -1,10 +1,13 @@
-//! Closed-loop callers and how each call ended.
+//! Closed-loop callers, each request with an input of its own, and how each call ended.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dnet_proto::{ComputationRequest, DNetClient, Data, StatusCode};
 use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
 
 /// Past its deadline plus this, a call that has not ended counts as lost (a hang).
 pub const GRACE: Duration = Duration::from_secs(2);
@@ -13,8 +16,9 @@ pub const GRACE: Duration = Duration::from_secs(2);
 #[derive(Debug, Default)]
 pub struct Tally {
     pub sent: u64,
+    /// SUCCESS answers with a result.
     pub answered: u64,
-    /// Clean errors: a gRPC status with a message, by code.
+    /// Clean errors: a gRPC status with a message, or an ERROR reply, by kind.
     pub errors: BTreeMap<String, u64>,
     /// Hangs, empty successes, errors without a message.
     pub lost: u64,
@@ -22,6 +26,9 @@ pub struct Tally {
     pub max_over_deadline_ms: f64,
     /// End times of the answered calls.
     pub answered_at: Vec<Instant>,
+    /// Every answer: the id of the request it answered and its probabilities,
+    /// to check later that it is that request's answer.
+    pub answers: Vec<(u64, Vec<f32>)>,
 }
 
 impl Tally {
@@ -34,6 +41,11 @@ impl Tally {
             .map(|t| t.duration_since(since).as_secs_f64())
     }
 
+    /// Errors of every kind together.
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
     fn merge(&mut self, other: Tally) {
         self.sent += other.sent;
         self.answered += other.answered;
@@ -43,33 +55,62 @@ impl Tally {
         }
         self.max_over_deadline_ms = self.max_over_deadline_ms.max(other.max_over_deadline_ms);
         self.answered_at.extend(other.answered_at);
+        self.answers.extend(other.answers);
     }
 }
 
-/// A normalised-image-sized `x` (zeros), safetensors-encoded.
-pub fn image() -> Vec<u8> {
-    let data = vec![0_u8; 3 * 32 * 32 * 4];
+/// The input of request `id`: a normalised-image-shaped `x` with values
+/// drawn from `id` (splitmix64), safetensors-encoded. Every request differs,
+/// so every answer can be told apart.
+#[must_use]
+pub fn image(id: u64) -> Vec<u8> {
+    let mut state = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    let mut data = Vec::with_capacity(3 * 32 * 32 * 4);
+    for _ in 0..3 * 32 * 32 {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        // Uniform in [-2, 2): the range of normalised CIFAR-10 pixels.
+        let value = (z >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0;
+        data.extend_from_slice(&value.to_le_bytes());
+    }
     let view = TensorView::new(Dtype::F32, vec![1, 3, 32, 32], &data).expect("a valid view");
     safetensors::serialize([("x", view)], None).expect("serialize")
 }
 
-/// `callers` closed-loop callers against `address` for `duration`, each call with `deadline`.
-pub async fn run(address: &str, callers: usize, duration: Duration, deadline: Duration) -> Tally {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .expect("address")
+/// The `probs` of a `result` buffer.
+fn probabilities(result: &[u8]) -> Option<Vec<f32>> {
+    let tensors = SafeTensors::deserialize(result).ok()?;
+    let probs = tensors.tensor("probs").ok()?;
+    Some(
+        probs
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    )
+}
+
+/// `callers` closed-loop callers against `address` for `duration`, each call
+/// with `deadline`; request ids count up from 0.
+pub async fn run(address: &str, callers: usize, duration: Duration, deadline: Duration) -> anyhow::Result<Tally> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
         .connect_timeout(Duration::from_secs(1))
         .connect_lazy();
     let client = DNetClient::new(channel);
-    let x = image();
+    let next_id = Arc::new(AtomicU64::new(0));
     let end = Instant::now() + duration;
     let tasks = (0..callers).map(|_| {
-        let (mut client, x) = (client.clone(), x.clone());
+        let (mut client, next_id) = (client.clone(), Arc::clone(&next_id));
         tokio::spawn(async move {
             let mut tally = Tally::default();
             while Instant::now() < end {
+                let id = next_id.fetch_add(1, Ordering::SeqCst);
                 let mut request = tonic::Request::new(ComputationRequest {
                     start_layer: 0,
-                    x: x.clone(),
+                    x: image(id),
                 });
                 request.set_timeout(deadline);
                 let sent = Instant::now();
@@ -81,14 +122,20 @@ pub async fn run(address: &str, callers: usize, duration: Duration, deadline: Du
                     Err(_) => tally.lost += 1,
                     Ok(Ok(answer)) => {
                         let answer = answer.into_inner();
-                        let has_result = matches!(&answer.data, Some(Data::Result(r)) if !r.is_empty());
-                        if answer.status == StatusCode::Success as i32 && has_result {
-                            tally.answered += 1;
-                            tally.answered_at.push(Instant::now());
-                        } else if answer.status == StatusCode::Error as i32 {
-                            *tally.errors.entry("ERROR reply".into()).or_default() += 1;
-                        } else {
-                            tally.lost += 1;
+                        let probs = match &answer.data {
+                            Some(Data::Result(result)) => probabilities(result),
+                            _ => None,
+                        };
+                        match (StatusCode::try_from(answer.status), probs) {
+                            (Ok(StatusCode::Success), Some(probs)) => {
+                                tally.answered += 1;
+                                tally.answered_at.push(Instant::now());
+                                tally.answers.push((id, probs));
+                            }
+                            (Ok(StatusCode::Error), _) => {
+                                *tally.errors.entry("ERROR reply".into()).or_default() += 1;
+                            }
+                            _ => tally.lost += 1,
                         }
                     }
                     Ok(Err(status)) if !status.message().is_empty() => {
@@ -103,8 +150,8 @@ pub async fn run(address: &str, callers: usize, duration: Duration, deadline: Du
         })
     });
     let mut total = Tally::default();
-    for tally in futures::future::join_all(tasks).await.into_iter().flatten() {
-        total.merge(tally);
+    for tally in futures::future::join_all(tasks).await {
+        total.merge(tally?);
     }
-    total
+    Ok(total)
 }

@@ -1,22 +1,26 @@
 //! `chaos`: runs the fault scenarios against real processes on loopback and
-//! prints, per scenario, requests sent, answered, errors by kind and lost
-//! (sent - answered - clean errors), which must be 0. Exit status 1 otherwise.
+//! prints, per scenario, requests sent, answered, answers checked against the
+//! model (wrong, duplicated), errors by kind and rate, lost (sent - answered -
+//! clean errors) and redeliveries. Exit status 1 when anything was lost,
+//! wrong or duplicated.
 //!
-//! Layout: `processes` (units as child processes), `load` (callers and how a
-//! call ended), `proxy` (a slow, cutting TCP link), `scenarios` (the faults).
+//! Layout: `load` (callers and how a call ended), `verify` (every answer
+//! against the model), `proxy` (a slow, cutting TCP link), `scenarios` (the
+//! faults). Processes, queues and the private broker come from `dnet-testkit`.
 
 mod load;
-mod processes;
 mod proxy;
 mod scenarios;
+mod verify;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 
-/// Fault injection against a DNet cascade on loopback (needs a local RabbitMQ
-/// and `rabbitmqctl`: one scenario restarts the broker).
+/// Fault injection against DNet units on loopback (needs the local RabbitMQ
+/// and `rabbitmq-server`/`rabbitmqctl`: the broker restart runs on a private
+/// node the suite starts and stops; the machine's broker is never restarted).
 #[derive(Debug, Parser)]
 #[command(name = "chaos", version, about)]
 struct Args {
@@ -31,21 +35,35 @@ struct Args {
     /// Write the table as Markdown to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+
+    /// Keep every process's log in this folder [default: a new folder in /tmp].
+    #[arg(long)]
+    logs: Option<PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let duration = Duration::from_secs(args.seconds.max(6));
-    let rows = scenarios::run_all(&args.bin_dir, duration).await?;
+    dnet_testkit::programs::use_bin_dir(args.bin_dir.clone());
+    let logs = args
+        .logs
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("dnet-chaos-{}", std::process::id())));
+    eprintln!("[chaos] logs in {}", logs.display());
+    dnet_testkit::process::keep_logs_in(logs);
+    let rows = scenarios::run_all(duration).await?;
     let table = scenarios::table(&rows, duration);
     println!("{table}");
     if let Some(out) = &args.out {
         std::fs::write(out, &table)?;
     }
-    let lost: u64 = rows.iter().map(|r| r.tally.lost).sum();
-    if lost > 0 {
-        eprintln!("{lost} requests lost");
+    let bad: u64 = rows
+        .iter()
+        .map(|r| r.tally.lost + r.check.wrong + r.check.duplicates)
+        .sum();
+    if bad > 0 {
+        eprintln!("{bad} requests lost, answered wrongly or answered twice");
         std::process::exit(1);
     }
     Ok(())

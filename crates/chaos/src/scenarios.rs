@@ -1,121 +1,179 @@
 //! The five fault scenarios. Each starts its own processes on fresh queues,
 //! runs callers for the whole duration, injects its fault at one third (and
-//! repairs it at two thirds where it has a repair), and reports a row.
+//! repairs it at two thirds where it has a repair), and reports a row. The
+//! broker restart happens on a private RabbitMQ node, never the machine's.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+use dnet_testkit::{Broker, ComputationUnit, PrivateBroker, TestQueue, TransmissionUnit};
+
 use crate::load::{self, Tally};
-use crate::processes::{free_port, metric, rabbitmqctl, wait_ready, Launcher};
 use crate::proxy;
+use crate::verify::{Check, Reference};
 
 const CALLERS: usize = 4;
+/// Random weights of every worker (and of the reference that checks answers).
+pub const SEED: u64 = 1;
+/// Every scenario's answers come from this exit (exit 2 units never answer).
+pub const ANSWER_EXIT: u8 = 4;
 
 /// One scenario's outcome.
 pub struct Row {
     pub name: &'static str,
     pub tally: Tally,
+    pub check: Check,
+    /// Deliveries the surviving workers received marked as redelivered.
+    pub redelivered: u64,
     pub note: String,
 }
 
-fn queue(name: &str) -> String {
-    format!("dnet-chaos-{name}-{}", std::process::id())
+/// A worker of `exit` on `queue`: it answers every request when `answers`,
+/// otherwise it hands every request on.
+async fn worker(broker: &Broker, queue: &TestQueue, exit: u8, answers: bool) -> anyhow::Result<ComputationUnit> {
+    let thresholds = vec![if answers { "0" } else { "1" }; 15].join(",");
+    ComputationUnit::start(
+        broker,
+        queue.name(),
+        exit,
+        SEED,
+        &["--prefetch", "1", "--thresholds", &thresholds],
+    )
+    .await
 }
 
-/// Runs every scenario in turn.
+async fn unit(broker: &Broker, queue: &TestQueue, extra: &[&str]) -> anyhow::Result<TransmissionUnit> {
+    let mut args = vec!["--timeout", "10s"];
+    args.extend_from_slice(extra);
+    TransmissionUnit::start(broker, queue.name(), &args).await
+}
+
+/// Redeliveries counted by these workers; a worker whose metrics cannot be
+/// read fails the scenario rather than counting 0.
+async fn redelivered(workers: &[&ComputationUnit]) -> anyhow::Result<u64> {
+    let mut total = 0.0;
+    for worker in workers {
+        total += worker
+            .metrics()
+            .await
+            .context("reading a worker's redeliveries")?
+            .value("dnet_worker_redelivered_total")?;
+    }
+    Ok(total as u64)
+}
+
+/// Runs every scenario in turn and checks every answer.
 ///
 /// # Errors
-/// A unit that does not start, or the broker that does not come back.
-pub async fn run_all(bin_dir: &Path, duration: Duration) -> anyhow::Result<Vec<Row>> {
-    let mut launcher = Launcher::new(bin_dir)?;
-    eprintln!("[chaos] logs in {}", launcher.logs.display());
-    let rows = vec![
-        kill_a_worker(&mut launcher, duration).await?,
-        restart_the_broker(&mut launcher, duration).await?,
-        restart_the_next_unit(&mut launcher, duration).await?,
-        slow_cutting_link(&mut launcher, duration).await?,
-        stall_a_worker(&mut launcher, duration).await?,
+/// A unit that does not start, metrics that cannot be read, or a broker that
+/// does not come back.
+pub async fn run_all(duration: Duration) -> anyhow::Result<Vec<Row>> {
+    let reference = Reference::new(SEED, usize::from(ANSWER_EXIT))?;
+    let broker = Broker::local();
+    let mut rows = vec![
+        kill_a_worker(&broker, duration).await?,
+        restart_the_broker(duration).await?,
+        restart_the_next_unit(&broker, duration).await?,
+        slow_cutting_link(&broker, duration).await?,
+        stall_a_worker(&broker, duration).await?,
     ];
-    for name in ["kill", "broker", "first", "second", "slow1", "slow2", "stall"] {
-        let _ = rabbitmqctl(&["delete_queue", &queue(name)]).await;
+    for row in &mut rows {
+        row.check = reference.check(row.tally.sent, &row.tally.answers)?;
     }
     Ok(rows)
 }
 
 /// 1. kill -9 of one of two workers on a queue under load.
-async fn kill_a_worker(launcher: &mut Launcher, duration: Duration) -> anyhow::Result<Row> {
+async fn kill_a_worker(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
     eprintln!("[chaos] 1/5 kill -9 one of two workers");
-    let (q, port) = (queue("kill"), free_port());
-    let _unit = launcher.transmission_unit(port, &q, None, None)?;
-    let mut doomed = launcher.computation_unit(&q, 4, true)?;
-    let _survivor = launcher.computation_unit(&q, 4, true)?;
-    let address = format!("127.0.0.1:{port}");
-    wait_ready(&address, 2).await?;
+    let queue = TestQueue::new(broker);
+    let unit = unit(broker, &queue, &[]).await?;
+    let (doomed, survivor) = futures::future::join(
+        worker(broker, &queue, ANSWER_EXIT, true),
+        worker(broker, &queue, ANSWER_EXIT, true),
+    )
+    .await;
+    let (mut doomed, survivor) = (doomed?, survivor?);
+    unit.wait_for_consumers(2).await?;
+    let address = unit.endpoint();
     let (tally, ()) = tokio::join!(load::run(&address, CALLERS, duration, Duration::from_secs(5)), async {
         tokio::time::sleep(duration / 3).await;
-        doomed.kill9();
+        doomed.process.kill();
     });
+    let redelivered = redelivered(&[&survivor]).await?;
     Ok(Row {
         name: "kill -9 one of two workers",
-        tally,
-        note: "the broker redelivers its unacked request".into(),
+        tally: tally?,
+        check: Check::default(),
+        redelivered,
+        note: format!("{redelivered} request(s) the killed worker held were redelivered to the survivor"),
     })
 }
 
-/// 2. The broker restarted under load.
-async fn restart_the_broker(launcher: &mut Launcher, duration: Duration) -> anyhow::Result<Row> {
-    eprintln!("[chaos] 2/5 restart RabbitMQ");
-    let (q, port) = (queue("broker"), free_port());
-    let _unit = launcher.transmission_unit(port, &q, None, None)?;
-    let _worker = launcher.computation_unit(&q, 4, true)?;
-    let address = format!("127.0.0.1:{port}");
-    wait_ready(&address, 1).await?;
-    let fault = async {
-        tokio::time::sleep(duration / 3).await;
-        let stopped = rabbitmqctl(&["stop_app"]).await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        // Always bring the broker back, whatever happened before.
-        let started = rabbitmqctl(&["start_app"]).await;
-        stopped.and(started).map(|()| Instant::now())
+/// 2. The broker restarted under load (a private node: the machine's broker is shared).
+async fn restart_the_broker(duration: Duration) -> anyhow::Result<Row> {
+    eprintln!("[chaos] 2/5 restart RabbitMQ (a private node)");
+    let node = tokio::task::spawn_blocking(PrivateBroker::start).await??;
+    let broker = node.broker().clone();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &[]).await?;
+    let worker = worker(&broker, &queue, ANSWER_EXIT, true).await?;
+    let address = unit.endpoint();
+    let node = std::sync::Arc::new(node);
+    let fault = {
+        let node = std::sync::Arc::clone(&node);
+        async move {
+            tokio::time::sleep(duration / 3).await;
+            let stopping = std::sync::Arc::clone(&node);
+            let stopped = tokio::task::spawn_blocking(move || stopping.stop_app()).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            // Always bring the broker back, whatever happened before.
+            let starting = std::sync::Arc::clone(&node);
+            let started = tokio::task::spawn_blocking(move || starting.start_app()).await;
+            stopped??;
+            started??;
+            anyhow::Ok(Instant::now())
+        }
     };
     // Longer load: stopping and starting RabbitMQ takes seconds, and recovery is measured after.
     let load_time = duration + Duration::from_secs(10);
     let (tally, back) = tokio::join!(load::run(&address, CALLERS, load_time, Duration::from_secs(5)), fault);
-    let back = back?;
+    let (tally, back) = (tally?, back?);
     let note = match tally.recovery_after(back) {
         Some(s) => format!("first answer {s:.1} s after the broker was back"),
         None => "no answer after the broker was back".into(),
     };
+    let redelivered = redelivered(&[&worker]).await?;
+    drop((worker, unit, queue));
     Ok(Row {
         name: "RabbitMQ restarted",
         tally,
+        check: Check::default(),
+        redelivered,
         note,
     })
 }
 
 /// 3. The next unit killed and restarted under load.
-async fn restart_the_next_unit(launcher: &mut Launcher, duration: Duration) -> anyhow::Result<Row> {
+async fn restart_the_next_unit(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
     eprintln!("[chaos] 3/5 kill and restart the next unit");
-    let (q1, q2) = (queue("first"), queue("second"));
-    let (p1, p2) = (free_port(), free_port());
-    let next = format!("127.0.0.1:{p2}");
-    let _first = launcher.transmission_unit(p1, &q1, Some(&next), None)?;
-    let mut second = launcher.transmission_unit(p2, &q2, None, None)?;
-    let _w1 = launcher.computation_unit(&q1, 2, false)?;
-    let _w2 = launcher.computation_unit(&q2, 4, true)?;
-    let address = format!("127.0.0.1:{p1}");
-    wait_ready(&address, 1).await?;
-    wait_ready(&next, 1).await?;
+    let (q1, q2) = (TestQueue::new(broker), TestQueue::new(broker));
+    let next = format!("127.0.0.1:{}", dnet_testkit::free_port());
+    let mut second = unit(broker, &q2, &["-l", &next]).await?;
+    let first = unit(broker, &q1, &["-n", &next]).await?;
+    let (w1, w2) = futures::future::join(worker(broker, &q1, 2, false), worker(broker, &q2, ANSWER_EXIT, true)).await;
+    let (w1, w2) = (w1?, w2?);
+    let address = first.endpoint();
     let fault = async {
         tokio::time::sleep(duration / 3).await;
-        second.kill9();
+        second.process.kill();
         tokio::time::sleep(duration / 3).await;
-        let restarted = launcher.transmission_unit(p2, &q2, None, None);
+        let restarted = unit(broker, &q2, &["-l", &next]).await;
         (restarted, Instant::now())
     };
     let (tally, (restarted, back)) =
         tokio::join!(load::run(&address, CALLERS, duration, Duration::from_secs(5)), fault);
-    let _second = restarted?;
+    let (tally, _second) = (tally?, restarted?);
     let note = match tally.recovery_after(back) {
         Some(s) => format!("first answer {s:.1} s after the restart"),
         None => "no answer after the restart".into(),
@@ -123,26 +181,24 @@ async fn restart_the_next_unit(launcher: &mut Launcher, duration: Duration) -> a
     Ok(Row {
         name: "next unit killed and restarted",
         tally,
+        check: Check::default(),
+        redelivered: redelivered(&[&w1, &w2]).await?,
         note,
     })
 }
 
 /// 4. A slow link between units that also cuts connections.
-async fn slow_cutting_link(launcher: &mut Launcher, duration: Duration) -> anyhow::Result<Row> {
+async fn slow_cutting_link(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
     eprintln!("[chaos] 4/5 slow, cutting link between units");
-    let (q1, q2) = (queue("slow1"), queue("slow2"));
-    let (p1, p2) = (free_port(), free_port());
+    let (q1, q2) = (TestQueue::new(broker), TestQueue::new(broker));
+    let second = unit(broker, &q2, &[]).await?;
     let delay = Duration::from_millis(50);
-    let proxy_port = proxy::start(format!("127.0.0.1:{p2}"), delay, Duration::from_millis(1500)).await?;
-    let _first = launcher.transmission_unit(p1, &q1, Some(&format!("127.0.0.1:{proxy_port}")), None)?;
-    let _second = launcher.transmission_unit(p2, &q2, None, None)?;
-    let _w1 = launcher.computation_unit(&q1, 2, false)?;
-    let _w2 = launcher.computation_unit(&q2, 4, true)?;
-    let address = format!("127.0.0.1:{p1}");
-    wait_ready(&address, 1).await?;
-    wait_ready(&format!("127.0.0.1:{p2}"), 1).await?;
+    let proxy_port = proxy::start(second.endpoint(), delay, Duration::from_millis(1500)).await?;
+    let first = unit(broker, &q1, &["-n", &format!("127.0.0.1:{proxy_port}")]).await?;
+    let (w1, w2) = futures::future::join(worker(broker, &q1, 2, false), worker(broker, &q2, ANSWER_EXIT, true)).await;
+    let (w1, w2) = (w1?, w2?);
     let deadline = Duration::from_millis(800);
-    let tally = load::run(&address, CALLERS, duration, deadline).await;
+    let tally = load::run(&first.endpoint(), CALLERS, duration, deadline).await?;
     let note = format!(
         "{} ms per chunk each way, cut every 1.5 s; deadline {} ms, slowest call ended {:.0} ms past it",
         delay.as_millis(),
@@ -152,39 +208,47 @@ async fn slow_cutting_link(launcher: &mut Launcher, duration: Duration) -> anyho
     Ok(Row {
         name: "slow link that cuts connections",
         tally,
+        check: Check::default(),
+        redelivered: redelivered(&[&w1, &w2]).await?,
         note,
     })
 }
 
 /// 5. A worker stalled (SIGSTOP) past the deadline.
-async fn stall_a_worker(launcher: &mut Launcher, duration: Duration) -> anyhow::Result<Row> {
+async fn stall_a_worker(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
     eprintln!("[chaos] 5/5 SIGSTOP the worker past the deadline");
-    let (q, port, metrics) = (queue("stall"), free_port(), free_port());
-    let _unit = launcher.transmission_unit(port, &q, None, Some(metrics))?;
-    let worker = launcher.computation_unit(&q, 4, true)?;
-    let address = format!("127.0.0.1:{port}");
-    wait_ready(&address, 1).await?;
-    let (tally, ()) = tokio::join!(load::run(&address, CALLERS, duration, Duration::from_secs(1)), async {
+    let queue = TestQueue::new(broker);
+    let unit = unit(broker, &queue, &[]).await?;
+    let worker = worker(broker, &queue, ANSWER_EXIT, true).await?;
+    let address = unit.endpoint();
+    let (tally, stalled) = tokio::join!(load::run(&address, CALLERS, duration, Duration::from_secs(1)), async {
         tokio::time::sleep(duration / 3).await;
-        worker.signal("STOP");
+        worker.process.signal("STOP")?;
         tokio::time::sleep(Duration::from_secs(3)).await;
-        worker.signal("CONT");
+        worker.process.signal("CONT")
     });
+    let tally = tally?;
+    stalled?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let late = metric(metrics, "dnet_late_replies_total").await;
-    let note = format!("stalled 3 s with a 1 s deadline; {late:.0} late replies dropped, none answered twice");
+    let late = unit
+        .metrics()
+        .await
+        .context("reading the unit's late replies")?
+        .value("dnet_late_replies_total")?;
     Ok(Row {
         name: "worker stalled (SIGSTOP)",
         tally,
-        note,
+        check: Check::default(),
+        redelivered: redelivered(&[&worker]).await?,
+        note: format!("stalled 3 s with a 1 s deadline; {late:.0} late replies dropped by the unit"),
     })
 }
 
 /// The Markdown table of all rows.
 #[must_use]
 pub fn table(rows: &[Row], duration: Duration) -> String {
-    let mut out = "| scenario | sent | answered | errors by kind | lost | notes |
-|---|---|---|---|---|---|
+    let mut out = "| scenario | sent | answered | wrong answers | duplicates | errors by kind | error rate | lost | redelivered | notes |
+|---|---|---|---|---|---|---|---|---|---|
 "
     .to_owned();
     for row in rows {
@@ -195,14 +259,26 @@ pub fn table(rows: &[Row], duration: Duration) -> String {
         } else {
             errors.join(", ")
         };
+        let error_rate = 100.0 * t.error_count() as f64 / t.sent.max(1) as f64;
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
-            row.name, t.sent, t.answered, errors, t.lost, row.note
+            "| {} | {} | {} | {} | {} | {} | {error_rate:.1}% | {} | {} | {} |\n",
+            row.name,
+            t.sent,
+            t.answered,
+            row.check.wrong,
+            row.check.duplicates,
+            errors,
+            t.lost,
+            row.redelivered,
+            row.note
         ));
     }
     out.push_str(&format!(
-        "\n{CALLERS} closed-loop callers per scenario for {} s; lost = sent - answered - clean errors \
-         (a call that hangs past its deadline + {} s, or ends without a result or an error message).\n",
+        "\n{CALLERS} closed-loop callers per scenario for {} s, each request with an input of its own. \
+         lost = sent - answered - clean errors (a call that hangs past its deadline + {} s, or ends without a \
+         result or an error message). Every answer is checked against the model computed by the suite: \
+         wrong answers = answers that are not their request's; duplicates = answers beyond the first that \
+         belong to one request. redelivered = deliveries the workers received marked redelivered.\n",
         duration.as_secs(),
         load::GRACE.as_secs()
     ));

@@ -1,5 +1,6 @@
 //! The AMQP side of the computation unit: consume the queue, feed the
-//! engine, publish each reply to `reply_to`, ack only after the reply is out.
+//! engine, publish each reply to `reply_to`, ack only after the broker
+//! confirmed the reply (docs/architecture.md, "The queue and message contract").
 
 use std::future::Future;
 use std::sync::Arc;

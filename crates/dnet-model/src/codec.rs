@@ -1,4 +1,4 @@
-//! Tensor encoding on the wire: safetensors buffers (architecture.md).
+//! Tensor encoding on the wire: safetensors buffers (docs/architecture.md, "Tensor encoding").
 //! Validation lives in the libtorch-free `dnet-codec` crate (fuzzed); this
 //! module turns checked bytes into tensors and tensors into bytes.
 //!

@@ -1,4 +1,5 @@
-//! The exit rule: answer when confident enough, otherwise hand on.
+//! The exit rule: answer when confident enough, otherwise hand on
+//! (docs/architecture.md, "The exit rule").
 //!
 //! Confidence of a sample is its largest class probability. A request with N
 //! samples exits only if **every** sample reaches the threshold; its reported

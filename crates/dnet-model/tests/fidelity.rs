@@ -1,4 +1,4 @@
-//! The tch model against an independent PyTorch implementation of model-spec.md.
+//! The tch model against an independent PyTorch implementation of docs/model-spec.md.
 
 use std::collections::HashMap;
 

@@ -38,7 +38,7 @@ pub struct Args {
     #[arg(long, env = "DNET_RANDOM_WEIGHTS", value_name = "SEED")]
     pub random_weights: Option<u64>,
 
-    /// Thresholds of exits 1..15 for the local exit [default: model-spec.md's].
+    /// Thresholds of exits 1..15 for the local exit [default: docs/model-spec.md's].
     #[arg(long, env = "DNET_THRESHOLDS", value_parser = dnet_model::options::parse_thresholds)]
     pub thresholds: Option<Thresholds>,
 

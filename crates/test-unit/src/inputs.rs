@@ -1,5 +1,5 @@
 //! Images to send: CIFAR-10 binary records, or deterministic synthetic ones,
-//! normalised as model-spec.md says (pixels / 255, then per-channel mean/std).
+//! normalised as docs/model-spec.md says (pixels / 255, then per-channel mean/std).
 
 use std::path::Path;
 

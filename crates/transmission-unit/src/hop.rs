@@ -1,4 +1,4 @@
-//! This unit's record in `ComputationResponse.hops`.
+//! This unit's record in `ComputationResponse.hops` (docs/architecture.md, "Hop records").
 
 use std::time::Duration;
 

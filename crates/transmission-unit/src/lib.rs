@@ -2,7 +2,8 @@
 //!
 //! It receives `Compute` calls, hands each request to the unit's computation
 //! units over a RabbitMQ RPC, and forwards `NOT_SUCCESS` answers to the next
-//! unit. It never decodes tensors and never links libtorch.
+//! unit. It never decodes tensors and never links libtorch. Its contracts
+//! (queue, deadlines, hop records, error codes) are in docs/architecture.md.
 //!
 //! Layout:
 //! - `config`: command line and `DNET_*` environment variables.

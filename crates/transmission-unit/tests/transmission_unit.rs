@@ -184,11 +184,18 @@ async fn deadline_expiry_gives_deadline_exceeded_and_leaves_no_entry() {
     assert!(status.message().contains(queue.name()), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(3));
 
-    // The caller's own deadline is honoured the same way.
+    // The caller's own deadline wins over the default, in both directions:
+    // longer here, so the unit waits past its 300 ms default.
     let mut with_deadline = tonic::Request::new(request(0, b"slow"));
-    with_deadline.set_timeout(Duration::from_millis(200));
+    with_deadline.set_timeout(Duration::from_millis(1000));
+    let started = Instant::now();
     let status = client.compute(with_deadline).await.expect_err("no reply in time");
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the unit gave up after {:?}, before the caller's deadline",
+        started.elapsed()
+    );
 
     let metrics = unit.metrics().await.expect("metrics");
     assert_eq!(metrics.value("dnet_pending_replies").expect("gauge"), 0.0);

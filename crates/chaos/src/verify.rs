@@ -7,6 +7,7 @@
 
 use dnet_model::codec::decode_x;
 use dnet_model::model::MultiExitInception;
+use dnet_model::options::Precision;
 use dnet_model::weights::{load, WeightSource};
 use tch::{Device, Tensor};
 
@@ -39,7 +40,7 @@ impl Reference {
     /// # Errors
     /// The weights cannot be built.
     pub fn new(seed: u64, exit: usize) -> anyhow::Result<Reference> {
-        let model = load(&WeightSource::Random(seed), Device::Cpu)?.model;
+        let model = load(&WeightSource::Random(seed), Device::Cpu, Precision::F32)?.model;
         Ok(Reference { model, exit })
     }
 

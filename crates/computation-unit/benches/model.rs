@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use dnet_model::codec;
+use dnet_model::options::Precision;
 use dnet_model::weights::{load, WeightSource};
 use dnet_proto::ComputationRequest;
 use dnet_testkit::{venv_python, Broker, ComputationUnit, TestQueue, TransmissionUnit};
@@ -55,7 +56,7 @@ fn reference_rates(weights: &std::path::Path) -> serde_json::Value {
 #[tokio::main]
 async fn main() {
     tch::set_num_threads(THREADS);
-    let loaded = load(&WeightSource::Random(1), Device::Cpu).expect("random weights");
+    let loaded = load(&WeightSource::Random(1), Device::Cpu, Precision::F32).expect("random weights");
     let model = loaded.model;
     let dir = tempfile::tempdir().expect("temp dir");
     let weights = dir.path().join("weights.safetensors");

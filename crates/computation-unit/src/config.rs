@@ -7,7 +7,7 @@ use dnet_common::telemetry::ObservabilityArgs;
 use tch::Device;
 
 use dnet_model::model::{DEFAULT_THRESHOLDS, SIDE_EXITS};
-use dnet_model::options::{parse_device, parse_thresholds, Thresholds};
+use dnet_model::options::{parse_device, parse_thresholds, BatchArgs, ComputeArgs, Thresholds};
 use dnet_model::weights::WeightSource;
 
 /// A DNet computation unit: consumes a RabbitMQ queue and runs the
@@ -48,7 +48,7 @@ pub struct WeightsArgs {
     pub random_weights: Option<u64>,
 }
 
-/// The weights, the device and the threads.
+/// The weights, the device, threads and precision.
 #[derive(Clone, Debug, Args)]
 pub struct ModelArgs {
     #[command(flatten)]
@@ -58,9 +58,8 @@ pub struct ModelArgs {
     #[arg(long, env = "DNET_DEVICE", default_value = "cpu", value_parser = parse_device)]
     pub device: Device,
 
-    /// Intra-op threads of libtorch [default: libtorch's choice].
-    #[arg(long, env = "DNET_THREADS")]
-    pub threads: Option<i32>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
 }
 
 impl ModelArgs {
@@ -107,13 +106,17 @@ pub struct WorkerArgs {
     #[arg(long, env = "DNET_THRESHOLDS", value_parser = parse_thresholds)]
     pub thresholds: Option<Thresholds>,
 
-    /// Requests taken from the queue and not yet answered (one computes, the rest wait).
-    #[arg(long, env = "DNET_PREFETCH", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
-    pub prefetch: u16,
+    #[command(flatten)]
+    pub batch: BatchArgs,
 
-    /// Most samples (N) accepted in one request.
-    #[arg(long, env = "DNET_MAX_BATCH", default_value_t = 64)]
-    pub max_batch: usize,
+    /// Requests taken from the queue and not yet answered [default: twice
+    /// --max-batch-size, so that the next batch gathers while one computes].
+    #[arg(long, env = "DNET_PREFETCH", value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: Option<u16>,
+
+    /// Most samples (N) accepted in one request; a larger one gets ERROR.
+    #[arg(long, alias = "max-batch", env = "DNET_MAX_REQUEST_SAMPLES", default_value_t = 64)]
+    pub max_request_samples: usize,
 
     #[command(flatten)]
     pub observability: ObservabilityArgs,
@@ -132,6 +135,13 @@ impl WorkerArgs {
         } else {
             format!("amqp://guest:guest@{}/%2f", self.address)
         }
+    }
+
+    /// `--prefetch`, else twice the batch size (at most u16::MAX).
+    #[must_use]
+    pub fn prefetch(&self) -> u16 {
+        self.prefetch
+            .unwrap_or_else(|| u16::try_from(2 * self.batch.max_batch_size).unwrap_or(u16::MAX))
     }
 
     #[must_use]
@@ -166,7 +176,7 @@ pub struct InferArgs {
     #[arg(long, value_parser = clap::value_parser!(u8).range(1..=16))]
     pub exit_layer: u8,
 
-    /// Output safetensors: probs, category, confidence, and logits (E=16) or x (E<16).
+    /// Output safetensors: probs, logits (the exit's scores before softmax), category, confidence, and x (E<16).
     #[arg(long)]
     pub output: PathBuf,
 }

@@ -19,31 +19,27 @@ pub struct InferSummary {
 }
 
 /// Runs the model from `--start-layer` to `--exit-layer` on `--input` and
-/// writes `probs`, `category`, `confidence`, and `logits` (E=16) or `x` (E<16).
+/// writes `probs`, `logits`, `category`, `confidence`, and `x` (E<16).
 ///
 /// # Errors
 /// Unreadable or invalid input, bad weights, an invalid split, or an unwritable output.
 pub fn run(args: &InferArgs) -> anyhow::Result<InferSummary> {
-    if let Some(threads) = args.model.threads {
-        tch::set_num_threads(threads);
-    }
+    tch::set_num_threads(args.model.compute.threads());
     let exit = usize::from(args.exit_layer);
     let bytes = std::fs::read(&args.input).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.input.display()))?;
     let x = codec::decode_x(&bytes, args.start_layer, usize::MAX)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.input.display()))?;
-    let loaded = load(&args.model.source(), args.model.device)?;
+    let loaded = load(&args.model.source(), args.model.device, args.model.compute.precision)?;
     let output = loaded
         .model
         .forward(&x.to_device(args.model.device), args.start_layer, exit)?;
     let decision = decide(&output.probs, None);
     let mut tensors: Vec<(&str, &Tensor)> = vec![
         ("probs", &output.probs),
+        ("logits", &output.logits),
         ("category", &decision.category),
         ("confidence", &decision.confidence),
     ];
-    if let Some(logits) = &output.logits {
-        tensors.push(("logits", logits));
-    }
     if let Some(trunk) = &output.trunk {
         tensors.push(("x", trunk));
     }

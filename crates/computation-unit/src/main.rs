@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 use computation_unit::config::{Cli, Command, WorkerArgs};
 use computation_unit::worker::{self, WorkerMetrics, WorkerSettings};
 use dnet_model::engine::Engine;
+use dnet_model::metrics::EngineMetrics;
+use dnet_model::options::engine_settings;
 use dnet_model::request::UnitSettings;
 
 fn main() -> anyhow::Result<()> {
@@ -37,17 +39,23 @@ fn serve(args: WorkerArgs) -> anyhow::Result<()> {
     let settings = UnitSettings {
         exit: usize::from(args.exit_layer),
         thresholds: args.thresholds(),
-        max_batch: args.max_batch,
+        max_request_samples: args.max_request_samples,
         unit_name: args.unit_name(),
         device,
     };
-    let engine = Arc::new(Engine::start(args.model.source(), settings, args.model.threads)?);
+    let mut registry = Registry::default();
+    let engine_metrics = Arc::new(EngineMetrics::register(&mut registry));
+    let engine = Arc::new(Engine::start(
+        args.model.source(),
+        settings.clone(),
+        engine_settings(&args.model.compute, &args.batch),
+        engine_metrics,
+    )?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
     let metrics = runtime.block_on(async {
-        let mut registry = Registry::default();
         let metrics = WorkerMetrics::register(&mut registry);
         let stop_metrics = CancellationToken::new();
         if let Some(address) = &args.observability.metrics_address {
@@ -64,7 +72,8 @@ fn serve(args: WorkerArgs) -> anyhow::Result<()> {
         let worker_settings = WorkerSettings {
             amqp_uri: args.amqp_uri(),
             queue: args.queue_name.clone(),
-            prefetch: args.prefetch,
+            prefetch: args.prefetch(),
+            unit: settings,
             connection_name: format!("computation-unit {}", args.unit_name()),
             tls_ca: args
                 .amqp_ca

@@ -19,7 +19,6 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use prost::Message;
 use tokio::sync::oneshot;
@@ -28,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use dnet_model::engine::{Engine, Job, Outcome};
+use dnet_model::request::{prepare, refusal, UnitSettings};
 
 /// Where to consume from.
 #[derive(Clone, Debug)]
@@ -35,6 +35,8 @@ pub struct WorkerSettings {
     pub amqp_uri: String,
     pub queue: String,
     pub prefetch: u16,
+    /// What this unit accepts and how it answers.
+    pub unit: UnitSettings,
     /// Connection name shown by the broker.
     pub connection_name: String,
     /// CA (PEM) trusted for `amqps://`, besides the system's.
@@ -54,8 +56,6 @@ const REPLY_STATUSES: [StatusCode; 3] = [StatusCode::Success, StatusCode::NotSuc
 pub struct WorkerMetrics {
     /// Replies the broker confirmed, by status.
     replies: Family<StatusLabel, Counter>,
-    compute_seconds: Histogram,
-    queue_wait_seconds: Histogram,
     /// Requests this worker gave back to the queue (nack with requeue).
     requeued: Counter,
     /// Replies the broker refused or that could not be published.
@@ -69,9 +69,6 @@ impl WorkerMetrics {
     pub fn register(registry: &mut Registry) -> Arc<Self> {
         let metrics = Self {
             replies: Family::default(),
-            // 1 ms .. ~65 s
-            compute_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
-            queue_wait_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
             requeued: Counter::default(),
             unpublished_replies: Counter::default(),
             redelivered: Counter::default(),
@@ -86,16 +83,6 @@ impl WorkerMetrics {
             "dnet_worker_replies",
             "Replies published (confirmed by the broker), by status",
             metrics.replies.clone(),
-        );
-        registry.register(
-            "dnet_worker_compute_seconds",
-            "Model time per request",
-            metrics.compute_seconds.clone(),
-        );
-        registry.register(
-            "dnet_worker_queue_wait_seconds",
-            "Time a received request waited for the model",
-            metrics.queue_wait_seconds.clone(),
         );
         registry.register(
             "dnet_worker_requeued",
@@ -113,13 +100,6 @@ impl WorkerMetrics {
             metrics.redelivered.clone(),
         );
         Arc::new(metrics)
-    }
-
-    fn observe_compute(&self, response: &ComputationResponse) {
-        if let Some(hop) = response.hops.first() {
-            self.compute_seconds.observe(hop.compute_us as f64 / 1e6);
-            self.queue_wait_seconds.observe(hop.queue_wait_us as f64 / 1e6);
-        }
     }
 
     fn count_reply(&self, response: &ComputationResponse) {
@@ -154,6 +134,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let stop = CancellationToken::new();
+    let unit = Arc::new(settings.unit.clone());
     let tracker = TaskTracker::new();
     tokio::pin!(shutdown);
     loop {
@@ -180,7 +161,7 @@ pub async fn run(
         info!(queue = %settings.queue, prefetch = settings.prefetch, "consuming");
         let consumer_tag = consumer.tag();
         tokio::select! {
-            () = consume(consumer, &channel, &engine, &metrics, &tracker) => {
+            () = consume(consumer, &channel, &unit, &engine, &metrics, &tracker) => {
                 warn!(broker = %redact(&settings.amqp_uri), "consumer ended (connection lost or queue deleted), reconnecting");
             }
             () = &mut shutdown => {
@@ -222,6 +203,7 @@ async fn open(connection: &Connection, settings: &WorkerSettings) -> lapin::Resu
 async fn consume(
     mut consumer: Consumer,
     channel: &Channel,
+    unit: &Arc<UnitSettings>,
     engine: &Arc<Engine>,
     metrics: &Arc<WorkerMetrics>,
     tracker: &TaskTracker,
@@ -229,8 +211,9 @@ async fn consume(
     while let Some(delivery) = consumer.next().await {
         match delivery {
             Ok(delivery) => {
-                let (channel, engine, metrics) = (channel.clone(), Arc::clone(engine), Arc::clone(metrics));
-                tracker.spawn(async move { serve(delivery, channel, engine, metrics).await });
+                let (channel, unit) = (channel.clone(), Arc::clone(unit));
+                let (engine, metrics) = (Arc::clone(engine), Arc::clone(metrics));
+                tracker.spawn(async move { serve(delivery, channel, &unit, engine, metrics).await });
             }
             Err(error) => {
                 warn!(%error, "consumer failed");
@@ -242,7 +225,13 @@ async fn consume(
 
 /// One delivery: compute it, publish the reply, then ack; give it back to
 /// the queue when it was not computed or its reply was not confirmed.
-async fn serve(delivery: Delivery, channel: Channel, engine: Arc<Engine>, metrics: Arc<WorkerMetrics>) {
+async fn serve(
+    delivery: Delivery,
+    channel: Channel,
+    unit: &UnitSettings,
+    engine: Arc<Engine>,
+    metrics: Arc<WorkerMetrics>,
+) {
     let properties = &delivery.properties;
     let (Some(reply_to), Some(correlation_id)) = (properties.reply_to().clone(), properties.correlation_id().clone())
     else {
@@ -254,24 +243,35 @@ async fn serve(delivery: Delivery, channel: Channel, engine: Arc<Engine>, metric
     if delivery.redelivered {
         metrics.redelivered.inc();
     }
-    let (done, outcome) = oneshot::channel();
-    let job = Job {
-        body: delivery.data.clone(),
-        received: Instant::now(),
-        done,
-    };
-    if engine.submit(job).is_err() {
-        requeue(&delivery, &metrics).await;
-        return;
-    }
-    let response = match outcome.await {
-        Ok(Outcome::Reply(response)) => response,
-        Ok(Outcome::Requeue) | Err(_) => {
-            requeue(&delivery, &metrics).await;
-            return;
+    let received = Instant::now();
+    let response = match prepare(&delivery.data, unit) {
+        Err(refused) => refusal(unit, refused, received.elapsed()),
+        Ok(request) => {
+            let (done, outcome) = oneshot::channel();
+            let job = Job {
+                request,
+                received,
+                deadline: None,
+                done,
+            };
+            if engine.submit(job).is_err() {
+                requeue(&delivery, &metrics).await;
+                return;
+            }
+            match outcome.await {
+                Ok(Outcome::Reply(response)) => response,
+                Ok(Outcome::Expired) => {
+                    // Nobody waits for its answer any more.
+                    let _ = delivery.ack(BasicAckOptions::default()).await;
+                    return;
+                }
+                Ok(Outcome::Requeue) | Err(_) => {
+                    requeue(&delivery, &metrics).await;
+                    return;
+                }
+            }
         }
     };
-    metrics.observe_compute(&response);
     match publish_reply(&channel, reply_to, correlation_id.clone(), &response).await {
         Ok(()) => {
             metrics.count_reply(&response);

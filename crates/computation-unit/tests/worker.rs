@@ -335,7 +335,7 @@ async fn bad_messages_straight_onto_the_queue_get_errors_or_are_dropped_and_the_
     let broker = Broker::local();
     let queue = TestQueue::new(&broker);
     let unit = unit(&broker, &queue, &[]).await;
-    let _worker = worker(&broker, &queue, 8, &["--max-batch", "2"]).await;
+    let _worker = worker(&broker, &queue, 8, &["--max-request-samples", "2"]).await;
     let queue = queue.name();
 
     let connection = lapin::Connection::connect(&broker.uri, lapin::ConnectionProperties::default())
@@ -546,4 +546,35 @@ async fn a_reply_the_broker_refuses_puts_the_request_back_instead_of_losing_it()
     refusing.process.kill();
     wait_for_queue(&broker, &queue, (1, 0, 0), "the request to wait in the queue again").await;
     let _ = connection.close(200, "done".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_run_in_shared_forward_passes() {
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &["--timeout", "60s"]).await;
+    let worker = worker(&broker, &queue, 8, &["--max-batch-size", "8"]).await;
+    let client = unit.client().await.expect("client");
+    let calls: Vec<_> = (0..16)
+        .map(|i| {
+            let mut client = client.clone();
+            let request = request(0, &images(1, 300 + i));
+            tokio::spawn(async move { client.compute(request).await })
+        })
+        .collect();
+    let mut batch_sizes = Vec::new();
+    for call in calls {
+        let answer = call.await.expect("task").expect("answered").into_inner();
+        assert_ne!(answer.status, StatusCode::Error as i32);
+        batch_sizes.push(answer.hops[0].batch_size);
+    }
+    let metrics = worker.metrics().await.expect("worker metrics");
+    let forwards = metrics.value("dnet_batch_size_count").expect("batch histogram");
+    assert_eq!(metrics.value("dnet_batch_size_sum").expect("batch histogram"), 16.0);
+    assert!(forwards < 16.0, "16 requests in {forwards} forward passes");
+    assert!(batch_sizes.iter().any(|&n| n > 1), "hop records: {batch_sizes:?}");
+    assert!(
+        batch_sizes.iter().all(|&n| (1..=8).contains(&n)),
+        "at most --max-batch-size: {batch_sizes:?}"
+    );
 }

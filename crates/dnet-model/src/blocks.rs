@@ -4,13 +4,25 @@
 //! `bn`), so the original state_dict maps one to one.
 
 use tch::nn;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
-/// Conv2d (no bias) -> BatchNorm2d(eps 0.001) -> ReLU.
+/// BatchNorm epsilon of every BasicConv2d.
+const BN_EPS: f64 = 0.001;
+
+/// Conv2d (no bias) -> BatchNorm2d(eps 0.001, running statistics) -> ReLU.
+///
+/// The convolution and the batch norm hold the state_dict's variables while
+/// the weights load; [`BasicConv2d::fold`] then merges them into one
+/// convolution with a bias, which computes the same function with one pass
+/// over the activations instead of two.
 #[derive(Debug)]
 pub struct BasicConv2d {
     conv: nn::Conv2D,
     bn: nn::BatchNorm,
+    stride: [i64; 2],
+    padding: [i64; 2],
+    /// (weight, bias) of the folded convolution, once folded.
+    folded: Option<(Tensor, Tensor)>,
 }
 
 impl BasicConv2d {
@@ -28,18 +40,60 @@ impl BasicConv2d {
             ..Default::default()
         };
         let bn_config = nn::BatchNormConfig {
-            eps: 0.001,
+            eps: BN_EPS,
             ..Default::default()
         };
         Self {
             conv: nn::conv(p / "conv", c_in, c_out, k, config),
             bn: nn::batch_norm2d(p / "bn", c_out, bn_config),
+            stride: [stride, stride],
+            padding: pad,
+            folded: None,
         }
     }
 
-    pub fn forward(&self, xs: &Tensor) -> Tensor {
-        xs.apply(&self.conv).apply_t(&self.bn, false).relu()
+    /// Merges the eval batch norm into the convolution:
+    /// `w' = w * g / sqrt(var + eps)` per output channel, `b' = beta - mean * g / sqrt(var + eps)`.
+    /// Computed in F32 on the weights' device; then stored as `kind`, in
+    /// channels-last layout when `channels_last`.
+    pub fn fold(&mut self, kind: Kind, channels_last: bool) {
+        let _no_grad = tch::no_grad_guard();
+        let gamma = self
+            .bn
+            .ws
+            .as_ref()
+            .map_or_else(|| self.bn.running_var.ones_like(), Tensor::shallow_clone);
+        let beta = self
+            .bn
+            .bs
+            .as_ref()
+            .map_or_else(|| self.bn.running_mean.zeros_like(), Tensor::shallow_clone);
+        let scale = gamma / (&self.bn.running_var + BN_EPS).sqrt();
+        let weight = &self.conv.ws * scale.view([-1, 1, 1, 1]);
+        let bias = beta - &self.bn.running_mean * &scale;
+        let weight = weight.to_kind(kind);
+        let weight = if channels_last {
+            to_channels_last(&weight)
+        } else {
+            weight
+        };
+        self.folded = Some((weight, bias.to_kind(kind)));
     }
+
+    pub fn forward(&self, xs: &Tensor) -> Tensor {
+        match &self.folded {
+            Some((weight, bias)) => xs
+                .conv2d(weight, Some(bias), self.stride, self.padding, [1, 1], 1)
+                .relu(),
+            None => xs.apply(&self.conv).apply_t(&self.bn, false).relu(),
+        }
+    }
+}
+
+/// The same tensor (same shape and values) stored channels-last (NHWC in
+/// memory): oneDNN's convolutions run fastest on it, and keep it.
+pub fn to_channels_last(xs: &Tensor) -> Tensor {
+    xs.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
 /// `x.max_pool2d(k, s)` without padding, as `F.max_pool2d(x, k, s)`.
@@ -73,6 +127,39 @@ pub enum Block {
 }
 
 impl Block {
+    /// Every BasicConv2d of the layer.
+    pub fn convs_mut(&mut self) -> Vec<&mut BasicConv2d> {
+        match self {
+            Block::Conv(conv) | Block::ConvPool(conv) => vec![conv],
+            Block::A(b) => [&mut b.branch1x1, &mut b.branch_pool]
+                .into_iter()
+                .chain(b.branch5x5.iter_mut())
+                .chain(b.branch3x3dbl.iter_mut())
+                .collect(),
+            Block::B(b) => std::iter::once(&mut b.branch3x3)
+                .chain(b.branch3x3dbl.iter_mut())
+                .collect(),
+            Block::C(b) => [&mut b.branch1x1, &mut b.branch_pool]
+                .into_iter()
+                .chain(b.branch7x7.iter_mut())
+                .chain(b.branch7x7dbl.iter_mut())
+                .collect(),
+            Block::D(b) => b.branch3x3.iter_mut().chain(b.branch7x7x3.iter_mut()).collect(),
+            Block::E(b) => [
+                &mut b.branch1x1,
+                &mut b.branch3x3_1,
+                &mut b.branch3x3_2a,
+                &mut b.branch3x3_2b,
+                &mut b.branch3x3dbl_3a,
+                &mut b.branch3x3dbl_3b,
+                &mut b.branch_pool,
+            ]
+            .into_iter()
+            .chain(b.branch3x3dbl.iter_mut())
+            .collect(),
+        }
+    }
+
     pub fn forward(&self, xs: &Tensor) -> Tensor {
         match self {
             Block::Conv(conv) => conv.forward(xs),

@@ -1,48 +1,85 @@
 //! The compute thread: one OS thread owns the model (tch tensors are not
-//! `Sync`) and computes one job at a time, never preempted.
-//!
-//! Jobs arrive over a channel and are taken by `next_batch`, which today
-//! takes one; batching several requests into one forward pass only needs it
-//! to drain more.
+//! `Sync`) and runs one forward pass at a time, never preempted. Requests
+//! waiting for it that share a start layer run together as one batch
+//! (`batch.rs` states the policy); each keeps its own decision, reply,
+//! confidence and hop record.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use dnet_proto::{ComputationResponse, Data, StatusCode};
-use tokio::sync::{mpsc, oneshot};
+use dnet_proto::ComputationResponse;
+use tch::Tensor;
+use tokio::sync::oneshot;
 use tracing::{error, info};
 
-use crate::request::{handle, UnitSettings};
+use crate::batch::{self, BatchPolicy, Batchable};
+use crate::metrics::EngineMetrics;
+use crate::model::MultiExitInception;
+use crate::options::Precision;
+use crate::request::{error_response, hop_record, respond, Prepared, UnitSettings};
 use crate::weights::{load, WeightSource, WeightsError};
 
 /// A request waiting for the model.
 #[derive(Debug)]
 pub struct Job {
-    /// The serialized `ComputationRequest`.
-    pub body: Vec<u8>,
-    /// When the worker received it (queue wait inside the worker starts here).
+    pub request: Prepared,
+    /// When the request reached the engine's caller (its wait starts here).
     pub received: Instant,
+    /// Past this, nobody waits for the answer: the job is not computed.
+    pub deadline: Option<Instant>,
     /// Where the outcome goes.
     pub done: oneshot::Sender<Outcome>,
+}
+
+impl Batchable for Job {
+    fn start(&self) -> usize {
+        self.request.start
+    }
+    fn samples(&self) -> usize {
+        self.request.samples
+    }
 }
 
 /// What became of a job.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Computed (or rejected): publish this reply.
+    /// Computed: publish this reply.
     Reply(ComputationResponse),
-    /// Not computed because the unit is stopping: give it back to the queue.
+    /// Not computed because the engine is stopping: give it back.
     Requeue,
+    /// Not computed: its deadline passed while it waited.
+    Expired,
+}
+
+/// How the engine computes, besides what a unit does with requests.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    /// libtorch intra-op threads.
+    pub threads: i32,
+    /// The dtype the network computes in.
+    pub precision: Precision,
+    pub batching: BatchPolicy,
 }
 
 /// Handle to the compute thread.
 #[derive(Debug)]
 pub struct Engine {
-    jobs: mpsc::UnboundedSender<Job>,
+    jobs: mpsc::Sender<Job>,
     stopping: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<()>,
+}
+
+/// What the compute thread owns.
+struct Worker {
+    model: MultiExitInception,
+    unit: UnitSettings,
+    batching: BatchPolicy,
+    metrics: Arc<EngineMetrics>,
+    stopping: Arc<AtomicBool>,
 }
 
 impl Engine {
@@ -51,41 +88,42 @@ impl Engine {
     ///
     /// # Errors
     /// The weights could not be loaded; the message names what is wrong.
-    pub fn start(source: WeightSource, settings: UnitSettings, threads: Option<i32>) -> Result<Engine, WeightsError> {
-        let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    pub fn start(
+        source: WeightSource,
+        unit: UnitSettings,
+        settings: EngineSettings,
+        metrics: Arc<EngineMetrics>,
+    ) -> Result<Engine, WeightsError> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel();
         let stopping = Arc::new(AtomicBool::new(false));
         let stop_flag = Arc::clone(&stopping);
         let thread = std::thread::Builder::new()
             .name("model".into())
             .spawn(move || {
-                if let Some(threads) = threads {
-                    tch::set_num_threads(threads);
-                }
+                tch::set_num_threads(settings.threads);
                 let loaded_at = Instant::now();
-                let loaded = match load(&source, settings.device) {
-                    Ok(loaded) => loaded,
+                let model = match load(&source, unit.device, settings.precision) {
+                    Ok(loaded) => loaded.model,
                     Err(error) => {
                         let _ = ready_tx.send(Err(error));
                         return;
                     }
                 };
-                info!(exit = settings.exit, device = ?settings.device, threads = tch::get_num_threads(),
+                info!(exit = unit.exit, device = ?unit.device, threads = tch::get_num_threads(),
+                    precision = ?settings.precision, max_batch_size = settings.batching.max_samples,
+                    batch_timeout_ms = settings.batching.timeout.as_secs_f64() * 1e3,
                     load_ms = loaded_at.elapsed().as_millis() as u64, "model ready");
                 let _ = ready_tx.send(Ok(()));
                 let _no_grad = tch::no_grad_guard();
-                while let Some(batch) = next_batch(&mut queue) {
-                    for job in batch {
-                        let outcome = if stop_flag.load(Ordering::SeqCst) {
-                            Outcome::Requeue
-                        } else {
-                            Outcome::Reply(run_guarded(|| {
-                                handle(&loaded.model, &settings, &job.body, job.received.elapsed())
-                            }))
-                        };
-                        let _ = job.done.send(outcome);
-                    }
+                Worker {
+                    model,
+                    unit,
+                    batching: settings.batching,
+                    metrics,
+                    stopping: stop_flag,
                 }
+                .run(&queue);
             })
             .map_err(|e| WeightsError::Read {
                 path: "(model thread)".into(),
@@ -109,7 +147,7 @@ impl Engine {
         self.jobs.send(job).map_err(|e| e.0)
     }
 
-    /// From now on, queued jobs come back as [`Outcome::Requeue`]; the job
+    /// From now on, waiting jobs come back as [`Outcome::Requeue`]; the batch
     /// being computed finishes.
     pub fn stop_taking_new(&self) {
         self.stopping.store(true, Ordering::SeqCst);
@@ -124,25 +162,110 @@ impl Engine {
     }
 }
 
-/// The next jobs to compute together; `None` when the channel is closed.
-fn next_batch(queue: &mut mpsc::UnboundedReceiver<Job>) -> Option<Vec<Job>> {
-    queue.blocking_recv().map(|job| vec![job])
-}
-
-/// Runs `compute`, turning a panic inside libtorch into an ERROR reply so the
-/// worker keeps serving.
-fn run_guarded(compute: impl FnOnce() -> ComputationResponse) -> ComputationResponse {
-    catch_unwind(AssertUnwindSafe(compute)).unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("unknown panic");
-        error!(message, "computation panicked; answering ERROR");
-        ComputationResponse {
-            status: StatusCode::Error as i32,
-            data: Some(Data::ErrorMessage(format!("internal error while computing: {message}"))),
-            ..ComputationResponse::default()
+impl Worker {
+    /// Forms and computes batches until every sender is gone.
+    fn run(&self, queue: &mpsc::Receiver<Job>) {
+        let mut waiting = VecDeque::new();
+        loop {
+            if waiting.is_empty() {
+                match queue.recv() {
+                    Ok(job) => waiting.push_back(job),
+                    Err(_) => return,
+                }
+            }
+            waiting.extend(queue.try_iter());
+            let mut batch = batch::take(&mut waiting, self.batching.max_samples);
+            self.wait_for_more(queue, &mut batch, &mut waiting);
+            if self.stopping.load(Ordering::SeqCst) {
+                for job in batch.into_iter().chain(waiting.drain(..)) {
+                    let _ = job.done.send(Outcome::Requeue);
+                }
+                continue;
+            }
+            let now = Instant::now();
+            let (expired, live): (Vec<Job>, Vec<Job>) = batch
+                .into_iter()
+                .partition(|job| job.deadline.is_some_and(|d| d <= now));
+            for job in expired {
+                let _ = job.done.send(Outcome::Expired);
+            }
+            if !live.is_empty() {
+                self.compute(live);
+            }
         }
-    })
+    }
+
+    /// Lets a batch that is not full wait up to the batch timeout for more
+    /// jobs of its start layer; jobs of other start layers queue up.
+    fn wait_for_more(&self, queue: &mpsc::Receiver<Job>, batch: &mut Vec<Job>, waiting: &mut VecDeque<Job>) {
+        if self.batching.timeout.is_zero() {
+            return;
+        }
+        let until = Instant::now() + self.batching.timeout;
+        while batch::samples(batch) < self.batching.max_samples {
+            let left = until.saturating_duration_since(Instant::now());
+            match queue.recv_timeout(left) {
+                Ok(job) if batch::fits(batch, &job, self.batching.max_samples) => batch.push(job),
+                Ok(job) => waiting.push_back(job),
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// One forward pass over `batch`; every job gets its reply.
+    fn compute(&self, batch: Vec<Job>) {
+        let started = Instant::now();
+        let samples = batch::samples(&batch);
+        let replies = catch_unwind(AssertUnwindSafe(|| self.forward(&batch))).unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic")
+                .to_owned();
+            error!(message, samples, "computation panicked; answering ERROR");
+            Err(format!("internal error while computing: {message}"))
+        });
+        let compute = started.elapsed();
+        self.metrics.batch_size.observe(samples as f64);
+        self.metrics.compute_seconds.observe(compute.as_secs_f64());
+        let replies = replies.unwrap_or_else(|message| vec![Err(message); batch.len()]);
+        for (job, reply) in batch.into_iter().zip(replies) {
+            let queue_wait = started.saturating_duration_since(job.received);
+            self.metrics.queue_wait_seconds.observe(queue_wait.as_secs_f64());
+            let mut response = reply.unwrap_or_else(error_response);
+            response.hops = vec![hop_record(
+                &self.unit,
+                job.request.start as u64,
+                queue_wait,
+                compute,
+                samples,
+            )];
+            let _ = job.done.send(Outcome::Reply(response));
+        }
+    }
+
+    /// The batch's outputs, one reply (or why there is none) per job in order.
+    fn forward(&self, batch: &[Job]) -> Result<Vec<Result<ComputationResponse, String>>, String> {
+        let start = batch.first().map_or(0, |job| job.request.start);
+        let inputs: Vec<&Tensor> = batch.iter().map(|job| &job.request.x).collect();
+        let x = Tensor::f_cat(&inputs, 0).map_err(|e| e.to_string())?;
+        let output = self
+            .model
+            .forward(&x.to_device(self.unit.device), start, self.unit.exit)
+            .map_err(|e| e.to_string())?;
+        let (probs, trunk) = (output.probs.to_device(tch::Device::Cpu), output.trunk);
+        let trunk = trunk.map(|t| t.to_device(tch::Device::Cpu));
+        let mut offset = 0;
+        Ok(batch
+            .iter()
+            .map(|job| {
+                let n = job.request.samples as i64;
+                let slice = |t: &Tensor| t.narrow(0, offset, n);
+                let reply = respond(&self.unit, &slice(&probs), trunk.as_ref().map(slice).as_ref());
+                offset += n;
+                reply
+            })
+            .collect())
+    }
 }

@@ -9,13 +9,17 @@
 //! - `codec`: safetensors bytes <-> tensors (validation is `dnet-codec`'s).
 //! - `decision`: the exit rule (confidence against the threshold).
 //! - `request`: one request, bytes in, response out (decode, validate, forward, decide, encode).
-//! - `engine`: the OS thread that owns the model and computes one job at a time.
-//! - `options`: thresholds and devices as command lines give them.
+//! - `batch`: the batching policy: which waiting requests run together.
+//! - `engine`: the OS thread that owns the model and runs one batch at a time.
+//! - `metrics`: the engine's Prometheus metrics (batch size, compute, queue wait).
+//! - `options`: thresholds, devices, precision and threads as command lines give them.
 
+pub mod batch;
 pub mod blocks;
 pub mod codec;
 pub mod decision;
 pub mod engine;
+pub mod metrics;
 pub mod model;
 pub mod options;
 pub mod request;

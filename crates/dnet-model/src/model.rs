@@ -4,9 +4,11 @@
 //! trunk layer `e-1`) and the final head (exit 16: avg-pool, `fc`, logits).
 
 use tch::nn;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
-use crate::blocks::{max_pool, BasicConv2d, Block, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE};
+use crate::blocks::{
+    max_pool, to_channels_last, BasicConv2d, Block, InceptionA, InceptionB, InceptionC, InceptionD, InceptionE,
+};
 
 /// Number of trunk layers; also the exit layer of the final head.
 pub const TRUNK_LAYERS: usize = 16;
@@ -47,10 +49,11 @@ pub enum ForwardError {
 pub struct ForwardOutput {
     /// Output of trunk layer `exit - 1`, to hand on (only when `exit < 16`).
     pub trunk: Option<Tensor>,
-    /// Class probabilities [N, 10] (softmax; at exit 16 the softmax of the logits).
+    /// Class probabilities [N, 10]: the softmax of `logits`.
     pub probs: Tensor,
-    /// Logits [N, 10], only at exit 16.
-    pub logits: Option<Tensor>,
+    /// The exit's scores before the softmax [N, 10], F32 (at exit 16: the
+    /// network's logits, what the original returns).
+    pub logits: Tensor,
 }
 
 /// A side exit: max-pool, flatten, Linear(F, 128), ReLU, Linear(128, 10).
@@ -75,6 +78,10 @@ pub struct MultiExitInception {
     trunk: Vec<Block>,
     exits: Vec<ExitHead>,
     fc: nn::Linear,
+    /// The dtype the network computes in (F32 until [`Self::fold_batch_norm`] says otherwise).
+    kind: Kind,
+    /// Whether inputs are laid out channels-last before the trunk.
+    channels_last: bool,
 }
 
 impl MultiExitInception {
@@ -112,7 +119,27 @@ impl MultiExitInception {
             })
             .collect();
         let fc = nn::linear(p / "fc", 2048, NUM_CLASSES, Default::default());
-        Self { trunk, exits, fc }
+        Self {
+            trunk,
+            exits,
+            fc,
+            kind: Kind::Float,
+            channels_last: false,
+        }
+    }
+
+    /// Once the weights are final (loaded and on their device): folds every
+    /// batch norm into its convolution, computing from now on in `kind` with
+    /// channels-last activations. The linear layers' variables must be
+    /// converted to `kind` by their VarStore (`VarStore::set_kind`).
+    pub fn fold_batch_norm(&mut self, kind: Kind) {
+        for block in &mut self.trunk {
+            for conv in block.convs_mut() {
+                conv.fold(kind, true);
+            }
+        }
+        self.kind = kind;
+        self.channels_last = true;
     }
 
     /// Runs trunk layers `start..exit` on `x`, then the head of `exit`.
@@ -134,27 +161,28 @@ impl MultiExitInception {
             });
         }
         let _no_grad = tch::no_grad_guard();
-        let trunk = self.trunk[start..exit]
-            .iter()
-            .fold(x.shallow_clone(), |xs, layer| layer.forward(&xs));
+        let x = x.to_kind(self.kind);
+        let x = if self.channels_last { to_channels_last(&x) } else { x };
+        let trunk = self.trunk[start..exit].iter().fold(x, |xs, layer| layer.forward(&xs));
         if exit == TRUNK_LAYERS {
             // avg_pool k4 (stride 4): 5x5 -> 1x1; dropout is the identity at inference.
             let logits = trunk
                 .avg_pool2d([4, 4], [4, 4], [0, 0], false, true, None)
                 .flatten(1, -1)
-                .apply(&self.fc);
-            let probs = logits.softmax(-1, tch::Kind::Float);
+                .apply(&self.fc)
+                .to_kind(Kind::Float);
             return Ok(ForwardOutput {
                 trunk: None,
-                probs,
-                logits: Some(logits),
+                probs: logits.softmax(-1, Kind::Float),
+                logits,
             });
         }
-        let probs = self.exits[exit - 1].forward(&trunk).softmax(-1, tch::Kind::Float);
+        let logits = self.exits[exit - 1].forward(&trunk).to_kind(Kind::Float);
         Ok(ForwardOutput {
-            trunk: Some(trunk),
-            probs,
-            logits: None,
+            // Handed on in F32 (the wire's dtype), whatever the network computes in.
+            trunk: Some(trunk.to_kind(Kind::Float)),
+            probs: logits.softmax(-1, Kind::Float),
+            logits,
         })
     }
 }

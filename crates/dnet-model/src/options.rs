@@ -1,9 +1,101 @@
 //! Values that arrive as text on command lines: exit thresholds and devices.
 //! Shared by every program that runs the model, so each accepts the same forms.
 
-use tch::Device;
+use std::time::Duration;
 
+use dnet_common::duration::parse_duration;
+use tch::{Device, Kind};
+
+use crate::batch::BatchPolicy;
+use crate::engine::EngineSettings;
 use crate::model::SIDE_EXITS;
+
+/// How the network computes, for every program that runs it.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ComputeArgs {
+    /// libtorch intra-op threads [default: the CPUs this process may use: its
+    /// affinity and cgroup CPU quota, e.g. a container's CPU limit].
+    #[arg(long, env = "DNET_THREADS", value_parser = clap::value_parser!(i32).range(1..))]
+    pub threads: Option<i32>,
+
+    /// The dtype the network computes in; tensors on the wire stay F32.
+    #[arg(long, env = "DNET_PRECISION", value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
+}
+
+impl ComputeArgs {
+    /// `--threads`, else the CPUs this process may use.
+    #[must_use]
+    pub fn threads(&self) -> i32 {
+        self.threads.unwrap_or_else(default_threads)
+    }
+}
+
+/// The batching policy, for every program that serves requests with the engine.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BatchArgs {
+    /// Most samples in one forward pass. When the model is free it takes the
+    /// oldest waiting request and every later one with the same start layer
+    /// while their samples fit; a larger request runs alone.
+    #[arg(long, env = "DNET_MAX_BATCH_SIZE", default_value_t = 32, value_parser = at_least_one)]
+    pub max_batch_size: usize,
+
+    /// How long a batch that is not full may wait for more requests of its
+    /// start layer (e.g. 2ms; 0: it runs with what is waiting, adding no delay).
+    #[arg(long, env = "DNET_BATCH_TIMEOUT", default_value = "0ms", value_parser = parse_duration)]
+    pub batch_timeout: Duration,
+}
+
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("'{text}' is not a whole number of at least 1")),
+    }
+}
+
+/// The engine's settings from its flags.
+#[must_use]
+pub fn engine_settings(compute: &ComputeArgs, batch: &BatchArgs) -> EngineSettings {
+    EngineSettings {
+        threads: compute.threads(),
+        precision: compute.precision,
+        batching: BatchPolicy {
+            max_samples: batch.max_batch_size,
+            timeout: batch.batch_timeout,
+        },
+    }
+}
+
+/// The dtype the network computes in. Inputs and outputs on the wire stay F32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    /// 32-bit floats: the reference's results.
+    #[default]
+    F32,
+    /// bfloat16: for GPUs, and CPUs with AVX512-BF16 or AMX.
+    Bf16,
+    /// float16: for GPUs (slow on most CPUs).
+    F16,
+}
+
+impl Precision {
+    #[must_use]
+    pub fn kind(self) -> Kind {
+        match self {
+            Precision::F32 => Kind::Float,
+            Precision::Bf16 => Kind::BFloat16,
+            Precision::F16 => Kind::Half,
+        }
+    }
+}
+
+/// libtorch intra-op threads when `--threads` is not given: the CPUs this
+/// process may use (its affinity mask and cgroup CPU quota, which a
+/// container's CPU limit sets), not the machine's count.
+#[must_use]
+pub fn default_threads() -> i32 {
+    std::thread::available_parallelism().map_or(1, |n| i32::try_from(n.get()).unwrap_or(i32::MAX))
+}
 
 /// The 15 exit thresholds (exits 1..15), each in 0..=1.
 #[derive(Clone, Debug, PartialEq)]

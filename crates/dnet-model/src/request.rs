@@ -1,15 +1,16 @@
-//! One request, bytes in, response out: decode, validate, forward, decide, encode.
+//! One request's way through a unit, around the forward pass: bytes in,
+//! checked and decoded ([`prepare`]); a slice of a batch's outputs, decided
+//! and encoded ([`respond`]).
 
-use std::time::{Duration, Instant};
-
-use dnet_proto::{ComputationRequest, ComputationResponse, Data, HopRecord, StatusCode};
-use tch::Device;
+use std::time::Duration;
 
 use dnet_common::duration::micros;
+use dnet_proto::{ComputationRequest, ComputationResponse, Data, HopRecord, StatusCode};
+use tch::{Device, Tensor};
 
 use crate::codec;
 use crate::decision::decide;
-use crate::model::{MultiExitInception, SIDE_EXITS, TRUNK_LAYERS};
+use crate::model::{SIDE_EXITS, TRUNK_LAYERS};
 
 /// What a unit does with requests, besides the model itself.
 #[derive(Clone, Debug)]
@@ -19,59 +20,105 @@ pub struct UnitSettings {
     /// Thresholds of exits 1..=15.
     pub thresholds: [f64; SIDE_EXITS],
     /// Most samples accepted in one request.
-    pub max_batch: usize,
+    pub max_request_samples: usize,
     /// Name in this unit's hop record.
     pub unit_name: String,
     /// Where the model runs.
     pub device: Device,
 }
 
-/// Handles one serialized `ComputationRequest`; never fails: a bad request
-/// becomes an ERROR response saying what was expected.
-pub fn handle(
-    model: &MultiExitInception,
+/// A request checked and decoded, ready to join a batch.
+#[derive(Debug)]
+pub struct Prepared {
+    /// Trunk layers already applied to `x`.
+    pub start: usize,
+    /// [N, C, H, W], F32, on the CPU.
+    pub x: Tensor,
+    /// N.
+    pub samples: usize,
+}
+
+/// A request refused before computing: the start layer it claimed (for its
+/// hop record) and what was wrong.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub start_layer: u64,
+    pub message: String,
+}
+
+/// Decodes a serialized `ComputationRequest` and checks it for this unit.
+///
+/// # Errors
+/// A message saying what was expected: not a ComputationRequest, a
+/// `start_layer` outside `0..exit`, or an `x` that does not fit it.
+pub fn prepare(body: &[u8], settings: &UnitSettings) -> Result<Prepared, Refused> {
+    let request = dnet_codec::decode_request(body).map_err(|message| Refused {
+        start_layer: 0,
+        message,
+    })?;
+    let refused = |message: String| Refused {
+        start_layer: request.start_layer,
+        message,
+    };
+    let start = dnet_codec::check_start_layer(request.start_layer, settings.exit).map_err(refused)?;
+    let x = codec::decode_x(&request.x, start, settings.max_request_samples).map_err(|e| refused(e.to_string()))?;
+    let samples = usize::try_from(x.size()[0]).map_err(|e| refused(e.to_string()))?;
+    Ok(Prepared { start, x, samples })
+}
+
+/// This unit's hop record for a request that started at `start_layer`,
+/// waited `queue_wait` and ran in a forward pass of `batch_size` samples
+/// (0: refused before computing) that took `compute`.
+#[must_use]
+pub fn hop_record(
     settings: &UnitSettings,
-    body: &[u8],
+    start_layer: u64,
     queue_wait: Duration,
-) -> ComputationResponse {
-    let started = Instant::now();
-    // Decoded once: the hop record needs start_layer even when the request is refused.
-    let request = dnet_codec::decode_request(body);
-    let start_layer = request.as_ref().map_or(0, |r| r.start_layer);
-    let mut response = request
-        .and_then(|r| compute(model, settings, &r))
-        .unwrap_or_else(|message| ComputationResponse {
-            status: StatusCode::Error as i32,
-            data: Some(Data::ErrorMessage(message)),
-            ..ComputationResponse::default()
-        });
-    response.hops = vec![HopRecord {
+    compute: Duration,
+    batch_size: usize,
+) -> HopRecord {
+    HopRecord {
         unit: settings.unit_name.clone(),
         start_layer,
         exit_layer: settings.exit as u64,
         queue_wait_us: micros(queue_wait),
-        compute_us: micros(started.elapsed()),
+        compute_us: micros(compute),
         total_us: 0,
-    }];
+        batch_size: u32::try_from(batch_size).unwrap_or(u32::MAX),
+    }
+}
+
+/// The ERROR answer to a refused request, with its hop record (`checked`:
+/// the time spent finding the problem).
+#[must_use]
+pub fn refusal(settings: &UnitSettings, refused: Refused, checked: Duration) -> ComputationResponse {
+    let mut response = error_response(refused.message);
+    response.hops = vec![hop_record(settings, refused.start_layer, Duration::ZERO, checked, 0)];
     response
 }
 
-fn compute(
-    model: &MultiExitInception,
-    settings: &UnitSettings,
-    request: &ComputationRequest,
-) -> Result<ComputationResponse, String> {
+/// An ERROR response carrying `message`.
+#[must_use]
+pub fn error_response(message: String) -> ComputationResponse {
+    ComputationResponse {
+        status: StatusCode::Error as i32,
+        data: Some(Data::ErrorMessage(message)),
+        ..ComputationResponse::default()
+    }
+}
+
+/// Decides and encodes one request's answer from its slice of a forward's
+/// outputs: `probs` [N, 10] and, below exit 16, `trunk` (the tensor to hand on).
+///
+/// # Errors
+/// A tensor that cannot be encoded.
+pub fn respond(settings: &UnitSettings, probs: &Tensor, trunk: Option<&Tensor>) -> Result<ComputationResponse, String> {
     let exit = settings.exit;
-    let start = dnet_codec::check_start_layer(request.start_layer, exit)?;
-    let x = codec::decode_x(&request.x, start, settings.max_batch).map_err(|e| e.to_string())?;
-    let output = model
-        .forward(&x.to_device(settings.device), start, exit)
-        .map_err(|e| e.to_string())?;
     let threshold = (exit < TRUNK_LAYERS).then(|| settings.thresholds[exit - 1]);
-    let decision = decide(&output.probs, threshold);
-    let (status, data) = match (decision.exits, output.trunk) {
+    let decision = decide(probs, threshold);
+    let (status, data) = match (decision.exits, trunk) {
         (false, Some(trunk)) => {
-            let x = codec::encode_x(&trunk).map_err(|e| e.to_string())?;
+            let x = codec::encode_x(trunk).map_err(|e| e.to_string())?;
             (
                 StatusCode::NotSuccess,
                 Data::NextRequest(ComputationRequest {
@@ -81,7 +128,7 @@ fn compute(
             )
         }
         _ => {
-            let result = codec::encode_result(&decision.category, &output.probs).map_err(|e| e.to_string())?;
+            let result = codec::encode_result(&decision.category, probs).map_err(|e| e.to_string())?;
             (StatusCode::Success, Data::Result(result))
         }
     };

@@ -8,6 +8,7 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use crate::model::MultiExitInception;
+use crate::options::Precision;
 
 /// Where the weights come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,12 +40,13 @@ pub struct LoadedModel {
     pub vars: VarStore,
 }
 
-/// Builds the model on the CPU, fills its weights, then moves it to `device`.
+/// Builds the model on the CPU, fills its weights, moves it to `device`,
+/// then folds its batch norms and converts it to `precision`.
 ///
 /// # Errors
 /// A CUDA device that is not there, an unreadable file, or one with missing
 /// tensors or wrong shapes (all named).
-pub fn load(source: &WeightSource, device: Device) -> Result<LoadedModel, WeightsError> {
+pub fn load(source: &WeightSource, device: Device, precision: Precision) -> Result<LoadedModel, WeightsError> {
     if let Device::Cuda(index) = device {
         let available = tch::Cuda::device_count();
         if i64::try_from(index).map_or(true, |i| i >= available) {
@@ -56,11 +58,16 @@ pub fn load(source: &WeightSource, device: Device) -> Result<LoadedModel, Weight
         // The seed is an i64 in libtorch; reinterpreting the bits keeps every u64 usable.
         tch::manual_seed(*seed as i64);
     }
-    let model = MultiExitInception::new(&vars.root());
+    let mut model = MultiExitInception::new(&vars.root());
     if let WeightSource::File(path) = source {
         copy_from_file(&vars, path)?;
     }
     vars.set_device(device);
+    // Folded in F32 from the loaded statistics, then stored in `precision`.
+    model.fold_batch_norm(precision.kind());
+    if precision != Precision::F32 {
+        vars.set_kind(precision.kind());
+    }
     Ok(LoadedModel { model, vars })
 }
 

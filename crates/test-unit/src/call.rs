@@ -91,16 +91,16 @@ pub async fn run(
     timeout: Duration,
 ) -> Record {
     let started = Instant::now();
-    // Tensors are not `Sync`: encode before the first await.
-    let x = codec::encode_x(&sample.image);
     let label = sample.label;
-    drop(sample);
-    let outcome = match x {
-        Ok(x) => outcome(x, local, &mut client, timeout).await,
-        Err(_) => Outcome::Failed {
-            kind: "ENCODE".into(),
-            sent: false,
-        },
+    let request = match local {
+        Some(local) => through_local_layers(sample.image, local).await,
+        None => codec::encode_x(&sample.image)
+            .map(|x| ComputationRequest { start_layer: 0, x })
+            .map_err(|_| failed("ENCODE", false)),
+    };
+    let outcome = match request {
+        Ok(request) => send(request, &mut client, timeout).await,
+        Err(outcome) => outcome,
     };
     Record {
         outcome,
@@ -109,32 +109,28 @@ pub async fn run(
     }
 }
 
-async fn outcome(
-    x: Vec<u8>,
-    local: Option<&LocalLayers>,
-    client: &mut DNetClient<Channel>,
-    timeout: Duration,
-) -> Outcome {
-    let failed = |kind: &str, sent| Outcome::Failed {
+fn failed(kind: &str, sent: bool) -> Outcome {
+    Outcome::Failed {
         kind: kind.to_owned(),
         sent,
-    };
-    let mut request = ComputationRequest { start_layer: 0, x };
-    if let Some(local) = local {
-        let Ok(answer) = local.compute(prost::Message::encode_to_vec(&request)).await else {
-            return failed("LOCAL_ERROR", false);
-        };
-        match (StatusCode::try_from(answer.status), answer.data) {
-            (Ok(StatusCode::Success), Some(Data::Result(result))) => {
-                return Outcome::Local {
-                    exit: answer.hops.first().map_or(0, |h| h.exit_layer),
-                    category: category_of(&result),
-                };
-            }
-            (Ok(StatusCode::NotSuccess), Some(Data::NextRequest(next))) => request = next,
-            _ => return failed("LOCAL_ERROR", false),
-        }
     }
+}
+
+/// The local layers: the request for the first unit, or how it ended here.
+async fn through_local_layers(image: tch::Tensor, local: &LocalLayers) -> Result<ComputationRequest, Outcome> {
+    let answer = local.compute(image).await.map_err(|_| failed("LOCAL_ERROR", false))?;
+    match (StatusCode::try_from(answer.status), answer.data) {
+        (Ok(StatusCode::Success), Some(Data::Result(result))) => Err(Outcome::Local {
+            exit: answer.hops.first().map_or(0, |h| h.exit_layer),
+            category: category_of(&result),
+        }),
+        (Ok(StatusCode::NotSuccess), Some(Data::NextRequest(next))) => Ok(next),
+        _ => Err(failed("LOCAL_ERROR", false)),
+    }
+}
+
+/// Calls the first unit with `request`.
+async fn send(request: ComputationRequest, client: &mut DNetClient<Channel>, timeout: Duration) -> Outcome {
     let mut call = tonic::Request::new(request);
     call.set_timeout(timeout);
     match tokio::time::timeout(timeout, client.compute(call)).await {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use dnet_common::duration::parse_duration;
-use dnet_model::options::Thresholds;
+use dnet_model::options::{BatchArgs, ComputeArgs, Thresholds};
 use dnet_model::weights::WeightSource;
 use tch::Device;
 
@@ -46,9 +46,13 @@ pub struct Args {
     #[arg(long, env = "DNET_DEVICE", default_value = "cpu", value_parser = dnet_model::options::parse_device)]
     pub device: Device,
 
-    /// libtorch threads of the local layers [default: libtorch's choice].
-    #[arg(long, env = "DNET_THREADS")]
-    pub threads: Option<i32>,
+    /// Threads and precision of the local layers.
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+
+    /// Batching of the local layers (concurrent callers share one model).
+    #[command(flatten)]
+    pub batch: BatchArgs,
 
     /// CIFAR-10 binary file (label byte + 3072 pixel bytes per record); with
     /// labels, accuracy is reported. Without it: synthetic images (--seed).

@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Parser;
 use dnet_model::model::DEFAULT_THRESHOLDS;
+use dnet_model::options::engine_settings;
 use dnet_model::request::UnitSettings;
 use dnet_proto::{DNetClient, QstatusRequest};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -31,15 +32,15 @@ async fn main() -> anyhow::Result<()> {
             args.exit
         ),
         (exit, Some(source)) => {
-            let settings = UnitSettings {
+            let unit = UnitSettings {
                 exit: usize::from(exit),
                 thresholds: args.thresholds.as_ref().map_or(DEFAULT_THRESHOLDS, |t| t.0),
-                max_batch: 1,
+                max_request_samples: 1,
                 unit_name: "device".into(),
                 device: args.device,
             };
-            let threads = args.threads;
-            Some(tokio::task::spawn_blocking(move || LocalLayers::start(source, settings, threads)).await??)
+            let engine = engine_settings(&args.compute, &args.batch);
+            Some(tokio::task::spawn_blocking(move || LocalLayers::start(source, unit, engine)).await??)
         }
     };
     let mut endpoint = Channel::from_shared(args.uri())

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use dnet_model::model::TRUNK_LAYERS;
+use dnet_model::options::Precision;
 use dnet_model::weights::{load, WeightSource};
 use dnet_testkit::{Broker, ComputationUnit, TestQueue, TransmissionUnit};
 use serde_json::Value;
@@ -24,9 +25,15 @@ struct TestUnit {
 impl TestUnit {
     async fn start(broker: &Broker) -> TestUnit {
         let queue = TestQueue::new(broker);
-        let computation = ComputationUnit::start(broker, queue.name(), TRUNK_LAYERS as u8, SEED, &["--max-batch", "8"])
-            .await
-            .expect("computation unit starts");
+        let computation = ComputationUnit::start(
+            broker,
+            queue.name(),
+            TRUNK_LAYERS as u8,
+            SEED,
+            &["--max-request-samples", "8"],
+        )
+        .await
+        .expect("computation unit starts");
         let transmission = TransmissionUnit::start(broker, queue.name(), &["--unit-name", "unit-16"])
             .await
             .expect("transmission unit starts");
@@ -78,7 +85,9 @@ fn args(list: &[&str]) -> Vec<String> {
 
 /// Confidences at exit `exit` of the synthetic images 0..n with seed `seed`.
 fn local_confidences(exit: usize, n: u64, seed: u64) -> Vec<f64> {
-    let model = load(&WeightSource::Random(SEED), Device::Cpu).expect("weights").model;
+    let model = load(&WeightSource::Random(SEED), Device::Cpu, Precision::F32)
+        .expect("weights")
+        .model;
     let inputs = Inputs::Synthetic(seed);
     (0..n)
         .map(|i| {
@@ -199,7 +208,9 @@ fn write_cifar(path: &Path, n: usize) -> f64 {
     }
     std::fs::write(path, &bytes).expect("write dataset");
     let inputs = Inputs::dataset(path).expect("a valid dataset");
-    let model = load(&WeightSource::Random(SEED), Device::Cpu).expect("weights").model;
+    let model = load(&WeightSource::Random(SEED), Device::Cpu, Precision::F32)
+        .expect("weights")
+        .model;
     let correct = (0..n as u64)
         .filter(|&i| {
             let sample = inputs.get(i);

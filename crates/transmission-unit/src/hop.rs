@@ -31,6 +31,7 @@ pub fn record(
         queue_wait_us: micros(round_trip).saturating_sub(compute_us),
         compute_us,
         total_us: 0,
+        batch_size: worker.map_or(0, |hop| hop.batch_size),
     }
 }
 

@@ -161,16 +161,19 @@ class MultiExitInception(nn.Module):
             x = F.max_pool2d(x, kernel_size=3, stride=1)
         return x
 
-    def forward(self, x, start, exit):
+    def forward_logits(self, x, start, exit):
+        """(trunk output or None at exit 16, the exit's scores before softmax)."""
         for i in range(start, exit):
             x = self.layer(i, x)
         if exit == 16:
-            logits = self.fc(torch.flatten(F.avg_pool2d(x, kernel_size=4), 1))
-            return None, logits
+            return None, self.fc(torch.flatten(F.avg_pool2d(x, kernel_size=4), 1))
         j = 4 * (exit - 1)
         h = torch.flatten(self.exits[j](x), 1)
-        h = self.exits[j + 3](self.exits[j + 2](self.exits[j + 1](h)))
-        return x, F.softmax(h, dim=1)
+        return x, self.exits[j + 3](self.exits[j + 2](self.exits[j + 1](h)))
+
+    def forward(self, x, start, exit):
+        trunk, logits = self.forward_logits(x, start, exit)
+        return (None, logits) if exit == 16 else (trunk, F.softmax(logits, dim=1))
 
 
 def randomize(model, seed):
@@ -204,12 +207,14 @@ def main():
     cases = {"x": x}
     with torch.no_grad():
         for exit in range(1, 16):
-            trunk, probs = model(x, 0, exit)
-            cases[f"probs/0/{exit}"], cases[f"trunk/0/{exit}"] = probs, trunk
+            trunk, logits = model.forward_logits(x, 0, exit)
+            cases[f"trunk/0/{exit}"], cases[f"logits/0/{exit}"] = trunk, logits
+            cases[f"probs/0/{exit}"] = F.softmax(logits, dim=1)
         _, logits = model(x, 0, 16)
         cases["logits/0/16"] = logits
         cases["probs/0/16"] = F.softmax(logits, dim=1)
-        trunk, cases["probs/8/12"] = model(cases["trunk/0/8"], 8, 12)
+        trunk, cases["logits/8/12"] = model.forward_logits(cases["trunk/0/8"], 8, 12)
+        cases["probs/8/12"] = F.softmax(cases["logits/8/12"], dim=1)
         cases["trunk/8/12"] = trunk
         _, cases["logits/12/16"] = model(cases["trunk/0/12"], 12, 16)
     save_file({k: v.contiguous() for k, v in cases.items()}, f"{out_dir}/cases.safetensors")

@@ -23,12 +23,13 @@ pub struct Args {
     #[arg(short = 'n', long, env = "DNET_NUMBER", default_value_t = 100)]
     pub number: u64,
 
-    /// Local exit: 0 sends the raw image; 1..15 computes layers up to that exit
-    /// here, answers locally when confident, and sends the rest with start_layer = e;
-    /// 16 computes everything here (the in-process limit: no network).
-    #[arg(short = 'e', long, env = "DNET_EXIT", default_value_t = 0,
-          value_parser = clap::value_parser!(u8).range(0..=16))]
-    pub exit: u8,
+    /// Local exits: 0 sends the raw image; `e` (1..15) computes layers up to
+    /// exit e here, answers locally when confident, and sends the rest with
+    /// start_layer = e; a rising list (`8,12,16`) computes that cascade of
+    /// exits here, each with its own model thread; ending in 16 computes
+    /// everything here (the in-process limit: no network).
+    #[arg(short = 'e', long, env = "DNET_EXIT", default_value = "0", value_parser = parse_exits)]
+    pub exit: LocalExits,
 
     /// Weights of the local layers (needed with -e > 0): a .safetensors file.
     #[arg(long, env = "DNET_WEIGHTS", conflicts_with = "random_weights")]
@@ -111,6 +112,31 @@ pub struct Args {
     /// Draw the latency distribution and the answers by exit layer to this PNG.
     #[arg(long, env = "DNET_PLOT")]
     pub plot: Option<PathBuf>,
+}
+
+/// The exits computed on the device, rising; empty: none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalExits(pub Vec<usize>);
+
+/// Parses `0`, `e` or `e1,e2,...` (rising, each 1..=16).
+///
+/// # Errors
+/// A value outside 1..=16, or a list that does not rise.
+pub fn parse_exits(text: &str) -> Result<LocalExits, String> {
+    if text.trim() == "0" {
+        return Ok(LocalExits(Vec::new()));
+    }
+    let exits = text
+        .split(',')
+        .map(|e| match e.trim().parse::<usize>() {
+            Ok(e @ 1..=16) => Ok(e),
+            _ => Err(format!("'{e}' is not an exit layer (1..16)")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if exits.windows(2).any(|pair| pair[0] >= pair[1]) {
+        return Err(format!("local exits must rise: {text}"));
+    }
+    Ok(LocalExits(exits))
 }
 
 impl Args {

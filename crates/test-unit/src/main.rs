@@ -7,7 +7,6 @@ use anyhow::Context as _;
 use clap::Parser;
 use dnet_model::model::DEFAULT_THRESHOLDS;
 use dnet_model::options::engine_settings;
-use dnet_model::request::UnitSettings;
 use dnet_proto::{DNetClient, QstatusRequest};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -25,22 +24,15 @@ async fn main() -> anyhow::Result<()> {
         None => Inputs::Synthetic(args.seed),
     };
     let labelled = inputs.labelled();
-    let local = match (args.exit, args.weight_source()) {
-        (0, _) => None,
-        (_, None) => anyhow::bail!(
-            "-e {} computes layers here: give --weights FILE or --random-weights SEED",
-            args.exit
-        ),
-        (exit, Some(source)) => {
-            let unit = UnitSettings {
-                exit: usize::from(exit),
-                thresholds: args.thresholds.as_ref().map_or(DEFAULT_THRESHOLDS, |t| t.0),
-                max_request_samples: 1,
-                unit_name: "device".into(),
-                device: args.device,
-            };
-            let engine = engine_settings(&args.compute, &args.batch);
-            Some(tokio::task::spawn_blocking(move || LocalLayers::start(source, unit, engine)).await??)
+    let exits = args.exit.0.clone();
+    let local = match (exits.is_empty(), args.weight_source()) {
+        (true, _) => None,
+        (false, None) => anyhow::bail!("-e {exits:?} computes layers here: give --weights FILE or --random-weights SEED"),
+        (false, Some(source)) => {
+            let thresholds = args.thresholds.as_ref().map_or(DEFAULT_THRESHOLDS, |t| t.0);
+            let (device, engine) = (args.device, engine_settings(&args.compute, &args.batch));
+            let stages = move || LocalLayers::start(&source, &exits, thresholds, device, &engine);
+            Some(tokio::task::spawn_blocking(stages).await??)
         }
     };
     let mut endpoint = Channel::from_shared(args.uri())

@@ -149,6 +149,25 @@ async fn every_mode_against_a_real_unit() {
     assert_eq!(report["answered"].as_u64(), Some(4));
     assert_eq!(report["local_exits"]["4"].as_u64(), Some(4));
 
+    // A local cascade 4 -> 16: the same four answer at 4, the rest at 16, nothing is sent.
+    let (ok, report) = run_test_unit(args(&[
+        "-a",
+        &address,
+        "-n",
+        &n.to_string(),
+        "-e",
+        "4,16",
+        "--random-weights",
+        &SEED.to_string(),
+        "--thresholds",
+        &thresholds.join(","),
+    ]))
+    .await;
+    assert!(ok, "{report}");
+    assert_eq!((report["local"].as_u64(), report["sent"].as_u64()), (Some(8), Some(0)), "{report}");
+    assert_eq!(report["local_exits"]["4"].as_u64(), Some(4), "{report}");
+    assert_eq!(report["local_exits"]["16"].as_u64(), Some(4), "{report}");
+
     // A CIFAR-10 file written here: labels give an accuracy we can check.
     let dir = tempfile::tempdir().expect("temp dir");
     let dataset = dir.path().join("data_batch.bin");

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # A local cascade: three units chained exit 8 -> 12 -> 16 on loopback, each a
 # transmission unit and a computation unit with the same random weights. Runs
-# the given command with FIRST_UNIT=127.0.0.1:50060 and CASCADE_PIDS (a file of
-# "pid name" lines) set, then stops every
-# process it started (also on failure or Ctrl-C).
+# the given command with FIRST_UNIT=127.0.0.1:50060, CASCADE_PIDS (a file of
+# "pid name" lines) and CASCADE_THRESHOLDS (the 15 thresholds of the whole
+# cascade, for an in-process run of the same exit policy) set, then stops
+# every process it started (also on failure or Ctrl-C).
 #   scripts/cascade.sh COMMAND [ARGS...]
+# DNET_CASCADE_THREADS: libtorch threads per computation unit (default: theirs).
 set -euo pipefail
 BIN=${DNET_BIN_DIR:-target/release}
 SEED=${DNET_DEMO_SEED:-1}
-THREADS=${DNET_CASCADE_THREADS:-1}
+THREADS=${DNET_CASCADE_THREADS:-}
 # Random weights are untrained: every exit's confidence stays near 0.1 (ten
 # classes). These thresholds sit inside that range, so that some requests
 # answer at exit 8 or 12 and the rest go on to 16. Trained weights use the defaults.
@@ -24,17 +26,22 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-thresholds() { # value for exit $1, 1.0 elsewhere
+thresholds() { # "EXIT VALUE" pairs: that value at each EXIT, 1.0 at the others
+  local -A at=()
+  while [ $# -gt 0 ]; do at[$1]=$2; shift 2; done
   local out=() e
-  for e in $(seq 1 15); do
-    if [ "$e" = "$1" ]; then out+=("$2"); else out+=(1.0); fi
+  for e in $(seq 1 15); do out+=("${at[$e]:-1.0}"); done
+  (IFS=,; echo "${out[*]}")
+}
+    done
+    out+=("$value")
   done
   (IFS=,; echo "${out[*]}")
 }
 
 start_unit() { # exit port next thresholds
   local exit=$1 port=$2 next=$3 queue="dnet-demo-$1"
-  "$BIN/computation-unit" -q "$queue" -e "$exit" --random-weights "$SEED" --unit-name "cu-$exit" --threads "$THREADS" \
+  "$BIN/computation-unit" -q "$queue" -e "$exit" --random-weights "$SEED" --unit-name "cu-$exit" ${THREADS:+--threads "$THREADS"} \
     ${4:+--thresholds "$4"} >"$LOGS/computation-unit-$exit.log" 2>&1 &
   PIDS+=($!)
   NAMES+=("computation-unit-$exit")
@@ -58,4 +65,5 @@ for exit in 8 12 16; do
 done
 # "pid name" per line, for commands that watch the processes (make soak).
 for i in "${!PIDS[@]}"; do echo "${PIDS[$i]} ${NAMES[$i]}"; done > "$LOGS/pids"
-FIRST_UNIT=127.0.0.1:50060 CASCADE_PIDS="$LOGS/pids" "$@"
+FIRST_UNIT=127.0.0.1:50060 CASCADE_PIDS="$LOGS/pids" \
+  CASCADE_THRESHOLDS=$(thresholds 8 "$THRESHOLDS_8" 12 "$THRESHOLDS_12") "$@"

@@ -129,17 +129,18 @@ impl MultiExitInception {
     }
 
     /// Once the weights are final (loaded and on their device): folds every
-    /// batch norm into its convolution, computing from now on in `kind` with
-    /// channels-last activations. The linear layers' variables must be
-    /// converted to `kind` by their VarStore (`VarStore::set_kind`).
-    pub fn fold_batch_norm(&mut self, kind: Kind) {
+    /// batch norm into its convolution, computing from now on in `kind`, with
+    /// channels-last activations when `channels_last` (what `weights::load`
+    /// does: the fastest here, see BENCHMARKS.md). The linear layers'
+    /// variables must be converted to `kind` by their VarStore (`VarStore::set_kind`).
+    pub fn fold_batch_norm(&mut self, kind: Kind, channels_last: bool) {
         for block in &mut self.trunk {
             for conv in block.convs_mut() {
-                conv.fold(kind, true);
+                conv.fold(kind, channels_last);
             }
         }
         self.kind = kind;
-        self.channels_last = true;
+        self.channels_last = channels_last;
     }
 
     /// Runs trunk layers `start..exit` on `x`, then the head of `exit`.

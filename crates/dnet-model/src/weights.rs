@@ -64,7 +64,7 @@ pub fn load(source: &WeightSource, device: Device, precision: Precision) -> Resu
     }
     vars.set_device(device);
     // Folded in F32 from the loaded statistics, then stored in `precision`.
-    model.fold_batch_norm(precision.kind());
+    model.fold_batch_norm(precision.kind(), true);
     if precision != Precision::F32 {
         vars.set_kind(precision.kind());
     }

@@ -12,6 +12,7 @@
 //! - `metrics`: reading a program's `/metrics`.
 //! - `grpc`: clients, health and queue status of a unit.
 //! - `wait`: waiting for a condition, failing with what never came.
+//! - `stats`: median and spread of repeated measurements, for benchmarks.
 //!
 //! Everything a test starts is owned by a value whose `Drop` cleans up, so a
 //! failing test leaves no process or queue behind. Declare the queue before
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod process;
 pub mod programs;
 pub mod queue;
+pub mod stats;
 pub mod wait;
 
 pub use broker::{Broker, PrivateBroker};

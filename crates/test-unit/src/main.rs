@@ -27,7 +27,9 @@ async fn main() -> anyhow::Result<()> {
     let exits = args.exit.0.clone();
     let local = match (exits.is_empty(), args.weight_source()) {
         (true, _) => None,
-        (false, None) => anyhow::bail!("-e {exits:?} computes layers here: give --weights FILE or --random-weights SEED"),
+        (false, None) => {
+            anyhow::bail!("-e {exits:?} computes layers here: give --weights FILE or --random-weights SEED")
+        }
         (false, Some(source)) => {
             let thresholds = args.thresholds.as_ref().map_or(DEFAULT_THRESHOLDS, |t| t.0);
             let (device, engine) = (args.device, engine_settings(&args.compute, &args.batch));

@@ -164,7 +164,11 @@ async fn every_mode_against_a_real_unit() {
     ]))
     .await;
     assert!(ok, "{report}");
-    assert_eq!((report["local"].as_u64(), report["sent"].as_u64()), (Some(8), Some(0)), "{report}");
+    assert_eq!(
+        (report["local"].as_u64(), report["sent"].as_u64()),
+        (Some(8), Some(0)),
+        "{report}"
+    );
     assert_eq!(report["local_exits"]["4"].as_u64(), Some(4), "{report}");
     assert_eq!(report["local_exits"]["16"].as_u64(), Some(4), "{report}");
 

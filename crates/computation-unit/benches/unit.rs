@@ -1,0 +1,288 @@
+//! One unit against the engine it wraps, for BENCHMARKS.md.
+//!
+//! A unit of exit 16 (the release transmission-unit and computation-unit
+//! processes, RabbitMQ between them, 2 libtorch threads) driven by closed-loop
+//! gRPC callers at concurrency 1, 4, 16 and 64, with batching on (the default)
+//! and off (`--max-batch-size 1`), against the same engine in this process
+//! (same threads, same batching, same inputs, no gRPC, no broker). At
+//! concurrency 1: the unit's latency against the bare forward. Every figure
+//! is the median of repeats with their range. Writes a Markdown section to
+//! `$DNET_BENCH_OUT` (default bench-out/unit.md).
+//!
+//! The bare forward and the in-process engine each run in a fresh process
+//! (this benchmark again, with `DNET_BENCH_PART`), as the computation unit
+//! does: in one process, whatever ran libtorch first left its OpenMP threads
+//! behind and slowed what ran second by 10-15% here.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dnet_model::batch::BatchPolicy;
+use dnet_model::codec;
+use dnet_model::engine::{Engine, EngineSettings, Job, Outcome};
+use dnet_model::model::DEFAULT_THRESHOLDS;
+use dnet_model::options::{default_threads, Precision};
+use dnet_model::request::{Prepared, UnitSettings};
+use dnet_model::weights::{load, WeightSource};
+use dnet_proto::ComputationRequest;
+use dnet_testkit::stats::{rates, Summary};
+use dnet_testkit::{Broker, ComputationUnit, TestQueue, TransmissionUnit};
+use tch::{Device, Kind, Tensor};
+
+const THREADS: i32 = 2;
+const CONCURRENCY: [usize; 4] = [1, 4, 16, 64];
+const REPEATS: usize = 5;
+const REPEAT: Duration = Duration::from_secs(3);
+const MAX_BATCH: usize = 32;
+
+/// Names the part a child process measures.
+const PART: &str = "DNET_BENCH_PART";
+
+/// Throughput and p50 latency over repeats.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Row {
+    answers_per_second: Summary,
+    p50_ms: Summary,
+}
+
+/// (answers per second, p50 latency ms) of `concurrency` closed-loop callers
+/// of `call` for REPEAT after a short warm-up.
+async fn closed_loop<F, Fut>(concurrency: usize, call: F) -> (f64, f64)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let warm_until = Instant::now() + Duration::from_millis(500);
+    let end = warm_until + REPEAT;
+    let callers = (0..concurrency).map(|_| {
+        let call = call.clone();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < end {
+                let sent = Instant::now();
+                call().await;
+                if sent >= warm_until {
+                    latencies.push(sent.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            latencies
+        })
+    });
+    let latencies: Vec<f64> = futures::future::join_all(callers)
+        .await
+        .into_iter()
+        .flat_map(|r| r.expect("caller"))
+        .collect();
+    (
+        latencies.len() as f64 / REPEAT.as_secs_f64(),
+        Summary::of(&latencies).median,
+    )
+}
+
+async fn repeats<F, Fut>(concurrency: usize, call: F) -> Row
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let mut runs = Vec::new();
+    for _ in 0..REPEATS {
+        runs.push(closed_loop(concurrency, call.clone()).await);
+    }
+    let throughput: Vec<f64> = runs.iter().map(|r| r.0).collect();
+    let p50: Vec<f64> = runs.iter().map(|r| r.1).collect();
+    Row {
+        answers_per_second: Summary::of(&throughput),
+        p50_ms: Summary::of(&p50),
+    }
+}
+
+fn image() -> Tensor {
+    tch::manual_seed(3);
+    Tensor::randn([1, 3, 32, 32], (Kind::Float, Device::Cpu))
+}
+
+/// The unit, one row per concurrency.
+async fn through_unit(broker: &Broker, batching: bool) -> Vec<Row> {
+    let queue = TestQueue::new(broker);
+    let unit = TransmissionUnit::start(broker, queue.name(), &["--timeout", "60s"])
+        .await
+        .expect("transmission unit");
+    let max_batch = if batching { MAX_BATCH } else { 1 };
+    let _worker = ComputationUnit::start(
+        broker,
+        queue.name(),
+        16,
+        1,
+        &[
+            "--threads",
+            &THREADS.to_string(),
+            "--max-batch-size",
+            &max_batch.to_string(),
+        ],
+    )
+    .await
+    .expect("computation unit");
+    let client = unit.client().await.expect("client");
+    let request = ComputationRequest {
+        start_layer: 0,
+        x: codec::encode_x(&image()).expect("encode"),
+    };
+    let mut rows = Vec::new();
+    for concurrency in CONCURRENCY {
+        let (client, request) = (client.clone(), request.clone());
+        let call = move || {
+            let (mut client, request) = (client.clone(), request.clone());
+            async move {
+                client.compute(request).await.expect("answer");
+            }
+        };
+        let row = repeats(concurrency, call).await;
+        eprintln!(
+            "unit (batching {batching}) c={concurrency}: {:.1} answers/s",
+            row.answers_per_second
+        );
+        rows.push(row);
+    }
+    rows
+}
+
+/// The same engine in this process, one row per concurrency.
+async fn in_process() -> Vec<Row> {
+    let unit = UnitSettings {
+        exit: 16,
+        thresholds: DEFAULT_THRESHOLDS,
+        max_request_samples: 1,
+        unit_name: "in-process".into(),
+        device: Device::Cpu,
+    };
+    let settings = EngineSettings {
+        threads: THREADS,
+        precision: Precision::F32,
+        batching: BatchPolicy {
+            max_samples: MAX_BATCH,
+            timeout: Duration::ZERO,
+        },
+    };
+    let engine = tokio::task::spawn_blocking(move || {
+        Engine::start(WeightSource::Random(1), unit, settings, Default::default()).expect("engine")
+    })
+    .await
+    .expect("join");
+    let engine = Arc::new(engine);
+    // The image as bytes: each call decodes its own tensor, as a unit does.
+    let x = Arc::new(codec::encode_x(&image()).expect("encode"));
+    let mut rows = Vec::new();
+    for concurrency in CONCURRENCY {
+        let (engine, x) = (Arc::clone(&engine), Arc::clone(&x));
+        let call = move || {
+            let engine = Arc::clone(&engine);
+            let x = codec::decode_x(&x, 0, 1).expect("decode");
+            async move {
+                let (done, outcome) = tokio::sync::oneshot::channel();
+                let job = Job {
+                    request: Prepared {
+                        start: 0,
+                        x,
+                        samples: 1,
+                    },
+                    received: Instant::now(),
+                    deadline: None,
+                    done,
+                };
+                engine.submit(job).expect("engine runs");
+                assert!(matches!(outcome.await, Ok(Outcome::Reply(_))));
+            }
+        };
+        let row = repeats(concurrency, call).await;
+        eprintln!("in process c={concurrency}: {:.1} answers/s", row.answers_per_second);
+        rows.push(row);
+    }
+    rows
+}
+
+/// The bare forward at batch 1: ms per forward over repeats.
+fn bare_forward() -> Summary {
+    tch::set_num_threads(THREADS);
+    let model = load(&WeightSource::Random(1), Device::Cpu, Precision::F32)
+        .expect("weights")
+        .model;
+    let _no_grad = tch::no_grad_guard();
+    let x = image();
+    let per_second = rates(REPEATS, REPEAT.as_secs_f64(), 1.0, || {
+        model.forward(&x, 0, 16).expect("forward");
+    });
+    let ms: Vec<f64> = per_second.iter().map(|r| 1e3 / r).collect();
+    Summary::of(&ms)
+}
+
+/// Runs this benchmark again for one `part`, and reads what it printed.
+fn in_child<T: serde::de::DeserializeOwned>(part: &str) -> T {
+    let exe = std::env::current_exe().expect("this benchmark");
+    let output = std::process::Command::new(exe)
+        .env(PART, part)
+        .output()
+        .expect("run a part of the benchmark");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("JSON from the part")
+}
+
+#[tokio::main]
+async fn main() {
+    match std::env::var(PART).as_deref() {
+        Ok("bare") => return println!("{}", serde_json::to_string(&bare_forward()).expect("JSON")),
+        Ok("in-process") => return println!("{}", serde_json::to_string(&in_process().await).expect("JSON")),
+        _ => {}
+    }
+    let broker = Broker::local();
+    let bare: Summary = in_child("bare");
+    let local: Vec<Row> = in_child("in-process");
+    let batched = through_unit(&broker, true).await;
+    let unbatched = through_unit(&broker, false).await;
+    let rows: Vec<String> = CONCURRENCY
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let (on, off, limit) = (&batched[i], &unbatched[i], &local[i]);
+            format!(
+                "| {c} | {:.1} | {:.1} | {:.1} | {:.2} | {:.1} | {:.1} | {:.1} |",
+                on.answers_per_second,
+                off.answers_per_second,
+                limit.answers_per_second,
+                on.answers_per_second.median / limit.answers_per_second.median,
+                on.p50_ms,
+                off.p50_ms,
+                limit.p50_ms
+            )
+        })
+        .collect();
+    let section = format!(
+        "## One unit against its engine in process\n\n\
+         A unit of exit 16: the release `transmission-unit` and `computation-unit` processes with RabbitMQ \
+         between them, {THREADS} libtorch threads, driven over gRPC by closed-loop callers in the benchmark \
+         process (one 3x32x32 image per request). In process: the same engine ({THREADS} threads, batches of \
+         up to {MAX_BATCH}) fed by as many callers in one process, each decoding its image, no gRPC, no \
+         broker; it and the bare forward each run in a fresh process, as the unit's worker does. Everything shares the machine's {} CPUs. Median of {REPEATS} repeats of {} s (range); \
+         the ratio divides medians.\n\n\
+         | concurrency | unit, batching: answers/s | unit, no batching: answers/s | in process: answers/s | \
+         ratio unit (batching) / in process | unit p50 ms | unit p50 ms, no batching | in process p50 ms |\n\
+         |---|---|---|---|---|---|---|---|\n{}\n\n\
+         At concurrency 1 the unit answers in {:.1} ms (p50, median of repeats) against {:.1} ms for the bare \
+         forward at batch 1 in process (median of {REPEATS} repeats, range {:.1}-{:.1}): a ratio of {:.2} \
+         (goal <= 1.05). Goal from concurrency 16 up: >= 0.9 of the in-process throughput.\n",
+        default_threads(),
+        REPEAT.as_secs(),
+        rows.join("\n"),
+        batched[0].p50_ms.median,
+        bare.median,
+        bare.min,
+        bare.max,
+        batched[0].p50_ms.median / bare.median
+    );
+    let out = std::env::var("DNET_BENCH_OUT").unwrap_or_else(|_| "bench-out/unit.md".to_owned());
+    if let Some(parent) = std::path::Path::new(&out).parent() {
+        std::fs::create_dir_all(parent).expect("output folder");
+    }
+    std::fs::write(&out, &section).expect("write the section");
+    println!("{section}");
+}

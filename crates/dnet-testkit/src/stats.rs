@@ -1,0 +1,77 @@
+//! The statistic every benchmark ratio uses: the median of repeats, with
+//! their spread, the same on both sides of a comparison.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Median and range of repeated measurements.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub repeats: usize,
+}
+
+impl Summary {
+    /// The summary of `values` (at least one).
+    ///
+    /// # Panics
+    /// When `values` is empty.
+    #[must_use]
+    pub fn of(values: &[f64]) -> Summary {
+        assert!(!values.is_empty(), "a summary needs at least one value");
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        };
+        Summary {
+            median,
+            min: sorted[0],
+            max: sorted[n - 1],
+            repeats: n,
+        }
+    }
+}
+
+/// `median (min-max)` with `precision` decimals.
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = f.precision().unwrap_or(1);
+        write!(f, "{:.p$} ({:.p$}-{:.p$})", self.median, self.min, self.max)
+    }
+}
+
+/// Runs `work` (which does `units` of work per call) repeatedly for about
+/// `seconds` per repeat, `repeats` times after one warm-up call, and returns
+/// the units per second of each repeat.
+pub fn rates(repeats: usize, seconds: f64, units: f64, mut work: impl FnMut()) -> Vec<f64> {
+    work();
+    (0..repeats)
+        .map(|_| {
+            let started = Instant::now();
+            let mut done = 0.0;
+            while done == 0.0 || started.elapsed() < Duration::from_secs_f64(seconds) {
+                work();
+                done += units;
+            }
+            done / started.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_spread() {
+        let s = Summary::of(&[3.0, 1.0, 2.0, 10.0]);
+        assert_eq!((s.median, s.min, s.max, s.repeats), (2.5, 1.0, 10.0, 4));
+        assert_eq!(format!("{:.1}", Summary::of(&[2.0, 1.0, 3.0])), "2.0 (1.0-3.0)");
+    }
+}

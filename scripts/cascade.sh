@@ -33,11 +33,6 @@ thresholds() { # "EXIT VALUE" pairs: that value at each EXIT, 1.0 at the others
   for e in $(seq 1 15); do out+=("${at[$e]:-1.0}"); done
   (IFS=,; echo "${out[*]}")
 }
-    done
-    out+=("$value")
-  done
-  (IFS=,; echo "${out[*]}")
-}
 
 start_unit() { # exit port next thresholds
   local exit=$1 port=$2 next=$3 queue="dnet-demo-$1"

@@ -26,7 +26,7 @@ use dnet_model::options::{default_threads, Precision};
 use dnet_model::request::{Prepared, UnitSettings};
 use dnet_model::weights::{load, WeightSource};
 use dnet_proto::ComputationRequest;
-use dnet_testkit::stats::{rates, Summary};
+use dnet_testkit::stats::{closed_loop_repeats, rates, Summary};
 use dnet_testkit::{Broker, ComputationUnit, TestQueue, TransmissionUnit};
 use tch::{Device, Kind, Tensor};
 
@@ -46,54 +46,16 @@ struct Row {
     p50_ms: Summary,
 }
 
-/// (answers per second, p50 latency ms) of `concurrency` closed-loop callers
-/// of `call` for REPEAT after a short warm-up.
-async fn closed_loop<F, Fut>(concurrency: usize, call: F) -> (f64, f64)
-where
-    F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = ()> + Send,
-{
-    let warm_until = Instant::now() + Duration::from_millis(500);
-    let end = warm_until + REPEAT;
-    let callers = (0..concurrency).map(|_| {
-        let call = call.clone();
-        tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while Instant::now() < end {
-                let sent = Instant::now();
-                call().await;
-                if sent >= warm_until {
-                    latencies.push(sent.elapsed().as_secs_f64() * 1e3);
-                }
-            }
-            latencies
-        })
-    });
-    let latencies: Vec<f64> = futures::future::join_all(callers)
-        .await
-        .into_iter()
-        .flat_map(|r| r.expect("caller"))
-        .collect();
-    (
-        latencies.len() as f64 / REPEAT.as_secs_f64(),
-        Summary::of(&latencies).median,
-    )
-}
-
 async fn repeats<F, Fut>(concurrency: usize, call: F) -> Row
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send,
 {
-    let mut runs = Vec::new();
-    for _ in 0..REPEATS {
-        runs.push(closed_loop(concurrency, call.clone()).await);
-    }
-    let throughput: Vec<f64> = runs.iter().map(|r| r.0).collect();
-    let p50: Vec<f64> = runs.iter().map(|r| r.1).collect();
+    let (answers_per_second, p50_ms, _) =
+        closed_loop_repeats(REPEATS, concurrency, Duration::from_millis(500), REPEAT, call).await;
     Row {
-        answers_per_second: Summary::of(&throughput),
-        p50_ms: Summary::of(&p50),
+        answers_per_second,
+        p50_ms,
     }
 }
 

@@ -139,14 +139,10 @@ fn layouts() -> String {
         rows.push(format!("| {name} | {} |", cells.join(" | ")));
     }
     format!(
-        "### Folding and memory layout
-
-         tch, forward 0->16, F32, {THREADS} threads, images/s (median of {REPEATS} repeats, range). libtorch's          convolutions go through oneDNN either way; the layout decides which of its kernels run.
-
-         | model | batch 1 | batch 32 |
-|---|---|---|
-{}
-",
+        "### Folding and memory layout\n\n\
+         tch, forward 0->16, F32, {THREADS} threads, images/s (median of {REPEATS} repeats, range). libtorch's \
+         convolutions go through oneDNN either way; the layout decides which of its kernels run.\n\n\
+         | model | batch 1 | batch 32 |\n|---|---|---|\n{}\n",
         rows.join("\n")
     )
 }

@@ -2,6 +2,7 @@
 //! their spread, the same on both sides of a comparison.
 
 use std::fmt;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 /// Median and range of repeated measurements.
@@ -62,6 +63,78 @@ pub fn rates(repeats: usize, seconds: f64, units: f64, mut work: impl FnMut()) -
             done / started.elapsed().as_secs_f64()
         })
         .collect()
+}
+
+/// One closed-loop run: completed calls per second and latency percentiles.
+#[derive(Clone, Copy, Debug)]
+pub struct Run {
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// `concurrency` callers, each calling `call` again as soon as it returns,
+/// for `warmup` (not counted) and then `measure`.
+///
+/// # Panics
+/// A caller task panicked (the call itself failed).
+pub async fn closed_loop<F, Fut>(concurrency: usize, warmup: Duration, measure: Duration, call: F) -> Run
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let from = Instant::now() + warmup;
+    let end = from + measure;
+    let callers = (0..concurrency).map(|_| {
+        let call = call.clone();
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            while Instant::now() < end {
+                let sent = Instant::now();
+                call().await;
+                if sent >= from {
+                    latencies.push(sent.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            latencies
+        })
+    });
+    let mut latencies = Vec::new();
+    for caller in callers {
+        latencies.extend(caller.await.expect("a caller failed"));
+    }
+    latencies.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    Run {
+        per_second: latencies.len() as f64 / measure.as_secs_f64(),
+        p50_ms: at(0.50),
+        p99_ms: at(0.99),
+    }
+}
+
+/// [`closed_loop`] `repeats` times: (calls per second, p50 ms, p99 ms), each summarised.
+pub async fn closed_loop_repeats<F, Fut>(
+    repeats: usize,
+    concurrency: usize,
+    warmup: Duration,
+    measure: Duration,
+    call: F,
+) -> (Summary, Summary, Summary)
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let mut runs = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        runs.push(closed_loop(concurrency, warmup, measure, call.clone()).await);
+    }
+    let of = |f: fn(&Run) -> f64| Summary::of(&runs.iter().map(f).collect::<Vec<_>>());
+    (of(|r| r.per_second), of(|r| r.p50_ms), of(|r| r.p99_ms))
 }
 
 #[cfg(test)]

@@ -11,63 +11,37 @@
 mod common;
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{success, Behaviour, Worker};
 use dnet_proto::{ComputationRequest, DNetClient};
+use dnet_testkit::stats::{closed_loop_repeats, Summary};
 use dnet_testkit::{Broker, TestQueue, TransmissionUnit};
 use prost::Message;
 use transmission_unit::queue_client::{QueueClient, QueueSettings};
 
 const WARMUP: Duration = Duration::from_millis(500);
-const MEASURE: Duration = Duration::from_secs(3);
+const MEASURE: Duration = Duration::from_secs(2);
+const REPEATS: usize = 5;
 /// A normalised 3x32x32 image (start_layer 0) and a layer-8 boundary tensor (288x24x24).
 const SIZES: [(&str, usize); 2] = [("12 KB", 3 * 32 * 32 * 4), ("660 KB", 288 * 24 * 24 * 4)];
 const CONCURRENCY: [usize; 2] = [1, 32];
 
+/// Median of REPEATS runs (range) of each statistic.
 struct Stats {
-    p50_ms: f64,
-    p99_ms: f64,
-    rps: f64,
+    p50_ms: Summary,
+    p99_ms: Summary,
+    rps: Summary,
 }
 
-/// Runs `call` from `concurrency` closed-loop callers for WARMUP + MEASURE.
+/// Runs `call` from `concurrency` closed-loop callers, REPEATS times.
 async fn measure<F, Fut>(concurrency: usize, call: F) -> Stats
 where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send,
 {
-    let start = Instant::now();
-    let measure_from = start + WARMUP;
-    let end = measure_from + MEASURE;
-    let callers = (0..concurrency).map(|_| {
-        let call = call.clone();
-        tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let sent = Instant::now();
-                if sent >= end {
-                    return latencies;
-                }
-                call().await;
-                if sent >= measure_from {
-                    latencies.push(sent.elapsed());
-                }
-            }
-        })
-    });
-    let mut latencies: Vec<Duration> = futures::future::join_all(callers)
-        .await
-        .into_iter()
-        .flat_map(|r| r.expect("caller"))
-        .collect();
-    latencies.sort();
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)].as_secs_f64() * 1e3;
-    Stats {
-        p50_ms: at(0.50),
-        p99_ms: at(0.99),
-        rps: latencies.len() as f64 / MEASURE.as_secs_f64(),
-    }
+    let (rps, p50_ms, p99_ms) = closed_loop_repeats(REPEATS, concurrency, WARMUP, MEASURE, call).await;
+    Stats { p50_ms, p99_ms, rps }
 }
 
 #[tokio::main]
@@ -144,8 +118,8 @@ async fn main() {
                 base.p50_ms,
                 base.p99_ms,
                 base.rps,
-                hop.p50_ms / base.p50_ms,
-                hop.rps / base.rps,
+                hop.p50_ms.median / base.p50_ms.median,
+                hop.rps.median / base.rps.median,
             ));
         }
     }
@@ -158,7 +132,8 @@ async fn main() {
         "## One transmission-unit hop (loopback, instant worker)\n\n\
          Client -> `transmission-unit` (release, own process) -> RabbitMQ -> worker -> back. Baseline: the bare \
          AMQP RPC the unit performs (publish with confirm, reply queue), from this process without gRPC. \
-         Closed loop, {} s per cell after {} ms warm-up; worker replies at once with 200 bytes.\n\n\
+         Closed loop; each cell the median of {REPEATS} runs of {} s after {} ms warm-up (range); ratios divide \
+         medians. The worker replies at once with 200 bytes.\n\n\
          | x | concurrency | hop p50 ms | hop p99 ms | hop req/s | bare p50 ms | bare p99 ms | bare req/s | p50 ratio hop/bare | req/s ratio hop/bare |\n\
          |---|---|---|---|---|---|---|---|---|---|\n{}\n",
         MEASURE.as_secs(),

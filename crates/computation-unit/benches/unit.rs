@@ -115,6 +115,7 @@ async fn in_process() -> Vec<Row> {
         exit: 16,
         thresholds: DEFAULT_THRESHOLDS,
         max_request_samples: 1,
+        max_message_bytes: 64 << 20,
         unit_name: "in-process".into(),
         device: Device::Cpu,
     };

@@ -118,6 +118,23 @@ pub struct WorkerArgs {
     #[arg(long, alias = "max-batch", env = "DNET_MAX_REQUEST_SAMPLES", default_value_t = 64)]
     pub max_request_samples: usize,
 
+    /// Largest message this unit sends, in bytes: a request whose tensor for
+    /// the next unit would not fit is refused (ERROR) before it is computed.
+    /// Match the transmission units' --max-message-bytes.
+    #[arg(long, env = "DNET_MAX_MESSAGE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Workers a request may stop (crash, kill, out of memory) before it is
+    /// answered ERROR instead of being computed again (a poison message).
+    #[arg(long, env = "DNET_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+
+    /// Test only: abort the process on a request of this start layer, as a
+    /// worker killed by its request would. Refused by release builds unless
+    /// DNET_ALLOW_TEST_TRIGGERS=1.
+    #[arg(long, hide = true)]
+    pub test_exit_on_start_layer: Option<u64>,
+
     #[command(flatten)]
     pub observability: ObservabilityArgs,
 
@@ -134,6 +151,22 @@ impl WorkerArgs {
             self.address.clone()
         } else {
             format!("amqp://guest:guest@{}/%2f", self.address)
+        }
+    }
+
+    /// The test trigger, when allowed in this build.
+    ///
+    /// # Errors
+    /// A release build without DNET_ALLOW_TEST_TRIGGERS=1.
+    pub fn test_exit_on_start_layer(&self) -> Result<Option<u64>, String> {
+        let allowed = cfg!(debug_assertions) || std::env::var("DNET_ALLOW_TEST_TRIGGERS").is_ok_and(|v| v == "1");
+        match self.test_exit_on_start_layer {
+            Some(_) if !allowed => Err(
+                "--test-exit-on-start-layer makes the worker exit on purpose: a release build takes it only \
+                 with DNET_ALLOW_TEST_TRIGGERS=1"
+                    .to_owned(),
+            ),
+            trigger => Ok(trigger),
         }
     }
 

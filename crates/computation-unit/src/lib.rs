@@ -4,9 +4,13 @@
 //!
 //! Layout:
 //! - `config`: command line and `DNET_*` environment variables.
-//! - `worker`: the AMQP consumer feeding the engine and publishing replies.
+//! - `worker`: the broker session: consuming the queue, shutting down.
+//! - `delivery`: one delivery: deadline, attempts, compute, reply, acknowledgement.
+//! - `metrics`: the worker's Prometheus metrics.
 //! - `infer`: the offline `computation-unit infer` command.
 
 pub mod config;
+pub mod delivery;
 pub mod infer;
+pub mod metrics;
 pub mod worker;

@@ -9,7 +9,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use computation_unit::config::{Cli, Command, WorkerArgs};
-use computation_unit::worker::{self, WorkerMetrics, WorkerSettings};
+use computation_unit::metrics::WorkerMetrics;
+use computation_unit::worker::{self, WorkerSettings};
 use dnet_model::engine::Engine;
 use dnet_model::metrics::EngineMetrics;
 use dnet_model::options::engine_settings;
@@ -35,11 +36,13 @@ fn main() -> anyhow::Result<()> {
 
 fn serve(args: WorkerArgs) -> anyhow::Result<()> {
     dnet_common::telemetry::init(args.observability.log_format);
+    let exit_on_start_layer = args.test_exit_on_start_layer().map_err(anyhow::Error::msg)?;
     let device = args.model.device;
     let settings = UnitSettings {
         exit: usize::from(args.exit_layer),
         thresholds: args.thresholds(),
         max_request_samples: args.max_request_samples,
+        max_message_bytes: args.max_message_bytes,
         unit_name: args.unit_name(),
         device,
     };
@@ -55,6 +58,8 @@ fn serve(args: WorkerArgs) -> anyhow::Result<()> {
         .worker_threads(1)
         .enable_all()
         .build()?;
+    // Ready (/readyz) while the model is loaded and the queue is consumed.
+    let ready = tokio::sync::watch::Sender::new(false);
     let metrics = runtime.block_on(async {
         let metrics = WorkerMetrics::register(&mut registry);
         let stop_metrics = CancellationToken::new();
@@ -66,6 +71,7 @@ fn serve(args: WorkerArgs) -> anyhow::Result<()> {
             tokio::spawn(dnet_common::metrics_http::serve(
                 listener,
                 Arc::new(registry),
+                ready.subscribe(),
                 async move { stop.cancelled().await },
             ));
         }
@@ -73,6 +79,8 @@ fn serve(args: WorkerArgs) -> anyhow::Result<()> {
             amqp_uri: args.amqp_uri(),
             queue: args.queue_name.clone(),
             prefetch: args.prefetch(),
+            max_attempts: args.max_attempts,
+            exit_on_start_layer,
             unit: settings,
             connection_name: format!("computation-unit {}", args.unit_name()),
             tls_ca: args
@@ -86,6 +94,7 @@ fn serve(args: WorkerArgs) -> anyhow::Result<()> {
             worker_settings,
             Arc::clone(&engine),
             Arc::clone(&metrics),
+            &ready,
             dnet_common::shutdown::signal(),
         )
         .await;

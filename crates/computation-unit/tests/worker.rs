@@ -26,6 +26,18 @@ async fn worker(broker: &Broker, queue: &TestQueue, exit: u8, extra: &[&str]) ->
         .expect("computation unit starts")
 }
 
+/// Waits until `calls` requests are published (the unit waits for their
+/// replies) and the queue has nothing ready and one consumer: the worker
+/// holds them all.
+async fn wait_for_taken(unit: &TransmissionUnit, calls: u32) {
+    wait_for("the worker to take every request", PATIENCE, || async {
+        let published = unit.metrics().await.ok()?.value("dnet_pending_replies").ok()?;
+        (published == f64::from(calls) && unit.qstatus().await.ok()? == (0, 1)).then_some(())
+    })
+    .await
+    .expect("taken");
+}
+
 /// Waits until the broker counts (ready, unacknowledged, consumers) on `queue`.
 async fn wait_for_queue(broker: &Broker, queue: &TestQueue, counts: (u64, u64, u64), what: &str) {
     wait_for(what, PATIENCE, || async {
@@ -173,7 +185,7 @@ async fn killing_a_worker_mid_request_loses_nothing() {
         let request = request(0, &x);
         async move { client.compute(request).await }
     });
-    wait_for_queue(&broker, &queue, (0, 1, 1), "the worker to hold the request unacked").await;
+    wait_for_taken(&unit, 1).await;
     doomed.process.kill();
 
     let rescuer = worker(&broker, &queue, 16, &[]).await;
@@ -263,16 +275,17 @@ async fn sigterm_finishes_the_current_job_requeues_the_rest_and_exits_zero() {
     let broker = Broker::local();
     let queue = TestQueue::new(&broker);
     let unit = unit(&broker, &queue, &["--timeout", "120s"]).await;
-    let mut stopping = worker(&broker, &queue, 16, &["--prefetch", "3"]).await;
+    // One request per forward pass, each long enough to stop in the middle of.
+    let mut stopping = worker(&broker, &queue, 16, &["--prefetch", "3", "--max-batch-size", "48"]).await;
     let client = unit.client().await.expect("client");
     let calls: Vec<_> = (0..3)
         .map(|i| {
             let mut client = client.clone();
-            let request = request(0, &images(16, 200 + i));
+            let request = request(0, &images(48, 200 + i));
             tokio::spawn(async move { client.compute(request).await })
         })
         .collect();
-    wait_for_queue(&broker, &queue, (0, 3, 1), "the worker to hold all three requests").await;
+    wait_for_taken(&unit, 3).await;
 
     stopping.process.signal("TERM").expect("SIGTERM");
     let exit = stopping.process.wait_exit(PATIENCE).await.expect("exits");
@@ -304,7 +317,8 @@ async fn sigterm_finishes_the_current_job_requeues_the_rest_and_exits_zero() {
     );
     assert_eq!(
         metrics.value("dnet_worker_redelivered_total").expect("counter"),
-        requeued as f64
+        0.0,
+        "given back as fresh copies: a stop is not counted as a crash"
     );
 }
 
@@ -576,5 +590,265 @@ async fn concurrent_requests_run_in_shared_forward_passes() {
     assert!(
         batch_sizes.iter().all(|&n| (1..=8).contains(&n)),
         "at most --max-batch-size: {batch_sizes:?}"
+    );
+}
+
+/// A connection, a channel with confirms, and an exclusive reply queue with
+/// its consumer: publishing raw requests and reading their replies.
+struct RawClient {
+    connection: lapin::Connection,
+    channel: lapin::Channel,
+    reply_to: String,
+    replies: lapin::Consumer,
+}
+
+impl RawClient {
+    async fn new(broker: &Broker) -> RawClient {
+        use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions, QueueDeclareOptions};
+        let connection = lapin::Connection::connect(&broker.uri, lapin::ConnectionProperties::default())
+            .await
+            .expect("connect");
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        let replies = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .expect("reply queue");
+        let reply_to = replies.name().to_string();
+        let replies = channel
+            .basic_consume(
+                reply_to.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .expect("consume replies");
+        RawClient {
+            connection,
+            channel,
+            reply_to,
+            replies,
+        }
+    }
+
+    /// Publishes `body` to `queue` with this client's reply queue, `id` and `headers`.
+    async fn send(&self, queue: &TestQueue, body: &[u8], id: &str, headers: lapin::types::FieldTable) {
+        let properties = lapin::BasicProperties::default()
+            .with_reply_to(self.reply_to.as_str().into())
+            .with_correlation_id(id.into())
+            .with_headers(headers);
+        publish_raw(&self.channel, queue.name(), body, properties).await;
+    }
+
+    /// The next reply's correlation id and response, if one comes within `limit`.
+    async fn reply(&mut self, limit: Duration) -> Option<(String, ComputationResponse)> {
+        use futures::StreamExt;
+        use prost::Message;
+        let delivery = tokio::time::timeout(limit, self.replies.next()).await.ok()??.ok()?;
+        let id = delivery.properties.correlation_id().clone()?.to_string();
+        Some((id, ComputationResponse::decode(delivery.data.as_slice()).ok()?))
+    }
+}
+
+/// Milliseconds since the Unix epoch, `offset_ms` from now.
+fn unix_ms_from_now(offset_ms: i64) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64;
+    now + offset_ms
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_their_deadline_are_skipped_not_computed() {
+    use prost::Message;
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let worker = worker(&broker, &queue, 16, &["--max-batch-size", "48"]).await;
+    let mut client = RawClient::new(&broker).await;
+    let none = lapin::types::FieldTable::default();
+
+    // Past already when it arrives.
+    let stale = dnet_amqp::deadline::headers_due_at(unix_ms_from_now(-1000));
+    client
+        .send(&queue, &request(0, &images(1, 20)).encode_to_vec(), "stale", stale)
+        .await;
+    // A long forward first; the next requests expire while they wait behind it.
+    client
+        .send(
+            &queue,
+            &request(0, &images(48, 21)).encode_to_vec(),
+            "long",
+            none.clone(),
+        )
+        .await;
+    for i in 0..3 {
+        let soon = dnet_amqp::deadline::headers_due_at(unix_ms_from_now(150));
+        client
+            .send(
+                &queue,
+                &request(0, &images(1, 22 + i)).encode_to_vec(),
+                &format!("soon-{i}"),
+                soon,
+            )
+            .await;
+    }
+    client
+        .send(&queue, &request(0, &images(1, 30)).encode_to_vec(), "no deadline", none)
+        .await;
+
+    let mut answered = Vec::new();
+    while let Some((id, response)) = client.reply(Duration::from_secs(10)).await {
+        assert_eq!(response.status, StatusCode::Success as i32, "{id}");
+        answered.push(id);
+        if answered.len() == 2 {
+            break;
+        }
+    }
+    answered.sort();
+    assert_eq!(
+        answered,
+        ["long", "no deadline"],
+        "only the requests someone waits for are answered"
+    );
+    let metrics = worker.metrics().await.expect("metrics");
+    assert_eq!(metrics.value("dnet_expired_total").expect("expired"), 4.0);
+    assert_eq!(
+        metrics.value("dnet_batch_size_sum").expect("batches"),
+        49.0,
+        "the expired were not computed"
+    );
+    assert_eq!(
+        broker.queue_counts(queue.name()).expect("rabbitmqctl"),
+        Some((0, 0, 1)),
+        "the expired were acknowledged"
+    );
+    let _ = client.connection.close(200, "done".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_stops_max_attempts_workers_is_answered_error_and_the_others_are_answered() {
+    use prost::Message;
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    // Each worker aborts on a request of start layer 3, as if it killed them.
+    // One request held at a time: a worker that dies takes nothing else with it
+    // (requests held beside a poison count its victims too: docs/architecture.md).
+    let trigger = [
+        "--test-exit-on-start-layer",
+        "3",
+        "--max-attempts",
+        "2",
+        "--prefetch",
+        "1",
+    ];
+    // The first worker declares the queue before anything is sent to it.
+    let mut current = worker(&broker, &queue, 8, &trigger).await;
+    let mut client = RawClient::new(&broker).await;
+    let none = lapin::types::FieldTable::default();
+    let poison = ComputationRequest {
+        start_layer: 3,
+        x: codec::encode_x(&Tensor::zeros([1, 64, 28, 28], (Kind::Float, tch::Device::Cpu))).expect("encode"),
+    };
+    client
+        .send(&queue, &poison.encode_to_vec(), "poison", none.clone())
+        .await;
+    client
+        .send(&queue, &request(0, &images(1, 40)).encode_to_vec(), "good", none)
+        .await;
+
+    // Workers are restarted as they die, as an orchestrator would.
+    let mut exited = 0;
+    let mut answers = std::collections::HashMap::new();
+    while answers.len() < 2 {
+        if let Some((id, response)) = client.reply(Duration::from_millis(200)).await {
+            answers.insert(id, response);
+        } else if current.process.exited().is_some() {
+            exited += 1;
+            assert!(exited <= 2, "more workers stopped than --max-attempts allows");
+            current = worker(&broker, &queue, 8, &trigger).await;
+        }
+    }
+    assert_eq!(exited, 2, "the request stopped two workers");
+    let poisoned = &answers["poison"];
+    assert_eq!(poisoned.status, StatusCode::Error as i32);
+    let Some(Data::ErrorMessage(message)) = &poisoned.data else {
+        panic!("no message")
+    };
+    assert!(message.contains("stopped 2 workers"), "{message}");
+    assert_ne!(
+        answers["good"].status,
+        StatusCode::Error as i32,
+        "the other request is answered"
+    );
+    let metrics = current.metrics().await.expect("metrics");
+    assert_eq!(metrics.value("dnet_worker_poisoned_total").expect("poisoned"), 1.0);
+    let _ = client.connection.close(200, "done".into()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_handed_on_tensor_would_not_fit_is_refused_before_computing() {
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &[]).await;
+    // 663,552 bytes per sample at exit 8: two samples do not fit 1 MB.
+    let worker = worker(&broker, &queue, 8, &["--max-message-bytes", "1000000"]).await;
+    let answer = unit
+        .client()
+        .await
+        .expect("client")
+        .compute(request(0, &images(2, 50)))
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!(answer.status, StatusCode::Error as i32);
+    let Some(Data::ErrorMessage(message)) = &answer.data else {
+        panic!("no message")
+    };
+    assert!(
+        message.contains("--max-message-bytes") && message.contains("1000000"),
+        "{message}"
+    );
+    let metrics = worker.metrics().await.expect("metrics");
+    assert_eq!(
+        metrics.value("dnet_batch_size_count").expect("batches"),
+        0.0,
+        "not computed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_is_ready_only_while_it_consumes() {
+    use dnet_testkit::metrics::http_status;
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let nowhere = format!("amqp://guest:guest@127.0.0.1:{}/%2f", dnet_testkit::free_port());
+    let lonely = ComputationUnit::launch(&broker, queue.name(), 8, SEED, &["-a", &nowhere])
+        .await
+        .expect("starts without a broker");
+    assert_eq!(http_status(lonely.metrics_address, "/livez").await.expect("probe"), 200);
+    assert_eq!(
+        http_status(lonely.metrics_address, "/readyz").await.expect("probe"),
+        503,
+        "model loaded but no queue to consume: not ready"
+    );
+    let consuming = worker(&broker, &queue, 8, &[]).await;
+    assert_eq!(
+        http_status(consuming.metrics_address, "/readyz").await.expect("probe"),
+        200
     );
 }

@@ -73,7 +73,11 @@ mod tests {
             .expect("expiration");
         assert!((1400..=1500).contains(&expiration), "{expiration}");
         let read = deadline_of(&properties).expect("header");
-        let error = if read > deadline { read - deadline } else { deadline - read };
+        let error = if read > deadline {
+            read - deadline
+        } else {
+            deadline - read
+        };
         assert!(error < Duration::from_millis(5), "{error:?}");
         assert_eq!(deadline_of(&BasicProperties::default()), None, "no header, no deadline");
     }

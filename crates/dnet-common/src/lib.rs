@@ -3,10 +3,12 @@
 //! Layout:
 //! - `duration`: parsing `500ms` / `30s` / `2m` durations from flags and env.
 //! - `metrics_http`: the Prometheus `/metrics` endpoint.
+//! - `resources`: the memory this process may use (cgroup-aware).
 //! - `shutdown`: a future that completes on SIGTERM or SIGINT.
 //! - `telemetry`: tracing set-up, text or JSON.
 
 pub mod duration;
 pub mod metrics_http;
+pub mod resources;
 pub mod shutdown;
 pub mod telemetry;

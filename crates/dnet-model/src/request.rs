@@ -21,6 +21,9 @@ pub struct UnitSettings {
     pub thresholds: [f64; SIDE_EXITS],
     /// Most samples accepted in one request.
     pub max_request_samples: usize,
+    /// Largest message this unit may send: a request whose tensor for the
+    /// next unit would not fit is refused before it is computed.
+    pub max_message_bytes: usize,
     /// Name in this unit's hop record.
     pub unit_name: String,
     /// Where the model runs.
@@ -63,7 +66,29 @@ pub fn prepare(body: &[u8], settings: &UnitSettings) -> Result<Prepared, Refused
     let start = dnet_codec::check_start_layer(request.start_layer, settings.exit).map_err(refused)?;
     let x = codec::decode_x(&request.x, start, settings.max_request_samples).map_err(|e| refused(e.to_string()))?;
     let samples = usize::try_from(x.size()[0]).map_err(|e| refused(e.to_string()))?;
+    if let Some(bytes) = hand_on_bytes(settings.exit, samples).filter(|&b| b > settings.max_message_bytes) {
+        return Err(refused(format!(
+            "x of {samples} samples would hand on {bytes} bytes at exit {} if not confident, over the message \
+             limit of {} bytes (--max-message-bytes): send fewer samples per request",
+            settings.exit, settings.max_message_bytes
+        )));
+    }
     Ok(Prepared { start, x, samples })
+}
+
+/// Room a handed-on `x` takes besides its values: the safetensors header and
+/// the `ComputationResponse` around it.
+const HAND_ON_OVERHEAD: usize = 1024;
+
+/// Bytes of the reply that hands `samples` on at `exit` (F32), or `None` at
+/// exit 16, which never hands on.
+fn hand_on_bytes(exit: usize, samples: usize) -> Option<usize> {
+    let shape = dnet_codec::BOUNDARY_SHAPES.get(exit)?;
+    Some(
+        samples
+            .saturating_mul(shape.iter().product::<usize>() * 4)
+            .saturating_add(HAND_ON_OVERHEAD),
+    )
 }
 
 /// This unit's hop record for a request that started at `start_layer`,

@@ -25,6 +25,7 @@ fn unit(threshold: f64) -> UnitSettings {
         exit: EXIT,
         thresholds,
         max_request_samples: 8,
+        max_message_bytes: 64 << 20,
         unit_name: "engine-test".into(),
         device: Device::Cpu,
     }

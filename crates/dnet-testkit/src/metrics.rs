@@ -5,6 +5,27 @@ use std::net::SocketAddr;
 use anyhow::{bail, Context};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The HTTP status a program's metrics server answers for `path` (e.g. its
+/// probes `/livez`, `/readyz`).
+///
+/// # Errors
+/// Nothing listens there, or the answer is not HTTP.
+pub async fn http_status(address: SocketAddr, path: &str) -> anyhow::Result<u16> {
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .with_context(|| format!("cannot reach {address}"))?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("not an HTTP answer from {address}: {response}"))
+}
+
 /// One scrape of a `/metrics` endpoint.
 #[derive(Clone, Debug)]
 pub struct Metrics {

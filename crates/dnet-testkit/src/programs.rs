@@ -221,6 +221,23 @@ impl ComputationUnit {
         seed: u64,
         extra: &[&str],
     ) -> anyhow::Result<ComputationUnit> {
+        let mut unit = ComputationUnit::launch(broker, queue, exit, seed, extra).await?;
+        unit.process.wait_for_event("consuming", READY_WITHIN).await?;
+        Ok(unit)
+    }
+
+    /// Starts a worker and waits only until it serves /metrics (its model is
+    /// loaded; it may not reach the broker).
+    ///
+    /// # Errors
+    /// It does not start.
+    pub async fn launch(
+        broker: &Broker,
+        queue: &str,
+        exit: u8,
+        seed: u64,
+        extra: &[&str],
+    ) -> anyhow::Result<ComputationUnit> {
         let args = arguments(
             &[
                 ("-a", broker.uri.clone()),
@@ -235,7 +252,6 @@ impl ComputationUnit {
         );
         let mut process = Process::start(&binary(&bin_dir(), "computation-unit")?, &args)?;
         let metrics_address = logged_address(&mut process, "serving Prometheus metrics at /metrics", "address").await?;
-        process.wait_for_event("consuming", READY_WITHIN).await?;
         Ok(ComputationUnit {
             process,
             metrics_address,

@@ -40,6 +40,7 @@ impl LocalLayers {
                     exit,
                     thresholds,
                     max_request_samples: 1,
+                    max_message_bytes: 64 << 20,
                     unit_name: format!("device-{exit}"),
                     device,
                 };

@@ -70,6 +70,7 @@ async fn main() {
         max_message_bytes: 64 << 20,
         pending_gauge: Default::default(),
         late_replies: Default::default(),
+        waiting_gauge: Default::default(),
     });
     let mut connected = bare.connected();
     while !*connected.borrow_and_update() {

@@ -82,12 +82,44 @@ pub struct Config {
     #[arg(long, env = "DNET_NEXT_TLS_KEY", requires = "next_tls_cert")]
     pub next_tls_key: Option<PathBuf>,
 
+    /// Calls handled at once; more get RESOURCE_EXHAUSTED at once [default:
+    /// as many as fit half the memory this process may use (cgroup limit, else
+    /// the machine's) with a request and a reply of --max-message-bytes each,
+    /// at most 1024].
+    #[arg(long, env = "DNET_MAX_IN_FLIGHT", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: Option<u32>,
+
+    /// Requests waiting in the queue (read every 250 ms) above which calls get
+    /// RESOURCE_EXHAUSTED at once instead of joining them.
+    #[arg(long, env = "DNET_MAX_QUEUE", default_value_t = 1000)]
+    pub max_queue: u64,
+
+    /// Retries of UNAVAILABLE (broker or next unit) within each call's
+    /// deadline, as a percentage of calls (a retry budget, plus 10 retries
+    /// per second); 0 turns retries off.
+    #[arg(long, env = "DNET_RETRY_BUDGET", default_value_t = 10.0)]
+    pub retry_budget: f32,
+
     /// On SIGTERM/SIGINT, how long in-flight calls may take to finish.
     #[arg(long, env = "DNET_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 }
 
+/// The most calls a transmission unit takes by default.
+const MAX_IN_FLIGHT_CAP: u64 = 1024;
+
 impl Config {
+    /// `--max-in-flight`, else what fits half the memory this process may
+    /// use with two messages of `--max-message-bytes` per call.
+    #[must_use]
+    pub fn max_in_flight(&self) -> u32 {
+        self.max_in_flight.unwrap_or_else(|| {
+            let per_call = 2 * self.max_message_bytes.max(1) as u64;
+            let budget = dnet_common::resources::memory_limit_bytes().unwrap_or(1 << 30) / 2;
+            u32::try_from((budget / per_call).clamp(1, MAX_IN_FLIGHT_CAP)).unwrap_or(1)
+        })
+    }
+
     /// The unit name for hop records: `--unit-name`, else `HOSTNAME:port`.
     #[must_use]
     pub fn unit_name(&self, port: u16) -> String {

@@ -16,6 +16,7 @@
 //! - `deadline`: reading the caller's `grpc-timeout`.
 //! - `metrics`: Prometheus counters and histograms.
 //! - `error`: error kinds and their gRPC status codes.
+//! - `retry`: retries of UNAVAILABLE within the deadline (full jitter, budget).
 //! - `tls`: TLS settings of the server and of the client to the next unit.
 
 pub mod config;
@@ -26,6 +27,7 @@ pub mod http2;
 pub mod metrics;
 pub mod next_unit;
 pub mod queue_client;
+pub mod retry;
 pub mod server;
 pub mod service;
 pub mod tls;

@@ -29,6 +29,16 @@ pub struct Metrics {
     pub pending_replies: Gauge,
     /// Replies dropped because no call waited for them (late or duplicate).
     pub late_replies: Counter,
+    /// Messages waiting in the unit's queue, as last read.
+    pub queue_waiting: Gauge,
+    /// Attempts repeated after UNAVAILABLE, by what was retried (queue, next).
+    pub retries: Family<TargetLabel, Counter>,
+}
+
+/// Label of `dnet_retries`: what was tried again.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    pub target: &'static str,
 }
 
 impl Metrics {
@@ -42,6 +52,8 @@ impl Metrics {
             in_flight: Gauge::default(),
             pending_replies: Gauge::default(),
             late_replies: Counter::default(),
+            queue_waiting: Gauge::default(),
+            retries: Family::default(),
         };
         registry.register(
             "dnet_requests",
@@ -73,6 +85,16 @@ impl Metrics {
             "Replies dropped because no call waited for them (late or duplicate)",
             metrics.late_replies.clone(),
         );
+        registry.register(
+            "dnet_queue_waiting",
+            "Messages waiting in the unit's queue, as last read (every 250 ms)",
+            metrics.queue_waiting.clone(),
+        );
+        registry.register(
+            "dnet_retries",
+            "Attempts repeated after UNAVAILABLE within the call's deadline, by target (queue, next)",
+            metrics.retries.clone(),
+        );
         metrics
     }
 
@@ -82,6 +104,11 @@ impl Metrics {
     pub fn enter(&self) -> InFlight {
         self.in_flight.inc();
         InFlight(self.in_flight.clone())
+    }
+
+    /// Counts one retried attempt at `target`.
+    pub fn retried(&self, target: &'static str) {
+        self.retries.get_or_create(&TargetLabel { target }).inc();
     }
 
     /// Counts one finished call.

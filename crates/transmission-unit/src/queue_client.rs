@@ -5,9 +5,14 @@
 //! one consumer task routes replies to the waiting calls through a map of
 //! one-shot senders. A supervisor task keeps a broker session alive: it
 //! connects with backoff, and when the connection is lost it fails the calls
-//! of that session with `ConnectionLost` and connects again.
+//! of that session with `ConnectionLost` and connects again. While a session
+//! lives, the queue's waiting messages are read every 250 ms (admission).
+//!
+//! Each request carries its deadline (docs/architecture.md, "Deadlines"):
+//! the broker drops it unread once it expires, and a worker skips it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -22,6 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use dnet_amqp::deadline::with_deadline;
 use dnet_amqp::{computation_queue_arguments, computation_queue_options, connect_with_backoff, redact};
 
 use crate::error::QueueError;
@@ -30,6 +36,8 @@ use crate::error::QueueError;
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Wait before reconnecting when a fresh connection could not open its channels.
 const SESSION_RETRY: Duration = Duration::from_secs(1);
+/// How often the queue's waiting messages are read.
+const QUEUE_POLL: Duration = Duration::from_millis(250);
 
 /// Where and how to reach the computation queue.
 #[derive(Clone, Debug)]
@@ -48,6 +56,8 @@ pub struct QueueSettings {
     pub pending_gauge: Gauge,
     /// Exported as `dnet_late_replies`: replies that found no call waiting.
     pub late_replies: Counter,
+    /// Exported as `dnet_queue_waiting`: messages waiting in the queue, as last read.
+    pub waiting_gauge: Gauge,
 }
 
 /// Message and consumer counts of the computation queue.
@@ -73,6 +83,8 @@ struct Inner {
     connected: watch::Sender<bool>,
     /// Ends the supervisor and closes the connection.
     stop: CancellationToken,
+    /// Messages waiting in the computation queue, as last read.
+    waiting: AtomicU64,
 }
 
 struct Session {
@@ -115,6 +127,7 @@ impl QueueClient {
             pending: Mutex::new(HashMap::new()),
             connected,
             stop: CancellationToken::new(),
+            waiting: AtomicU64::new(0),
         });
         tokio::spawn(supervise(Arc::clone(&inner)));
         Self { inner }
@@ -124,6 +137,12 @@ impl QueueClient {
     #[must_use]
     pub fn connected(&self) -> watch::Receiver<bool> {
         self.inner.connected.subscribe()
+    }
+
+    /// Messages waiting in the computation queue, as last read (every 250 ms).
+    #[must_use]
+    pub fn waiting(&self) -> u64 {
+        self.inner.waiting.load(Ordering::Relaxed)
     }
 
     /// Number of calls waiting for a reply (for tests and diagnostics).
@@ -168,6 +187,7 @@ impl QueueClient {
             let properties = BasicProperties::default()
                 .with_correlation_id(correlation_id.as_str().into())
                 .with_reply_to(session.reply_to.clone());
+            let properties = with_deadline(properties, deadline.into_std());
             let amqp_error = |source| QueueError::Amqp {
                 queue: settings.queue.clone(),
                 source,
@@ -397,21 +417,67 @@ async fn supervise(inner: Arc<Inner>) {
             }
         };
         info!(queue = %settings.queue, reply_to = %session.reply_to, "ready: publishing to the computation queue");
-        inner.set_session(Arc::new(session));
+        let session = Arc::new(session);
+        inner.set_session(Arc::clone(&session));
+        let poller = tokio::spawn(poll_queue(Arc::clone(&inner), session));
 
         tokio::select! {
             () = consume_replies(&inner, consumer) => {}
             () = wait_for_connection_error(events) => {}
             () = inner.stop.cancelled() => {
+                poller.abort();
                 inner.fail_session_calls(generation);
                 return;
             }
         }
+        poller.abort();
         warn!(broker = %redact(&settings.uri), "connection to RabbitMQ lost, reconnecting");
         if let Some(session) = inner.take_session() {
             let _ = session.connection.close(320, "reconnecting".into()).await;
         }
         inner.fail_session_calls(generation);
+    }
+}
+
+/// Reads the computation queue's waiting messages every QUEUE_POLL with a
+/// passive declare on a channel of its own, until the session ends.
+async fn poll_queue(inner: Arc<Inner>, session: Arc<Session>) {
+    let queue = inner.settings.queue.as_str();
+    loop {
+        let channel = match session.connection.create_channel().await {
+            Ok(channel) => channel,
+            Err(_) => return,
+        };
+        loop {
+            let declared = channel
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..computation_queue_options()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            match declared {
+                Ok(status) => {
+                    let waiting = u64::from(status.message_count());
+                    inner.waiting.store(waiting, Ordering::Relaxed);
+                    inner
+                        .settings
+                        .waiting_gauge
+                        .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+                }
+                // The channel is closed by the failed declare (e.g. the queue
+                // was deleted): open another on the next round.
+                Err(error) => {
+                    debug!(%error, "cannot read the queue's length");
+                    break;
+                }
+            }
+            tokio::time::sleep(QUEUE_POLL).await;
+        }
+        tokio::time::sleep(QUEUE_POLL).await;
     }
 }
 

@@ -74,6 +74,7 @@ pub async fn run(
         max_message_bytes: config.max_message_bytes,
         pending_gauge: metrics.pending_replies.clone(),
         late_replies: metrics.late_replies.clone(),
+        waiting_gauge: metrics.queue_waiting.clone(),
     });
     let stop_metrics = CancellationToken::new();
     if let Some(metrics_listener) = metrics_listener {
@@ -81,6 +82,8 @@ pub async fn run(
         tokio::spawn(dnet_common::metrics_http::serve(
             metrics_listener,
             Arc::new(registry),
+            // Ready while the broker session is up, as the gRPC health of unit.DNet.
+            queue.connected(),
             async move {
                 stop.cancelled().await;
             },
@@ -94,10 +97,14 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
+    let max_in_flight = config.max_in_flight();
     let settings = ServiceSettings {
         unit_name: unit_name.clone(),
         default_timeout: config.timeout,
         forward_delay: Duration::from_millis(config.delay),
+        max_in_flight,
+        max_queue: config.max_queue,
+        retry_budget: config.retry_budget,
     };
     let service = DNetServer::new(UnitService::new(queue.clone(), next, settings, metrics))
         .max_decoding_message_size(config.max_message_bytes)
@@ -108,6 +115,8 @@ pub async fn run(
         unit = %unit_name,
         queue = %config.queue_name,
         next = config.next_address.as_deref().unwrap_or("none"),
+        max_in_flight,
+        max_queue = config.max_queue,
         "transmission unit serving"
     );
     let stop_accepting = CancellationToken::new();
@@ -121,6 +130,10 @@ pub async fn run(
         .layer(tower::util::MapResponseLayer::new(
             error::oversize_is_resource_exhausted,
         ))
+        // Bounds what one connection holds open, above the admission limit:
+        // calls beyond --max-in-flight must reach the handler to be refused
+        // at once; at the limit itself, HTTP/2 would make them wait in the client.
+        .max_concurrent_streams(Some(max_in_flight.saturating_mul(2)))
         .initial_stream_window_size(Some(http2::STREAM_WINDOW))
         .initial_connection_window_size(Some(http2::CONNECTION_WINDOW))
         .add_service(health_service)

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use dnet_proto::{ComputationRequest, ComputationResponse, DNet, Data, QstatusRequest, QstatusResponse, StatusCode};
 use prost::Message;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
@@ -15,6 +16,7 @@ use crate::hop;
 use crate::metrics::Metrics;
 use crate::next_unit::NextUnit;
 use crate::queue_client::QueueClient;
+use crate::retry::RetryPolicy;
 
 /// Settings of the service that do not belong to the queue or the next unit.
 #[derive(Clone, Debug)]
@@ -25,6 +27,12 @@ pub struct ServiceSettings {
     pub default_timeout: Duration,
     /// Test only: wait before returning a forwarded answer.
     pub forward_delay: Duration,
+    /// Calls handled at once; more are refused (RESOURCE_EXHAUSTED).
+    pub max_in_flight: u32,
+    /// Waiting requests in the queue above which calls are refused.
+    pub max_queue: u64,
+    /// Retries of UNAVAILABLE, percent of calls (0: off).
+    pub retry_budget: f32,
 }
 
 /// The handlers of one transmission unit.
@@ -33,6 +41,9 @@ pub struct UnitService {
     next: Option<NextUnit>,
     settings: ServiceSettings,
     metrics: Arc<Metrics>,
+    /// One permit per call being handled (admission control).
+    admission: Arc<Semaphore>,
+    retries: RetryPolicy,
 }
 
 impl UnitService {
@@ -41,15 +52,43 @@ impl UnitService {
         Self {
             queue,
             next,
+            admission: Arc::new(Semaphore::new(settings.max_in_flight as usize)),
+            retries: RetryPolicy::new(settings.retry_budget),
             settings,
             metrics,
         }
     }
 
+    /// Refuses a call at once when the unit is saturated: all its call slots
+    /// taken, or its queue already longer than `--max-queue`.
+    fn admit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        let permit = Arc::clone(&self.admission).try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "unit saturated: {} calls in flight (--max-in-flight); try again later or elsewhere",
+                self.settings.max_in_flight
+            ))
+        })?;
+        let waiting = self.queue.waiting();
+        if waiting > self.settings.max_queue {
+            return Err(Status::resource_exhausted(format!(
+                "unit saturated: {waiting} requests wait in its queue, more than --max-queue {}",
+                self.settings.max_queue
+            )));
+        }
+        Ok(permit)
+    }
+
     /// One call: the queue round trip, then the forward on NOT_SUCCESS.
     async fn handle(&self, request: ComputationRequest, deadline: Instant) -> Result<ComputationResponse, Error> {
         let received = Instant::now();
-        let reply_bytes = self.queue.call(&request.encode_to_vec(), deadline).await?;
+        let body = request.encode_to_vec();
+        let retried = || self.metrics.retried("queue");
+        let reply_bytes = self
+            .retries
+            .run(deadline, retried, || async {
+                Ok(self.queue.call(&body, deadline).await?)
+            })
+            .await?;
         let round_trip = received.elapsed();
         self.metrics.queue_round_trip.observe(round_trip.as_secs_f64());
         let reply = ComputationResponse::decode(reply_bytes.as_slice())
@@ -75,7 +114,11 @@ impl UnitService {
                     "forwarding"
                 );
                 let forwarded = Instant::now();
-                let answer = next.compute(next_request, deadline).await;
+                let retried = || self.metrics.retried("next");
+                let answer = self
+                    .retries
+                    .run(deadline, retried, || next.compute(next_request.clone(), deadline))
+                    .await;
                 self.metrics.forward.observe(forwarded.elapsed().as_secs_f64());
                 let answer = answer?;
                 if !self.settings.forward_delay.is_zero() {
@@ -101,6 +144,10 @@ impl DNet for UnitService {
         let deadline = Instant::now() + budget;
         let request = request.into_inner();
         let start_layer = request.start_layer;
+        let _permit = self.admit().inspect_err(|status| {
+            self.metrics.count(&format!("{:?}", status.code()));
+            debug!(start_layer, error = status.message(), "refused");
+        })?;
         let _in_flight = self.metrics.enter();
         let started = Instant::now();
         let outcome = self.handle(request, deadline).await;

@@ -247,11 +247,42 @@ async fn a_late_reply_is_counted_dropped_and_the_next_call_gets_its_own() {
 }
 
 #[tokio::test]
-async fn next_unit_down_gives_unavailable_quickly() {
+async fn next_unit_down_is_retried_within_the_deadline_then_unavailable() {
     let broker = Broker::local();
     let queue = TestQueue::new(&broker);
     let next = format!("127.0.0.1:{}", free_port());
     let unit = unit(&broker, &queue, &["-n", &next]).await;
+    let worker = Worker::start(&broker, queue.name(), 10, |r| Behaviour::Reply(not_success(8, r.x))).await;
+
+    let mut call = tonic::Request::new(request(0, b"x"));
+    call.set_timeout(Duration::from_secs(2));
+    let status = unit
+        .client()
+        .await
+        .expect("client")
+        .compute(call)
+        .await
+        .expect_err("next unit is down");
+
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains(&next), "names the next unit: {status:?}");
+    let metrics = unit.metrics().await.expect("metrics");
+    assert!(
+        metrics
+            .labelled("dnet_retries_total", "target", "next")
+            .expect("retries")
+            >= 1.0,
+        "retried before giving up"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn without_retries_next_unit_down_gives_unavailable_at_once() {
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let next = format!("127.0.0.1:{}", free_port());
+    let unit = unit(&broker, &queue, &["-n", &next, "--retry-budget", "0"]).await;
     let worker = Worker::start(&broker, queue.name(), 10, |r| Behaviour::Reply(not_success(8, r.x))).await;
 
     let started = Instant::now();
@@ -262,12 +293,10 @@ async fn next_unit_down_gives_unavailable_quickly() {
         .compute(request(0, b"x"))
         .await
         .expect_err("next unit is down");
-
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(status.message().contains(&next), "names the next unit: {status:?}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
+        "no retry waits for the 30 s deadline: {:?}",
         started.elapsed()
     );
     worker.stop().await;
@@ -387,39 +416,74 @@ async fn health_is_not_serving_while_the_broker_is_unreachable() {
         Some(ServingStatus::Serving),
         "but alive: no restart for a broker outage"
     );
+    let mut call = tonic::Request::new(request(0, b"x"));
+    call.set_timeout(Duration::from_secs(1));
     let status = unit
         .client()
         .await
         .expect("client")
-        .compute(request(0, b"x"))
+        .compute(call)
         .await
         .expect_err("no broker");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 }
 
-#[tokio::test]
-async fn broker_connection_loss_fails_in_flight_calls_then_recovers() {
-    let broker = Broker::local();
-    let queue = TestQueue::new(&broker);
-    let unit = unit(&broker, &queue, &["--timeout", "30s"]).await;
-    let held = Worker::start(&broker, queue.name(), 10, |_| Behaviour::Hold).await;
+/// Starts a call that a holding worker keeps, then has the broker close the
+/// unit's connection; returns the call.
+async fn call_through_a_lost_connection(
+    broker: &Broker,
+    unit: &TransmissionUnit,
+) -> tokio::task::JoinHandle<Result<tonic::Response<dnet_proto::ComputationResponse>, tonic::Status>> {
     let mut client = unit.client().await.expect("client");
-    let in_flight = tokio::spawn({
-        let mut client = client.clone();
-        async move { client.compute(request(0, b"in flight")).await }
-    });
+    let call = tokio::spawn(async move { client.compute(request(0, b"in flight")).await });
     wait_for("the call to wait for its reply", PATIENCE, || async {
         let pending = unit.metrics().await.ok()?.value("dnet_pending_replies").ok()?;
         (pending == 1.0).then_some(())
     })
     .await
     .expect("one call in flight");
-
     broker
         .close_connection(&format!("transmission-unit {}", unit.name))
         .expect("the broker closes the unit's connection");
+    call
+}
+
+#[tokio::test]
+async fn a_call_survives_a_lost_broker_connection_by_a_retry() {
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &["--timeout", "30s"]).await;
+    let held = Worker::start(&broker, queue.name(), 10, |_| Behaviour::Hold).await;
+    let call = call_through_a_lost_connection(&broker, &unit).await;
+    // The held copy is lost with the holder; a worker that answers takes the retry.
+    held.stop().await;
+    let worker = Worker::start(&broker, queue.name(), 10, |r| Behaviour::Reply(success(16, r.x))).await;
+
+    let answer = call
+        .await
+        .expect("call task")
+        .expect("answered after a retry")
+        .into_inner();
+    assert_eq!(answer.data, Some(Data::Result(b"in flight".to_vec())));
+    let metrics = unit.metrics().await.expect("metrics");
+    assert!(
+        metrics
+            .labelled("dnet_retries_total", "target", "queue")
+            .expect("retries")
+            >= 1.0
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn without_retries_a_lost_broker_connection_fails_in_flight_calls_then_recovers() {
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &["--timeout", "30s", "--retry-budget", "0"]).await;
+    let held = Worker::start(&broker, queue.name(), 10, |_| Behaviour::Hold).await;
     let started = Instant::now();
-    let status = in_flight.await.expect("call task").expect_err("connection lost");
+    let call = call_through_a_lost_connection(&broker, &unit).await;
+    let status = call.await.expect("call task").expect_err("connection lost");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
 
@@ -428,13 +492,142 @@ async fn broker_connection_loss_fails_in_flight_calls_then_recovers() {
         .expect("reconnected");
     held.stop().await;
     let worker = Worker::start(&broker, queue.name(), 10, |r| Behaviour::Reply(success(16, r.x))).await;
-    let answer = client
+    let answer = unit
+        .client()
+        .await
+        .expect("client")
         .compute(request(0, b"after"))
         .await
         .expect("served again")
         .into_inner();
     assert_eq!(answer.data, Some(Data::Result(b"after".to_vec())));
     worker.stop().await;
+}
+
+#[tokio::test]
+async fn calls_beyond_max_in_flight_are_refused_at_once() {
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &["--max-in-flight", "2"]).await;
+    let held = Worker::start(&broker, queue.name(), 10, |_| Behaviour::Hold).await;
+    let client = unit.client().await.expect("client");
+    let _calls: Vec<_> = (0..2)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.compute(request(0, b"held")).await })
+        })
+        .collect();
+    wait_for("two calls in flight", PATIENCE, || async {
+        (unit.metrics().await.ok()?.value("dnet_in_flight").ok()? == 2.0).then_some(())
+    })
+    .await
+    .expect("two calls in flight");
+
+    let started = Instant::now();
+    let status = client
+        .clone()
+        .compute(request(0, b"third"))
+        .await
+        .expect_err("saturated");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("--max-in-flight"), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "at once: {:?}",
+        started.elapsed()
+    );
+    held.stop().await;
+}
+
+#[tokio::test]
+async fn calls_are_refused_while_the_queue_is_longer_than_max_queue() {
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &["--max-queue", "2"]).await;
+    let client = unit.client().await.expect("client");
+    let _waiting: Vec<_> = (0..3)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.compute(request(0, b"waits")).await })
+        })
+        .collect();
+    wait_for(
+        "three requests waiting, as the unit reads its queue",
+        PATIENCE,
+        || async { (unit.metrics().await.ok()?.value("dnet_queue_waiting").ok()? == 3.0).then_some(()) },
+    )
+    .await
+    .expect("the unit saw its queue");
+
+    let status = client
+        .clone()
+        .compute(request(0, b"fourth"))
+        .await
+        .expect_err("saturated");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("--max-queue"), "{status:?}");
+}
+
+#[tokio::test]
+async fn requests_carry_their_deadline_and_expire_unread_in_the_queue() {
+    use futures::StreamExt as _;
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &[]).await;
+    let mut call = tonic::Request::new(request(0, b"nobody computes this"));
+    call.set_timeout(Duration::from_secs(3));
+    let mut client = unit.client().await.expect("client");
+    let call = tokio::spawn(async move { client.compute(call).await });
+    wait_for_queue_counts(&broker, &queue, (1, 0, 0)).await;
+
+    // Read it without taking it away (a consumer that gives it back at once).
+    let connection = lapin::Connection::connect(&broker.uri, lapin::ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let channel = connection.create_channel().await.expect("channel");
+    let mut consumer = channel
+        .basic_consume(queue.name().into(), "".into(), Default::default(), Default::default())
+        .await
+        .expect("consume");
+    let delivery = consumer.next().await.expect("a delivery").expect("delivery");
+    let properties = &delivery.properties;
+    let expiration: u64 = properties
+        .expiration()
+        .as_ref()
+        .and_then(|e| e.as_str().parse().ok())
+        .expect("a per-message expiration");
+    assert!(
+        (1000..=3000).contains(&expiration),
+        "the time left, in ms: {expiration}"
+    );
+    let due = dnet_amqp::deadline::deadline_of(properties).expect("the deadline header");
+    let left = due.saturating_duration_since(std::time::Instant::now());
+    assert!(
+        left <= Duration::from_secs(3) && left >= Duration::from_millis(500),
+        "{left:?} left"
+    );
+    delivery
+        .nack(lapin::options::BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .expect("give it back");
+    let _ = connection.close(200, "read".into()).await;
+
+    let status = call.await.expect("call task").expect_err("nobody answers");
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    // The broker drops it unread once it expires.
+    wait_for_queue_counts(&broker, &queue, (0, 0, 0)).await;
+}
+
+/// Waits until the broker counts (ready, unacknowledged, consumers) on `queue`.
+async fn wait_for_queue_counts(broker: &Broker, queue: &TestQueue, counts: (u64, u64, u64)) {
+    wait_for(&format!("the queue to hold {counts:?}"), PATIENCE, || async {
+        (broker.queue_counts(queue.name()).ok()? == Some(counts)).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}; the broker counts {:?}", broker.queue_counts(queue.name())));
 }
 
 #[tokio::test]

@@ -1,0 +1,107 @@
+//! The worker's Prometheus metrics (the engine registers its own).
+
+use std::sync::Arc;
+
+use dnet_proto::{ComputationResponse, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: &'static str,
+}
+
+/// The statuses a reply can have.
+const REPLY_STATUSES: [StatusCode; 3] = [StatusCode::Success, StatusCode::NotSuccess, StatusCode::Error];
+
+/// What the worker counts.
+#[derive(Debug)]
+pub struct WorkerMetrics {
+    /// Replies the broker confirmed, by status.
+    replies: Family<StatusLabel, Counter>,
+    /// Requests this worker gave back to the queue.
+    pub requeued: Counter,
+    /// Replies the broker refused or that could not be published.
+    pub unpublished_replies: Counter,
+    /// Deliveries that came with the redelivered flag: a worker before this
+    /// one ended while holding them.
+    pub redelivered: Counter,
+    /// Requests skipped because their deadline had passed.
+    pub expired: Counter,
+    /// Requests answered ERROR because they stopped --max-attempts workers.
+    pub poisoned: Counter,
+}
+
+impl WorkerMetrics {
+    pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let metrics = Self {
+            replies: Family::default(),
+            requeued: Counter::default(),
+            unpublished_replies: Counter::default(),
+            redelivered: Counter::default(),
+            expired: Counter::default(),
+            poisoned: Counter::default(),
+        };
+        // Every status from the start, so that a scrape reads 0 rather than nothing.
+        for status in REPLY_STATUSES {
+            let _ = metrics.replies.get_or_create(&StatusLabel {
+                status: status.as_str_name(),
+            });
+        }
+        registry.register(
+            "dnet_worker_replies",
+            "Replies published (confirmed by the broker), by status",
+            metrics.replies.clone(),
+        );
+        registry.register(
+            "dnet_worker_requeued",
+            "Requests this worker gave back to the queue",
+            metrics.requeued.clone(),
+        );
+        registry.register(
+            "dnet_worker_unpublished_replies",
+            "Replies the broker refused or that could not be published (their requests went back to the queue)",
+            metrics.unpublished_replies.clone(),
+        );
+        registry.register(
+            "dnet_worker_redelivered",
+            "Deliveries that arrived with the redelivered flag (a worker ended while holding them)",
+            metrics.redelivered.clone(),
+        );
+        registry.register(
+            "dnet_expired",
+            "Requests skipped, not computed, because their deadline had passed",
+            metrics.expired.clone(),
+        );
+        registry.register(
+            "dnet_worker_poisoned",
+            "Requests answered ERROR because they had stopped --max-attempts workers",
+            metrics.poisoned.clone(),
+        );
+        Arc::new(metrics)
+    }
+
+    /// Counts a reply the broker confirmed.
+    pub fn count_reply(&self, response: &ComputationResponse) {
+        let status = StatusCode::try_from(response.status).map_or("UNKNOWN", |s| s.as_str_name());
+        self.replies.get_or_create(&StatusLabel { status }).inc();
+    }
+
+    /// (replies published, requests requeued) so far, for the stop summary.
+    #[must_use]
+    pub fn totals(&self) -> (u64, u64) {
+        let published = REPLY_STATUSES
+            .iter()
+            .map(|status| {
+                self.replies
+                    .get_or_create(&StatusLabel {
+                        status: status.as_str_name(),
+                    })
+                    .get()
+            })
+            .sum();
+        (published, self.requeued.get())
+    }
+}

@@ -1,4 +1,5 @@
-//! Closed-loop callers, each request with an input of its own, and how each call ended.
+//! Callers in closed and open loop, each request with an input of its own,
+//! and how each call ended.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +16,8 @@ pub const GRACE: Duration = Duration::from_secs(2);
 /// What the callers saw.
 #[derive(Debug, Default)]
 pub struct Tally {
+    /// Requests were numbered from here, `sent` of them in a row.
+    pub first_id: u64,
     pub sent: u64,
     /// SUCCESS answers with a result.
     pub answered: u64,
@@ -24,8 +27,12 @@ pub struct Tally {
     pub lost: u64,
     /// How far past its deadline the slowest call ended, ms.
     pub max_over_deadline_ms: f64,
+    /// Answered within their deadline.
+    pub in_time: u64,
     /// End times of the answered calls.
     pub answered_at: Vec<Instant>,
+    /// Latency of each answered call, ms.
+    pub latencies_ms: Vec<f64>,
     /// Every answer: the id of the request it answered and its probabilities,
     /// to check later that it is that request's answer.
     pub answers: Vec<(u64, Vec<f32>)>,
@@ -54,7 +61,9 @@ impl Tally {
             *self.errors.entry(kind).or_default() += n;
         }
         self.max_over_deadline_ms = self.max_over_deadline_ms.max(other.max_over_deadline_ms);
+        self.in_time += other.in_time;
         self.answered_at.extend(other.answered_at);
+        self.latencies_ms.extend(other.latencies_ms);
         self.answers.extend(other.answers);
     }
 }
@@ -93,63 +102,130 @@ fn probabilities(result: &[u8]) -> Option<Vec<f32>> {
     )
 }
 
-/// `callers` closed-loop callers against `address` for `duration`, each call
-/// with `deadline`; request ids count up from 0.
-pub async fn run(address: &str, callers: usize, duration: Duration, deadline: Duration) -> anyhow::Result<Tally> {
+fn client(address: &str) -> anyhow::Result<DNetClient<tonic::transport::Channel>> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
         .connect_timeout(Duration::from_secs(1))
         .connect_lazy();
-    let client = DNetClient::new(channel);
-    let next_id = Arc::new(AtomicU64::new(0));
+    Ok(DNetClient::new(channel))
+}
+
+/// Sends request `id` with `deadline` and adds how it ended to `tally`.
+async fn call(client: &mut DNetClient<tonic::transport::Channel>, id: u64, deadline: Duration, tally: &mut Tally) {
+    let mut request = tonic::Request::new(ComputationRequest {
+        start_layer: 0,
+        x: image(id),
+    });
+    request.set_timeout(deadline);
+    let sent = Instant::now();
+    tally.sent += 1;
+    let outcome = tokio::time::timeout(deadline + GRACE, client.compute(request)).await;
+    let took = sent.elapsed();
+    tally.max_over_deadline_ms = tally
+        .max_over_deadline_ms
+        .max((took.as_secs_f64() - deadline.as_secs_f64()) * 1e3);
+    match outcome {
+        Err(_) => tally.lost += 1,
+        Ok(Ok(answer)) => {
+            let answer = answer.into_inner();
+            let probs = match &answer.data {
+                Some(Data::Result(result)) => probabilities(result),
+                _ => None,
+            };
+            match (StatusCode::try_from(answer.status), probs) {
+                (Ok(StatusCode::Success), Some(probs)) => {
+                    tally.answered += 1;
+                    if took <= deadline {
+                        tally.in_time += 1;
+                    }
+                    tally.answered_at.push(Instant::now());
+                    tally.latencies_ms.push(took.as_secs_f64() * 1e3);
+                    tally.answers.push((id, probs));
+                }
+                (Ok(StatusCode::Error), _) => {
+                    *tally.errors.entry("ERROR reply".into()).or_default() += 1;
+                }
+                _ => tally.lost += 1,
+            }
+        }
+        Ok(Err(status)) if !status.message().is_empty() => {
+            *tally.errors.entry(format!("{:?}", status.code())).or_default() += 1;
+        }
+        Ok(Err(_)) => tally.lost += 1,
+    }
+}
+
+/// `callers` closed-loop callers against `address` for `duration`, each call
+/// with `deadline`; request ids count up from `first_id`.
+pub async fn closed_loop(
+    address: &str,
+    callers: usize,
+    duration: Duration,
+    deadline: Duration,
+    first_id: u64,
+) -> anyhow::Result<Tally> {
+    let client = client(address)?;
+    let next_id = Arc::new(AtomicU64::new(first_id));
     let end = Instant::now() + duration;
     let tasks = (0..callers).map(|_| {
         let (mut client, next_id) = (client.clone(), Arc::clone(&next_id));
         tokio::spawn(async move {
             let mut tally = Tally::default();
             while Instant::now() < end {
-                let id = next_id.fetch_add(1, Ordering::SeqCst);
-                let mut request = tonic::Request::new(ComputationRequest {
-                    start_layer: 0,
-                    x: image(id),
-                });
-                request.set_timeout(deadline);
-                let sent = Instant::now();
-                tally.sent += 1;
-                let outcome = tokio::time::timeout(deadline + GRACE, client.compute(request)).await;
-                let over = sent.elapsed().as_secs_f64() * 1e3 - deadline.as_secs_f64() * 1e3;
-                tally.max_over_deadline_ms = tally.max_over_deadline_ms.max(over);
-                match outcome {
-                    Err(_) => tally.lost += 1,
-                    Ok(Ok(answer)) => {
-                        let answer = answer.into_inner();
-                        let probs = match &answer.data {
-                            Some(Data::Result(result)) => probabilities(result),
-                            _ => None,
-                        };
-                        match (StatusCode::try_from(answer.status), probs) {
-                            (Ok(StatusCode::Success), Some(probs)) => {
-                                tally.answered += 1;
-                                tally.answered_at.push(Instant::now());
-                                tally.answers.push((id, probs));
-                            }
-                            (Ok(StatusCode::Error), _) => {
-                                *tally.errors.entry("ERROR reply".into()).or_default() += 1;
-                            }
-                            _ => tally.lost += 1,
-                        }
-                    }
-                    Ok(Err(status)) if !status.message().is_empty() => {
-                        *tally.errors.entry(format!("{:?}", status.code())).or_default() += 1;
-                        // Do not spin on an unreachable unit.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    Ok(Err(_)) => tally.lost += 1,
+                let errors = tally.error_count();
+                call(
+                    &mut client,
+                    next_id.fetch_add(1, Ordering::SeqCst),
+                    deadline,
+                    &mut tally,
+                )
+                .await;
+                if tally.error_count() > errors {
+                    // Do not spin on an unreachable unit.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
             tally
         })
     });
-    let mut total = Tally::default();
+    let mut total = Tally {
+        first_id,
+        ..Tally::default()
+    };
+    for tally in futures::future::join_all(tasks).await {
+        total.merge(tally?);
+    }
+    Ok(total)
+}
+
+/// Open loop: one request every 1/`rate` s for `duration`, whatever the
+/// answers, each with `deadline`; request ids count up from `first_id`.
+pub async fn open_loop(
+    address: &str,
+    rate: f64,
+    duration: Duration,
+    deadline: Duration,
+    first_id: u64,
+) -> anyhow::Result<Tally> {
+    let client = client(address)?;
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let end = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    let mut id = first_id;
+    while Instant::now() < end {
+        ticks.tick().await;
+        let mut client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            call(&mut client, id, deadline, &mut tally).await;
+            tally
+        }));
+        id += 1;
+    }
+    let mut total = Tally {
+        first_id,
+        ..Tally::default()
+    };
     for tally in futures::future::join_all(tasks).await {
         total.merge(tally?);
     }

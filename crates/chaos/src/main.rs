@@ -4,13 +4,17 @@
 //! clean errors) and redeliveries. Exit status 1 when anything was lost,
 //! wrong or duplicated.
 //!
-//! Layout: `load` (callers and how a call ended), `verify` (every answer
-//! against the model), `proxy` (a slow, cutting TCP link), `scenarios` (the
-//! faults). Processes, queues and the private broker come from `dnet-testkit`.
+//! Layout: `load` (callers in closed and open loop, how a call ended),
+//! `verify` (every answer against the model), `proxy` (a slow, cutting TCP
+//! link), `faults` (processes and links failing), `overload` (overload, a
+//! stall then a burst, a poison request), `report` (rows and the table).
+//! Processes, queues and the private broker come from `dnet-testkit`.
 
+mod faults;
 mod load;
+mod overload;
 mod proxy;
-mod scenarios;
+mod report;
 mod verify;
 
 use std::path::PathBuf;
@@ -52,8 +56,14 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| std::env::temp_dir().join(format!("dnet-chaos-{}", std::process::id())));
     eprintln!("[chaos] logs in {}", logs.display());
     dnet_testkit::process::keep_logs_in(logs);
-    let rows = scenarios::run_all(duration).await?;
-    let table = scenarios::table(&rows, duration);
+    let broker = dnet_testkit::Broker::local();
+    let mut rows = faults::all(&broker, duration).await?;
+    rows.extend(overload::all(&broker, duration).await?);
+    for row in &mut rows {
+        let reference = verify::Reference::new(faults::SEED, usize::from(row.answer_exit))?;
+        row.check = reference.check(&row.tally)?;
+    }
+    let table = report::table(&rows, duration);
     println!("{table}");
     if let Some(out) = &args.out {
         std::fs::write(out, &table)?;

@@ -11,7 +11,7 @@ use dnet_model::options::Precision;
 use dnet_model::weights::{load, WeightSource};
 use tch::{Device, Tensor};
 
-use crate::load::image;
+use crate::load::{image, Tally};
 
 /// Largest difference between an answer's probability and the one computed
 /// here that still counts as equal (batch size and threads change the last bits).
@@ -44,16 +44,19 @@ impl Reference {
         Ok(Reference { model, exit })
     }
 
-    /// Checks `answers` ((request id, probs)) of requests 0..`sent`.
+    /// Checks every answer of `tally` against the requests it sent.
     ///
     /// # Errors
     /// An input cannot be decoded or the model fails.
-    pub fn check(&self, sent: u64, answers: &[(u64, Vec<f32>)]) -> anyhow::Result<Check> {
-        let expected = self.expected(sent)?;
+    pub fn check(&self, tally: &Tally) -> anyhow::Result<Check> {
+        let expected = self.expected(tally.first_id, tally.sent)?;
         let mut answers_per_request = vec![0_u64; expected.len()];
         let mut check = Check::default();
-        for (id, probs) in answers {
-            let own = usize::try_from(*id).ok().filter(|&i| i < expected.len());
+        for (id, probs) in &tally.answers {
+            let own = id
+                .checked_sub(tally.first_id)
+                .and_then(|i| usize::try_from(i).ok())
+                .filter(|&i| i < expected.len());
             match own {
                 Some(i) if close(probs, &expected[i]) => answers_per_request[i] += 1,
                 _ => {
@@ -68,13 +71,14 @@ impl Reference {
         Ok(check)
     }
 
-    /// The probabilities of requests 0..n at this exit.
-    fn expected(&self, n: u64) -> anyhow::Result<Vec<Vec<f32>>> {
+    /// The probabilities of requests `first_id`.. (`n` of them) at this exit.
+    fn expected(&self, first_id: u64, n: u64) -> anyhow::Result<Vec<Vec<f32>>> {
         let _no_grad = tch::no_grad_guard();
         let mut all = Vec::new();
-        let mut first = 0;
-        while first < n {
-            let last = (first + BATCH).min(n);
+        let mut first = first_id;
+        let end = first_id + n;
+        while first < end {
+            let last = (first + BATCH).min(end);
             let images = (first..last)
                 .map(|id| decode_x(&image(id), 0, 1).map_err(anyhow::Error::from))
                 .collect::<anyhow::Result<Vec<Tensor>>>()?;
@@ -98,15 +102,20 @@ mod tests {
     #[test]
     fn an_answer_given_to_the_wrong_request_is_wrong_and_a_duplicate() {
         let reference = Reference::new(1, 2).expect("model");
-        let expected = reference.expected(3).expect("expected");
-        let right: Vec<(u64, Vec<f32>)> = (0..3).map(|id| (id, expected[id as usize].clone())).collect();
-        assert_eq!(reference.check(3, &right).expect("check"), Check::default());
+        let expected = reference.expected(10, 3).expect("expected");
+        let right = Tally {
+            first_id: 10,
+            sent: 3,
+            answers: (0..3).map(|i| (10 + i, expected[i as usize].clone())).collect(),
+            ..Tally::default()
+        };
+        assert_eq!(reference.check(&right).expect("check"), Check::default());
 
-        // Request 0's answer also came back for request 1.
+        // Request 10's answer also came back for request 11.
         let mut swapped = right;
-        swapped[1].1 = expected[0].clone();
+        swapped.answers[1].1 = expected[0].clone();
         assert_eq!(
-            reference.check(3, &swapped).expect("check"),
+            reference.check(&swapped).expect("check"),
             Check {
                 wrong: 1,
                 duplicates: 1

@@ -7,9 +7,15 @@
 //! the batch is not full, the model waits up to `--batch-timeout` for more
 //! requests of that start layer (0: it never waits). Requests of another
 //! start layer keep their place for a later batch.
+//!
+//! Deadlines: a batch only grows while the forward it makes, as long as
+//! forwards of that start layer have taken per sample lately, ends before
+//! the earliest deadline in it; the requests left out wait for the next
+//! batch. A request that would miss its deadline even alone is not computed
+//! (nobody would read its answer).
 
-use std::collections::VecDeque;
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 /// The batching settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +32,79 @@ pub trait Batchable {
     fn start(&self) -> usize;
     /// Samples the request counts toward the batch.
     fn samples(&self) -> usize;
+    /// When nobody waits for its answer any more.
+    fn deadline(&self) -> Option<Instant>;
+}
+
+/// What a forward costs, per start layer: a running average of the time per
+/// sample that forwards took (recent ones weigh more).
+#[derive(Debug, Default)]
+pub struct CostModel {
+    seconds_per_sample: HashMap<usize, f64>,
+}
+
+/// Weight of the newest forward in the running average.
+const COST_WEIGHT: f64 = 0.3;
+
+impl CostModel {
+    /// Records a forward of `samples` from `start` that took `took`.
+    pub fn observe(&mut self, start: usize, samples: usize, took: Duration) {
+        let per_sample = took.as_secs_f64() / samples.max(1) as f64;
+        self.seconds_per_sample
+            .entry(start)
+            .and_modify(|average| *average += COST_WEIGHT * (per_sample - *average))
+            .or_insert(per_sample);
+    }
+
+    /// The expected time of a forward of `samples` from `start`; zero before
+    /// any forward of that start layer was measured.
+    #[must_use]
+    pub fn estimate(&self, start: usize, samples: usize) -> Duration {
+        self.seconds_per_sample
+            .get(&start)
+            .map_or(Duration::ZERO, |s| Duration::from_secs_f64(s * samples as f64))
+    }
+}
+
+/// A batch sorted by what its deadlines allow.
+#[derive(Debug)]
+pub struct Fitted<J> {
+    /// To compute now, in arrival order.
+    pub run: Vec<J>,
+    /// Would miss their deadline even alone: not computed.
+    pub hopeless: Vec<J>,
+    /// Would push the batch past an earlier deadline: back to wait, in order.
+    pub later: Vec<J>,
+}
+
+/// Splits `batch` (one start layer) by what its deadlines allow from `now`,
+/// as `cost` expects the forward to take.
+pub fn fit_deadlines<J: Batchable>(batch: Vec<J>, now: Instant, cost: &CostModel) -> Fitted<J> {
+    let mut fitted = Fitted {
+        run: Vec::new(),
+        hopeless: Vec::new(),
+        later: Vec::new(),
+    };
+    let mut earliest: Option<Instant> = None;
+    for job in batch {
+        let alone = now + cost.estimate(job.start(), job.samples());
+        if job.deadline().is_some_and(|d| d <= alone) {
+            fitted.hopeless.push(job);
+            continue;
+        }
+        let earliest_with = match (earliest, job.deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let ends = now + cost.estimate(job.start(), samples(&fitted.run) + job.samples());
+        if !fitted.run.is_empty() && earliest_with.is_some_and(|d| ends > d) {
+            fitted.later.push(job);
+        } else {
+            earliest = earliest_with;
+            fitted.run.push(job);
+        }
+    }
+    fitted
 }
 
 /// Samples in `batch`.
@@ -64,7 +143,7 @@ mod tests {
     use super::*;
 
     #[derive(Debug, PartialEq)]
-    struct Job(usize, usize, &'static str);
+    struct Job(usize, usize, &'static str, Option<Instant>);
 
     impl Batchable for Job {
         fn start(&self) -> usize {
@@ -72,6 +151,9 @@ mod tests {
         }
         fn samples(&self) -> usize {
             self.1
+        }
+        fn deadline(&self) -> Option<Instant> {
+            self.3
         }
     }
 
@@ -81,7 +163,13 @@ mod tests {
 
     #[test]
     fn the_oldest_job_decides_the_start_layer_and_others_keep_their_order() {
-        let mut waiting: VecDeque<Job> = [Job(8, 1, "a"), Job(0, 1, "b"), Job(8, 2, "c"), Job(0, 1, "d")].into();
+        let mut waiting: VecDeque<Job> = [
+            Job(8, 1, "a", None),
+            Job(0, 1, "b", None),
+            Job(8, 2, "c", None),
+            Job(0, 1, "d", None),
+        ]
+        .into();
         assert_eq!(names(&take(&mut waiting, 32)), ["a", "c"]);
         assert_eq!(names(waiting.make_contiguous()), ["b", "d"]);
         assert_eq!(names(&take(&mut waiting, 32)), ["b", "d"]);
@@ -90,7 +178,13 @@ mod tests {
 
     #[test]
     fn a_batch_stops_at_its_sample_limit_and_a_large_request_runs_alone() {
-        let mut waiting: VecDeque<Job> = [Job(0, 3, "a"), Job(0, 2, "b"), Job(0, 1, "c"), Job(0, 9, "d")].into();
+        let mut waiting: VecDeque<Job> = [
+            Job(0, 3, "a", None),
+            Job(0, 2, "b", None),
+            Job(0, 1, "c", None),
+            Job(0, 9, "d", None),
+        ]
+        .into();
         assert_eq!(
             names(&take(&mut waiting, 4)),
             ["a", "c"],
@@ -98,5 +192,37 @@ mod tests {
         );
         assert_eq!(names(&take(&mut waiting, 4)), ["b"]);
         assert_eq!(names(&take(&mut waiting, 4)), ["d"], "larger than the limit: alone");
+    }
+
+    #[test]
+    fn a_batch_grows_only_while_it_ends_before_its_earliest_deadline() {
+        let now = Instant::now();
+        let mut cost = CostModel::default();
+        cost.observe(0, 1, Duration::from_millis(10));
+        let due = |ms| Some(now + Duration::from_millis(ms));
+        let batch = vec![
+            Job(0, 1, "a", due(35)),
+            Job(0, 1, "b", None),
+            Job(0, 2, "c", due(100)),
+            Job(0, 1, "d", due(5)),
+            Job(0, 1, "e", due(1000)),
+        ];
+        let fitted = fit_deadlines(batch, now, &cost);
+        // a+b end at 20 ms < 35; c would make 40 > 35: later; d cannot make 5 ms even alone;
+        // e (30 ms) still ends before a's 35 ms.
+        assert_eq!(names(&fitted.run), ["a", "b", "e"]);
+        assert_eq!(names(&fitted.later), ["c"]);
+        assert_eq!(names(&fitted.hopeless), ["d"]);
+    }
+
+    #[test]
+    fn without_a_measured_forward_nothing_is_held_back() {
+        let now = Instant::now();
+        let batch = vec![
+            Job(0, 1, "a", Some(now + Duration::from_millis(1))),
+            Job(0, 1, "b", None),
+        ];
+        let fitted = fit_deadlines(batch, now, &CostModel::default());
+        assert_eq!(names(&fitted.run), ["a", "b"]);
     }
 }

@@ -16,7 +16,7 @@ use tch::Tensor;
 use tokio::sync::oneshot;
 use tracing::{error, info};
 
-use crate::batch::{self, BatchPolicy, Batchable};
+use crate::batch::{self, BatchPolicy, Batchable, CostModel};
 use crate::metrics::EngineMetrics;
 use crate::model::MultiExitInception;
 use crate::options::Precision;
@@ -42,6 +42,9 @@ impl Batchable for Job {
     fn samples(&self) -> usize {
         self.request.samples
     }
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
 }
 
 /// What became of a job.
@@ -51,7 +54,8 @@ pub enum Outcome {
     Reply(ComputationResponse),
     /// Not computed because the engine is stopping: give it back.
     Requeue,
-    /// Not computed: its deadline passed while it waited.
+    /// Not computed: its deadline passed while it waited, or would pass
+    /// before a forward of it could end.
     Expired,
 }
 
@@ -80,6 +84,8 @@ struct Worker {
     batching: BatchPolicy,
     metrics: Arc<EngineMetrics>,
     stopping: Arc<AtomicBool>,
+    /// What forwards took lately, to fit batches to deadlines.
+    cost: CostModel,
 }
 
 impl Engine {
@@ -122,6 +128,7 @@ impl Engine {
                     batching: settings.batching,
                     metrics,
                     stopping: stop_flag,
+                    cost: CostModel::default(),
                 }
                 .run(&queue);
             })
@@ -164,7 +171,7 @@ impl Engine {
 
 impl Worker {
     /// Forms and computes batches until every sender is gone.
-    fn run(&self, queue: &mpsc::Receiver<Job>) {
+    fn run(mut self, queue: &mpsc::Receiver<Job>) {
         let mut waiting = VecDeque::new();
         loop {
             if waiting.is_empty() {
@@ -182,15 +189,15 @@ impl Worker {
                 }
                 continue;
             }
-            let now = Instant::now();
-            let (expired, live): (Vec<Job>, Vec<Job>) = batch
-                .into_iter()
-                .partition(|job| job.deadline.is_some_and(|d| d <= now));
-            for job in expired {
+            let fitted = batch::fit_deadlines(batch, Instant::now(), &self.cost);
+            for job in fitted.hopeless {
                 let _ = job.done.send(Outcome::Expired);
             }
-            if !live.is_empty() {
-                self.compute(live);
+            for job in fitted.later.into_iter().rev() {
+                waiting.push_front(job);
+            }
+            if !fitted.run.is_empty() {
+                self.compute(fitted.run);
             }
         }
     }
@@ -213,9 +220,10 @@ impl Worker {
     }
 
     /// One forward pass over `batch`; every job gets its reply.
-    fn compute(&self, batch: Vec<Job>) {
+    fn compute(&mut self, batch: Vec<Job>) {
         let started = Instant::now();
         let samples = batch::samples(&batch);
+        let start = batch.first().map_or(0, |job| job.request.start);
         let replies = catch_unwind(AssertUnwindSafe(|| self.forward(&batch))).unwrap_or_else(|panic| {
             let message = panic
                 .downcast_ref::<String>()
@@ -227,6 +235,7 @@ impl Worker {
             Err(format!("internal error while computing: {message}"))
         });
         let compute = started.elapsed();
+        self.cost.observe(start, samples, compute);
         self.metrics.batch_size.observe(samples as f64);
         self.metrics.compute_seconds.observe(compute.as_secs_f64());
         let replies = replies.unwrap_or_else(|message| vec![Err(message); batch.len()]);

@@ -34,11 +34,12 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `program` with `args`; stdout is discarded, stderr goes to the log.
+    /// Starts `program` with `args` and, besides this process's environment,
+    /// `env`; stdout is discarded, stderr goes to the log.
     ///
     /// # Errors
     /// The program cannot be started.
-    pub fn start(program: &Path, args: &[String]) -> anyhow::Result<Process> {
+    pub fn start(program: &Path, args: &[String], env: &[(&str, &str)]) -> anyhow::Result<Process> {
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let name = program
             .file_name()
@@ -56,6 +57,7 @@ impl Process {
         };
         let child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()

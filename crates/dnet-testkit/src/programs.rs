@@ -137,7 +137,7 @@ impl TransmissionUnit {
             ],
             extra,
         );
-        let mut process = Process::start(&binary(&bin_dir(), "transmission-unit")?, &args)?;
+        let mut process = Process::start(&binary(&bin_dir(), "transmission-unit")?, &args, &[])?;
         let address = logged_address(&mut process, "transmission unit serving", "listen").await?;
         let metrics_address = logged_address(&mut process, "serving Prometheus metrics at /metrics", "address").await?;
         Ok(TransmissionUnit {
@@ -221,7 +221,22 @@ impl ComputationUnit {
         seed: u64,
         extra: &[&str],
     ) -> anyhow::Result<ComputationUnit> {
-        let mut unit = ComputationUnit::launch(broker, queue, exit, seed, extra).await?;
+        ComputationUnit::start_with_env(broker, queue, exit, seed, extra, &[]).await
+    }
+
+    /// [`ComputationUnit::start`] with more environment variables.
+    ///
+    /// # Errors
+    /// It does not start, or does not consume in time.
+    pub async fn start_with_env(
+        broker: &Broker,
+        queue: &str,
+        exit: u8,
+        seed: u64,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ComputationUnit> {
+        let mut unit = ComputationUnit::spawn(broker, queue, exit, seed, extra, env).await?;
         unit.process.wait_for_event("consuming", READY_WITHIN).await?;
         Ok(unit)
     }
@@ -238,6 +253,17 @@ impl ComputationUnit {
         seed: u64,
         extra: &[&str],
     ) -> anyhow::Result<ComputationUnit> {
+        ComputationUnit::spawn(broker, queue, exit, seed, extra, &[]).await
+    }
+
+    async fn spawn(
+        broker: &Broker,
+        queue: &str,
+        exit: u8,
+        seed: u64,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<ComputationUnit> {
         let args = arguments(
             &[
                 ("-a", broker.uri.clone()),
@@ -250,7 +276,7 @@ impl ComputationUnit {
             ],
             extra,
         );
-        let mut process = Process::start(&binary(&bin_dir(), "computation-unit")?, &args)?;
+        let mut process = Process::start(&binary(&bin_dir(), "computation-unit")?, &args, env)?;
         let metrics_address = logged_address(&mut process, "serving Prometheus metrics at /metrics", "address").await?;
         Ok(ComputationUnit {
             process,

@@ -1,36 +1,40 @@
-//! The five fault scenarios. Each starts its own processes on fresh queues,
-//! runs callers for the whole duration, injects its fault at one third (and
+//! The fault scenarios. Each starts its own processes on fresh queues, runs
+//! callers for the whole duration, injects its fault at one third (and
 //! repairs it at two thirds where it has a repair), and reports a row. The
-//! broker restart happens on a private RabbitMQ node, never the machine's.
+//! broker restart happens on a private RabbitMQ node, never the machine's;
+//! it and the next unit's restart run with retries off, then on.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use dnet_testkit::{Broker, ComputationUnit, PrivateBroker, TestQueue, TransmissionUnit};
 
-use crate::load::{self, Tally};
+use crate::load;
 use crate::proxy;
-use crate::verify::{Check, Reference};
+use crate::report::{Row, CALLERS};
+use crate::verify::Check;
 
-const CALLERS: usize = 4;
 /// Random weights of every worker (and of the reference that checks answers).
 pub const SEED: u64 = 1;
 /// Every scenario's answers come from this exit (exit 2 units never answer).
 pub const ANSWER_EXIT: u8 = 4;
 
-/// One scenario's outcome.
-pub struct Row {
-    pub name: &'static str,
-    pub tally: Tally,
-    pub check: Check,
-    /// Deliveries the surviving workers received marked as redelivered.
-    pub redelivered: u64,
-    pub note: String,
+/// `--retry-budget` of the transmission units: off, or the default.
+fn retry_flags(retries: bool) -> &'static [&'static str] {
+    if retries {
+        &[]
+    } else {
+        &["--retry-budget", "0"]
+    }
+}
+
+fn with_retries(name: &str, retries: bool) -> String {
+    format!("{name} (retries {})", if retries { "on" } else { "off" })
 }
 
 /// A worker of `exit` on `queue`: it answers every request when `answers`,
 /// otherwise it hands every request on.
-async fn worker(broker: &Broker, queue: &TestQueue, exit: u8, answers: bool) -> anyhow::Result<ComputationUnit> {
+pub async fn worker(broker: &Broker, queue: &TestQueue, exit: u8, answers: bool) -> anyhow::Result<ComputationUnit> {
     let thresholds = vec![if answers { "0" } else { "1" }; 15].join(",");
     ComputationUnit::start(
         broker,
@@ -42,7 +46,7 @@ async fn worker(broker: &Broker, queue: &TestQueue, exit: u8, answers: bool) -> 
     .await
 }
 
-async fn unit(broker: &Broker, queue: &TestQueue, extra: &[&str]) -> anyhow::Result<TransmissionUnit> {
+pub async fn unit(broker: &Broker, queue: &TestQueue, extra: &[&str]) -> anyhow::Result<TransmissionUnit> {
     let mut args = vec!["--timeout", "10s"];
     args.extend_from_slice(extra);
     TransmissionUnit::start(broker, queue.name(), &args).await
@@ -50,7 +54,7 @@ async fn unit(broker: &Broker, queue: &TestQueue, extra: &[&str]) -> anyhow::Res
 
 /// Redeliveries counted by these workers; a worker whose metrics cannot be
 /// read fails the scenario rather than counting 0.
-async fn redelivered(workers: &[&ComputationUnit]) -> anyhow::Result<u64> {
+pub async fn redelivered(workers: &[&ComputationUnit]) -> anyhow::Result<u64> {
     let mut total = 0.0;
     for worker in workers {
         total += worker
@@ -62,30 +66,25 @@ async fn redelivered(workers: &[&ComputationUnit]) -> anyhow::Result<u64> {
     Ok(total as u64)
 }
 
-/// Runs every scenario in turn and checks every answer.
+/// Runs every fault scenario in turn.
 ///
 /// # Errors
 /// A unit that does not start, metrics that cannot be read, or a broker that
 /// does not come back.
-pub async fn run_all(duration: Duration) -> anyhow::Result<Vec<Row>> {
-    let reference = Reference::new(SEED, usize::from(ANSWER_EXIT))?;
-    let broker = Broker::local();
-    let mut rows = vec![
-        kill_a_worker(&broker, duration).await?,
-        restart_the_broker(duration).await?,
-        restart_the_next_unit(&broker, duration).await?,
-        slow_cutting_link(&broker, duration).await?,
-        stall_a_worker(&broker, duration).await?,
-    ];
-    for row in &mut rows {
-        row.check = reference.check(row.tally.sent, &row.tally.answers)?;
+pub async fn all(broker: &Broker, duration: Duration) -> anyhow::Result<Vec<Row>> {
+    let mut rows = vec![kill_a_worker(broker, duration).await?];
+    for retries in [false, true] {
+        rows.push(restart_the_broker(duration, retries).await?);
+        rows.push(restart_the_next_unit(broker, duration, retries).await?);
     }
+    rows.push(slow_cutting_link(broker, duration).await?);
+    rows.push(stall_a_worker(broker, duration).await?);
     Ok(rows)
 }
 
 /// 1. kill -9 of one of two workers on a queue under load.
 async fn kill_a_worker(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
-    eprintln!("[chaos] 1/5 kill -9 one of two workers");
+    eprintln!("[chaos] kill -9 one of two workers");
     let queue = TestQueue::new(broker);
     let unit = unit(broker, &queue, &[]).await?;
     let (doomed, survivor) = futures::future::join(
@@ -96,14 +95,18 @@ async fn kill_a_worker(broker: &Broker, duration: Duration) -> anyhow::Result<Ro
     let (mut doomed, survivor) = (doomed?, survivor?);
     unit.wait_for_consumers(2).await?;
     let address = unit.endpoint();
-    let (tally, ()) = tokio::join!(load::run(&address, CALLERS, duration, Duration::from_secs(5)), async {
-        tokio::time::sleep(duration / 3).await;
-        doomed.process.kill();
-    });
+    let (tally, ()) = tokio::join!(
+        load::closed_loop(&address, CALLERS, duration, Duration::from_secs(5), 0),
+        async {
+            tokio::time::sleep(duration / 3).await;
+            doomed.process.kill();
+        }
+    );
     let redelivered = redelivered(&[&survivor]).await?;
     Ok(Row {
-        name: "kill -9 one of two workers",
+        name: "kill -9 one of two workers".into(),
         tally: tally?,
+        answer_exit: ANSWER_EXIT,
         check: Check::default(),
         redelivered,
         note: format!("{redelivered} request(s) the killed worker held were redelivered to the survivor"),
@@ -111,12 +114,13 @@ async fn kill_a_worker(broker: &Broker, duration: Duration) -> anyhow::Result<Ro
 }
 
 /// 2. The broker restarted under load (a private node: the machine's broker is shared).
-async fn restart_the_broker(duration: Duration) -> anyhow::Result<Row> {
-    eprintln!("[chaos] 2/5 restart RabbitMQ (a private node)");
+async fn restart_the_broker(duration: Duration, retries: bool) -> anyhow::Result<Row> {
+    let name = with_retries("RabbitMQ restarted", retries);
+    eprintln!("[chaos] {name} (a private node)");
     let node = tokio::task::spawn_blocking(PrivateBroker::start).await??;
     let broker = node.broker().clone();
     let queue = TestQueue::new(&broker);
-    let unit = unit(&broker, &queue, &[]).await?;
+    let unit = unit(&broker, &queue, retry_flags(retries)).await?;
     let worker = worker(&broker, &queue, ANSWER_EXIT, true).await?;
     let address = unit.endpoint();
     let node = std::sync::Arc::new(node);
@@ -137,7 +141,10 @@ async fn restart_the_broker(duration: Duration) -> anyhow::Result<Row> {
     };
     // Longer load: stopping and starting RabbitMQ takes seconds, and recovery is measured after.
     let load_time = duration + Duration::from_secs(10);
-    let (tally, back) = tokio::join!(load::run(&address, CALLERS, load_time, Duration::from_secs(5)), fault);
+    let (tally, back) = tokio::join!(
+        load::closed_loop(&address, CALLERS, load_time, Duration::from_secs(5), 0),
+        fault
+    );
     let (tally, back) = (tally?, back?);
     let note = match tally.recovery_after(back) {
         Some(s) => format!("first answer {s:.1} s after the broker was back"),
@@ -146,8 +153,9 @@ async fn restart_the_broker(duration: Duration) -> anyhow::Result<Row> {
     let redelivered = redelivered(&[&worker]).await?;
     drop((worker, unit, queue));
     Ok(Row {
-        name: "RabbitMQ restarted",
+        name,
         tally,
+        answer_exit: ANSWER_EXIT,
         check: Check::default(),
         redelivered,
         note,
@@ -155,12 +163,15 @@ async fn restart_the_broker(duration: Duration) -> anyhow::Result<Row> {
 }
 
 /// 3. The next unit killed and restarted under load.
-async fn restart_the_next_unit(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
-    eprintln!("[chaos] 3/5 kill and restart the next unit");
+async fn restart_the_next_unit(broker: &Broker, duration: Duration, retries: bool) -> anyhow::Result<Row> {
+    let name = with_retries("next unit killed and restarted", retries);
+    eprintln!("[chaos] {name}");
     let (q1, q2) = (TestQueue::new(broker), TestQueue::new(broker));
     let next = format!("127.0.0.1:{}", dnet_testkit::free_port());
     let mut second = unit(broker, &q2, &["-l", &next]).await?;
-    let first = unit(broker, &q1, &["-n", &next]).await?;
+    let mut flags = vec!["-n", next.as_str()];
+    flags.extend_from_slice(retry_flags(retries));
+    let first = unit(broker, &q1, &flags).await?;
     let (w1, w2) = futures::future::join(worker(broker, &q1, 2, false), worker(broker, &q2, ANSWER_EXIT, true)).await;
     let (w1, w2) = (w1?, w2?);
     let address = first.endpoint();
@@ -171,16 +182,19 @@ async fn restart_the_next_unit(broker: &Broker, duration: Duration) -> anyhow::R
         let restarted = unit(broker, &q2, &["-l", &next]).await;
         (restarted, Instant::now())
     };
-    let (tally, (restarted, back)) =
-        tokio::join!(load::run(&address, CALLERS, duration, Duration::from_secs(5)), fault);
+    let (tally, (restarted, back)) = tokio::join!(
+        load::closed_loop(&address, CALLERS, duration, Duration::from_secs(5), 0),
+        fault
+    );
     let (tally, _second) = (tally?, restarted?);
     let note = match tally.recovery_after(back) {
         Some(s) => format!("first answer {s:.1} s after the restart"),
         None => "no answer after the restart".into(),
     };
     Ok(Row {
-        name: "next unit killed and restarted",
+        name,
         tally,
+        answer_exit: ANSWER_EXIT,
         check: Check::default(),
         redelivered: redelivered(&[&w1, &w2]).await?,
         note,
@@ -189,7 +203,7 @@ async fn restart_the_next_unit(broker: &Broker, duration: Duration) -> anyhow::R
 
 /// 4. A slow link between units that also cuts connections.
 async fn slow_cutting_link(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
-    eprintln!("[chaos] 4/5 slow, cutting link between units");
+    eprintln!("[chaos] slow, cutting link between units");
     let (q1, q2) = (TestQueue::new(broker), TestQueue::new(broker));
     let second = unit(broker, &q2, &[]).await?;
     let delay = Duration::from_millis(50);
@@ -198,7 +212,7 @@ async fn slow_cutting_link(broker: &Broker, duration: Duration) -> anyhow::Resul
     let (w1, w2) = futures::future::join(worker(broker, &q1, 2, false), worker(broker, &q2, ANSWER_EXIT, true)).await;
     let (w1, w2) = (w1?, w2?);
     let deadline = Duration::from_millis(800);
-    let tally = load::run(&first.endpoint(), CALLERS, duration, deadline).await?;
+    let tally = load::closed_loop(&first.endpoint(), CALLERS, duration, deadline, 0).await?;
     let note = format!(
         "{} ms per chunk each way, cut every 1.5 s; deadline {} ms, slowest call ended {:.0} ms past it",
         delay.as_millis(),
@@ -206,8 +220,9 @@ async fn slow_cutting_link(broker: &Broker, duration: Duration) -> anyhow::Resul
         tally.max_over_deadline_ms.max(0.0)
     );
     Ok(Row {
-        name: "slow link that cuts connections",
+        name: "slow link that cuts connections".into(),
         tally,
+        answer_exit: ANSWER_EXIT,
         check: Check::default(),
         redelivered: redelivered(&[&w1, &w2]).await?,
         note,
@@ -216,17 +231,20 @@ async fn slow_cutting_link(broker: &Broker, duration: Duration) -> anyhow::Resul
 
 /// 5. A worker stalled (SIGSTOP) past the deadline.
 async fn stall_a_worker(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
-    eprintln!("[chaos] 5/5 SIGSTOP the worker past the deadline");
+    eprintln!("[chaos] SIGSTOP the worker past the deadline");
     let queue = TestQueue::new(broker);
     let unit = unit(broker, &queue, &[]).await?;
     let worker = worker(broker, &queue, ANSWER_EXIT, true).await?;
     let address = unit.endpoint();
-    let (tally, stalled) = tokio::join!(load::run(&address, CALLERS, duration, Duration::from_secs(1)), async {
-        tokio::time::sleep(duration / 3).await;
-        worker.process.signal("STOP")?;
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        worker.process.signal("CONT")
-    });
+    let (tally, stalled) = tokio::join!(
+        load::closed_loop(&address, CALLERS, duration, Duration::from_secs(1), 0),
+        async {
+            tokio::time::sleep(duration / 3).await;
+            worker.process.signal("STOP")?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            worker.process.signal("CONT")
+        }
+    );
     let tally = tally?;
     stalled?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -236,51 +254,11 @@ async fn stall_a_worker(broker: &Broker, duration: Duration) -> anyhow::Result<R
         .context("reading the unit's late replies")?
         .value("dnet_late_replies_total")?;
     Ok(Row {
-        name: "worker stalled (SIGSTOP)",
+        name: "worker stalled (SIGSTOP)".into(),
         tally,
+        answer_exit: ANSWER_EXIT,
         check: Check::default(),
         redelivered: redelivered(&[&worker]).await?,
         note: format!("stalled 3 s with a 1 s deadline; {late:.0} late replies dropped by the unit"),
     })
-}
-
-/// The Markdown table of all rows.
-#[must_use]
-pub fn table(rows: &[Row], duration: Duration) -> String {
-    let mut out = "| scenario | sent | answered | wrong answers | duplicates | errors by kind | error rate | lost | redelivered | notes |
-|---|---|---|---|---|---|---|---|---|---|
-"
-    .to_owned();
-    for row in rows {
-        let t = &row.tally;
-        let errors: Vec<String> = t.errors.iter().map(|(k, n)| format!("{k}: {n}")).collect();
-        let errors = if errors.is_empty() {
-            "none".to_owned()
-        } else {
-            errors.join(", ")
-        };
-        let error_rate = 100.0 * t.error_count() as f64 / t.sent.max(1) as f64;
-        out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {error_rate:.1}% | {} | {} | {} |\n",
-            row.name,
-            t.sent,
-            t.answered,
-            row.check.wrong,
-            row.check.duplicates,
-            errors,
-            t.lost,
-            row.redelivered,
-            row.note
-        ));
-    }
-    out.push_str(&format!(
-        "\n{CALLERS} closed-loop callers per scenario for {} s, each request with an input of its own. \
-         lost = sent - answered - clean errors (a call that hangs past its deadline + {} s, or ends without a \
-         result or an error message). Every answer is checked against the model computed by the suite: \
-         wrong answers = answers that are not their request's; duplicates = answers beyond the first that \
-         belong to one request. redelivered = deliveries the workers received marked redelivered.\n",
-        duration.as_secs(),
-        load::GRACE.as_secs()
-    ));
-    out
 }

@@ -1,0 +1,236 @@
+//! Overload and poison: a unit offered more than it serves, a worker stalled
+//! while calls keep coming, and a request that kills its workers.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use dnet_proto::{ComputationRequest, DNetClient, Data, StatusCode};
+use dnet_testkit::{Broker, ComputationUnit, TestQueue};
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::faults::{redelivered, unit, worker, ANSWER_EXIT, SEED};
+use crate::load::{closed_loop, open_loop};
+use crate::report::{Row, CALLERS};
+use crate::verify::Check;
+
+/// Every call's deadline under overload.
+const OVERLOAD_DEADLINE: Duration = Duration::from_millis(500);
+/// Callers that find what a unit serves alone.
+const CAPACITY_CALLERS: usize = 8;
+/// Request ids of the phases of one scenario, apart so every answer stays traceable.
+const PHASE: u64 = 1_000_000;
+/// The overload's worker computes the whole network: calls take long enough
+/// for their latency to mean something.
+const FULL_NETWORK: u8 = 16;
+
+/// The overload, stall-then-burst and poison scenarios in turn.
+///
+/// # Errors
+/// A unit that does not start, or metrics that cannot be read.
+pub async fn all(broker: &Broker, duration: Duration) -> anyhow::Result<Vec<Row>> {
+    Ok(vec![
+        overload(broker, duration).await?,
+        stall_then_burst(broker, duration).await?,
+        poison(broker, duration).await?,
+    ])
+}
+
+/// A counter of a worker, which must be readable.
+async fn counter(worker: &ComputationUnit, name: &str) -> anyhow::Result<f64> {
+    worker
+        .metrics()
+        .await
+        .context("reading a worker's metrics")?
+        .value(name)
+}
+
+fn median(values: &[f64]) -> f64 {
+    dnet_testkit::stats::Summary::of(values).median
+}
+
+/// One unit, one worker of the whole network (exit 16), offered three times
+/// what it serves alone, every call with a 500 ms deadline: goodput against
+/// capacity, refusals, skipped jobs, and the latency of the next call once
+/// it stops.
+async fn overload(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
+    eprintln!("[chaos] overload: three times the capacity, 500 ms deadlines");
+    let queue = TestQueue::new(broker);
+    let unit = unit(broker, &queue, &[]).await?;
+    let worker = worker(broker, &queue, FULL_NETWORK, true).await?;
+    let address = unit.endpoint();
+    let generous = Duration::from_secs(5);
+    let measure = (duration / 2).max(Duration::from_secs(4));
+    let alone = closed_loop(&address, CAPACITY_CALLERS, measure, generous, PHASE).await?;
+    let capacity = alone.answered as f64 / measure.as_secs_f64();
+    let normal = closed_loop(&address, 1, Duration::from_secs(2), generous, 2 * PHASE).await?;
+    let normal_ms = median(&normal.latencies_ms);
+
+    let expired_before = counter(&worker, "dnet_expired_total").await?;
+    let offered = 3.0 * capacity;
+    let tally = open_loop(&address, offered, duration, OVERLOAD_DEADLINE, 0).await?;
+    let expired = counter(&worker, "dnet_expired_total").await? - expired_before;
+    // The calls right after, once the overload has stopped (its calls have ended).
+    let next = closed_loop(&address, 1, Duration::from_secs(1), generous, 3 * PHASE).await?;
+    let next_ms = next.latencies_ms.first().copied().unwrap_or(f64::NAN);
+    let then_ms = median(&next.latencies_ms);
+
+    let goodput = tally.in_time as f64 / duration.as_secs_f64();
+    let refused = tally.errors.get("ResourceExhausted").copied().unwrap_or(0);
+    let note = format!(
+        "offered {offered:.0}/s, 3x the {capacity:.0}/s it serves alone; goodput (answers within the deadline) \
+         {goodput:.0}/s = {:.2} of that (goal >= 0.9); {refused} refused at once; {expired:.0} expired jobs \
+         skipped by the worker; the next call after: {next_ms:.1} ms ({:.1}x the {normal_ms:.1} ms of a call \
+         alone, goal <= 2), the median of the next second {then_ms:.1} ms",
+        goodput / capacity,
+        next_ms / normal_ms
+    );
+    Ok(Row {
+        name: "overload: 3x capacity, 500 ms deadlines".into(),
+        redelivered: redelivered(&[&worker]).await?,
+        tally,
+        answer_exit: FULL_NETWORK,
+        check: Check::default(),
+        note,
+    })
+}
+
+/// The worker stopped for 5 s while calls with a 1 s deadline keep coming,
+/// then resumed: it computes none of the calls whose caller has gone.
+async fn stall_then_burst(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
+    eprintln!("[chaos] stall then burst: SIGSTOP for 5 s under 1 s deadlines");
+    let queue = TestQueue::new(broker);
+    let unit = unit(broker, &queue, &[]).await?;
+    let worker = worker(broker, &queue, ANSWER_EXIT, true).await?;
+    let address = unit.endpoint();
+    let stall = Duration::from_secs(5);
+    let load_time = duration.max(stall + Duration::from_secs(4));
+    let rate = 20.0;
+    let (tally, resumed) = tokio::join!(open_loop(&address, rate, load_time, Duration::from_secs(1), 0), async {
+        tokio::time::sleep(load_time / 4).await;
+        worker.process.signal("STOP")?;
+        tokio::time::sleep(stall).await;
+        worker.process.signal("CONT")?;
+        anyhow::Ok(Instant::now())
+    });
+    let (tally, resumed) = (tally?, resumed?);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let expired = counter(&worker, "dnet_expired_total").await?;
+    let late = unit
+        .metrics()
+        .await
+        .context("reading the unit's late replies")?
+        .value("dnet_late_replies_total")?;
+    let recovery = tally.recovery_after(resumed).map_or_else(
+        || "no answer after".to_owned(),
+        |s| format!("first answer {s:.2} s after"),
+    );
+    let note = format!(
+        "{rate:.0} calls/s; the worker stopped {} s: {expired:.0} expired jobs skipped, {late:.0} computed for \
+         callers already gone (late replies); {recovery} it resumed (goal < 1 s)",
+        stall.as_secs()
+    );
+    Ok(Row {
+        name: "stall then burst (SIGSTOP 5 s, 1 s deadlines)".into(),
+        redelivered: redelivered(&[&worker]).await?,
+        tally,
+        answer_exit: ANSWER_EXIT,
+        check: Check::default(),
+        note,
+    })
+}
+
+/// A request (start layer 3) that makes every worker taking it abort; two
+/// workers, each restarted when it dies, as an orchestrator would.
+async fn poison(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
+    eprintln!("[chaos] poison: a request that kills its workers");
+    let queue = TestQueue::new(broker);
+    let unit = unit(broker, &queue, &[]).await?;
+    let address = unit.endpoint();
+    let start = || async {
+        ComputationUnit::start_with_env(
+            broker,
+            queue.name(),
+            ANSWER_EXIT,
+            SEED,
+            &[
+                "--prefetch",
+                "1",
+                "--thresholds",
+                &["0"; 15].join(","),
+                "--test-exit-on-start-layer",
+                "3",
+            ],
+            &[("DNET_ALLOW_TEST_TRIGGERS", "1")],
+        )
+        .await
+    };
+    let mut workers = vec![start().await?, start().await?];
+    let load = closed_loop(&address, CALLERS, duration, Duration::from_secs(10), 0);
+    let poisoned = async {
+        tokio::time::sleep(duration / 3).await;
+        let mut client = DNetClient::connect(format!("http://{address}")).await?;
+        let mut request = tonic::Request::new(poison_request()?);
+        request.set_timeout(Duration::from_secs(60));
+        Ok::<_, anyhow::Error>(client.compute(request).await)
+    };
+    let (done, mut finished) = tokio::sync::watch::channel(false);
+    let work = async {
+        let outcome = tokio::join!(load, poisoned);
+        let _ = done.send(true);
+        outcome
+    };
+    let restarts = async {
+        let mut deaths = 0;
+        loop {
+            for slot in &mut workers {
+                if slot.process.exited().is_some() {
+                    deaths += 1;
+                    *slot = start().await?;
+                }
+            }
+            tokio::select! {
+                _ = finished.changed() => return anyhow::Ok(deaths),
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    };
+    let ((tally, answer), deaths) = tokio::join!(work, restarts);
+    let (tally, answer, deaths) = (tally?, answer?, deaths?);
+    let poisoned_answer = match answer {
+        Ok(response) => {
+            let response = response.into_inner();
+            match (StatusCode::try_from(response.status), response.data) {
+                (Ok(StatusCode::Error), Some(Data::ErrorMessage(message))) => format!("answered ERROR \"{message}\""),
+                (status, _) => format!("answered {status:?}, not ERROR"),
+            }
+        }
+        Err(status) => format!("failed {:?}: {}", status.code(), status.message()),
+    };
+    let mut poisoned_total = 0.0;
+    for worker in &workers {
+        poisoned_total += counter(worker, "dnet_worker_poisoned_total").await?;
+    }
+    let note = format!(
+        "the poison request (start layer 3, --max-attempts 3) stopped {deaths} workers (each restarted) and was \
+         {poisoned_answer}; the surviving workers count {poisoned_total:.0} poisoned"
+    );
+    Ok(Row {
+        name: "poison: a request that kills its workers".into(),
+        redelivered: redelivered(&workers.iter().collect::<Vec<_>>()).await?,
+        tally,
+        answer_exit: ANSWER_EXIT,
+        check: Check::default(),
+        note,
+    })
+}
+
+/// A request of start layer 3 (the trigger), zeros of that boundary's shape.
+fn poison_request() -> anyhow::Result<ComputationRequest> {
+    let [c, h, w] = dnet_codec::BOUNDARY_SHAPES[3];
+    let data = vec![0_u8; c * h * w * 4];
+    let view = TensorView::new(Dtype::F32, vec![1, c, h, w], &data)?;
+    Ok(ComputationRequest {
+        start_layer: 3,
+        x: safetensors::serialize([("x", view)], None)?,
+    })
+}

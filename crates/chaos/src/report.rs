@@ -1,0 +1,64 @@
+//! What each scenario reports, and the Markdown table of all of them.
+
+use std::time::Duration;
+
+use crate::load::{self, Tally};
+use crate::verify::Check;
+
+/// Closed-loop callers of the fault scenarios.
+pub const CALLERS: usize = 4;
+
+/// One scenario's outcome.
+pub struct Row {
+    pub name: String,
+    pub tally: Tally,
+    /// The exit that answers every request of the scenario.
+    pub answer_exit: u8,
+    /// Every answer checked against the model (filled in after the runs).
+    pub check: Check,
+    /// Deliveries the surviving workers received marked as redelivered.
+    pub redelivered: u64,
+    pub note: String,
+}
+
+/// The Markdown table of all rows.
+#[must_use]
+pub fn table(rows: &[Row], duration: Duration) -> String {
+    let mut out = "| scenario | sent | answered | wrong answers | duplicates | errors by kind | error rate | lost | redelivered | notes |
+|---|---|---|---|---|---|---|---|---|---|
+"
+    .to_owned();
+    for row in rows {
+        let t = &row.tally;
+        let errors: Vec<String> = t.errors.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        let errors = if errors.is_empty() {
+            "none".to_owned()
+        } else {
+            errors.join(", ")
+        };
+        let error_rate = 100.0 * t.error_count() as f64 / t.sent.max(1) as f64;
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {error_rate:.1}% | {} | {} | {} |\n",
+            row.name,
+            t.sent,
+            t.answered,
+            row.check.wrong,
+            row.check.duplicates,
+            errors,
+            t.lost,
+            row.redelivered,
+            row.note
+        ));
+    }
+    out.push_str(&format!(
+        "\n{CALLERS} closed-loop callers per fault scenario for {} s (the overload scenarios run open loop, \
+         as their notes say), each request with an input of its own. \
+         lost = sent - answered - clean errors (a call that hangs past its deadline + {} s, or ends without a \
+         result or an error message). Every answer is checked against the model computed by the suite: \
+         wrong answers = answers that are not their request's; duplicates = answers beyond the first that \
+         belong to one request. redelivered = deliveries the workers received marked redelivered.\n",
+        duration.as_secs(),
+        load::GRACE.as_secs()
+    ));
+    out
+}

@@ -6,6 +6,7 @@
 3. Per example: next addresses name a Service of the same example on a port that
    reaches a transmission unit; every transmission unit's queue has computation
    units on the same queue and broker; exit layers increase along the chain;
+   every computation unit is probed on /readyz and /livez of its metrics port;
    every dnet image is listed in docker/README.md.
 4. One minimum Rust version: every Rust build stage uses the `rust-version` of
    the workspace Cargo.toml, and scripts/setup.sh reads it from there.
@@ -88,6 +89,12 @@ def consistency(docs, images):
         for c in containers:
             if c["name"] == "computation-unit":
                 env = env_of(c)
+                metrics_port = env.get("DNET_METRICS_ADDRESS", "").rpartition(":")[2]
+                ports = {p.get("name"): str(p["containerPort"]) for p in c.get("ports", [])}
+                for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/livez")):
+                    get = c.get(probe, {}).get("httpGet", {})
+                    if get.get("path") != path or ports.get(get.get("port"), str(get.get("port"))) != metrics_port:
+                        problems.append(f"{name}: the computation unit has no {probe} on {path} of its metrics port")
                 computation.append((name, labels, env.get("DNET_QUEUE_NAME"), broker_host(env.get("DNET_ADDRESS")),
                                     int(env.get("DNET_EXIT_LAYER", "10"))))
 
@@ -181,8 +188,9 @@ def main():
                         e["value"] = "renamed"
                 if c["image"].startswith("dnet/transmission-unit"):
                     c["image"] = "dnet/transmission-unit:unlisted"
+                c.pop("readinessProbe", None)
         found = consistency(broken, images)
-        expected = ["names no Service", "no computation unit consumes", "not listed"]
+        expected = ["names no Service", "no computation unit consumes", "not listed", "no readinessProbe"]
         report(f"consistency check rejects a broken example/{layout}",
                [f"missed: {e}" for e in expected if not any(e in p for p in found)])
     for d in shared:

@@ -154,6 +154,18 @@ async fn call(client: &mut DNetClient<tonic::transport::Channel>, id: u64, deadl
     }
 }
 
+/// One tally of all the callers' tallies.
+async fn gather(first_id: u64, tasks: Vec<tokio::task::JoinHandle<Tally>>) -> anyhow::Result<Tally> {
+    let mut total = Tally {
+        first_id,
+        ..Tally::default()
+    };
+    for tally in futures::future::join_all(tasks).await {
+        total.merge(tally?);
+    }
+    Ok(total)
+}
+
 /// `callers` closed-loop callers against `address` for `duration`, each call
 /// with `deadline`; request ids count up from `first_id`.
 pub async fn closed_loop(
@@ -166,35 +178,30 @@ pub async fn closed_loop(
     let client = client(address)?;
     let next_id = Arc::new(AtomicU64::new(first_id));
     let end = Instant::now() + duration;
-    let tasks = (0..callers).map(|_| {
-        let (mut client, next_id) = (client.clone(), Arc::clone(&next_id));
-        tokio::spawn(async move {
-            let mut tally = Tally::default();
-            while Instant::now() < end {
-                let errors = tally.error_count();
-                call(
-                    &mut client,
-                    next_id.fetch_add(1, Ordering::SeqCst),
-                    deadline,
-                    &mut tally,
-                )
-                .await;
-                if tally.error_count() > errors {
-                    // Do not spin on an unreachable unit.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (mut client, next_id) = (client.clone(), Arc::clone(&next_id));
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                while Instant::now() < end {
+                    let errors = tally.error_count();
+                    call(
+                        &mut client,
+                        next_id.fetch_add(1, Ordering::SeqCst),
+                        deadline,
+                        &mut tally,
+                    )
+                    .await;
+                    if tally.error_count() > errors {
+                        // Do not spin on an unreachable unit.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 }
-            }
-            tally
+                tally
+            })
         })
-    });
-    let mut total = Tally {
-        first_id,
-        ..Tally::default()
-    };
-    for tally in futures::future::join_all(tasks).await {
-        total.merge(tally?);
-    }
-    Ok(total)
+        .collect();
+    gather(first_id, tasks).await
 }
 
 /// Open loop: one request every 1/`rate` s for `duration`, whatever the
@@ -222,12 +229,5 @@ pub async fn open_loop(
         }));
         id += 1;
     }
-    let mut total = Tally {
-        first_id,
-        ..Tally::default()
-    };
-    for tally in futures::future::join_all(tasks).await {
-        total.merge(tally?);
-    }
-    Ok(total)
+    gather(first_id, tasks).await
 }

@@ -38,15 +38,6 @@ async fn wait_for_taken(unit: &TransmissionUnit, calls: u32) {
     .expect("taken");
 }
 
-/// Waits until the broker counts (ready, unacknowledged, consumers) on `queue`.
-async fn wait_for_queue(broker: &Broker, queue: &TestQueue, counts: (u64, u64, u64), what: &str) {
-    wait_for(what, PATIENCE, || async {
-        (broker.queue_counts(queue.name()).ok()? == Some(counts)).then_some(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}; the broker counts {:?}", broker.queue_counts(queue.name())));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_follow_the_thresholds_exactly() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -71,7 +71,7 @@ pub async fn run(
             Ok(opened) => opened,
             Err(error) => {
                 warn!(%error, queue = %settings.queue, "cannot consume the queue, reconnecting");
-                let _ = connection.close(320, "retrying".into()).await;
+                dnet_amqp::close(&connection, 320, "retrying").await;
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 continue;
             }
@@ -105,7 +105,7 @@ pub async fn run(
                 let _ = tokio::time::timeout(DRAIN_DELIVERIES, &mut consuming).await;
                 tracker.close();
                 tracker.wait().await;
-                let _ = connection.close(200, "computation unit stopping".into()).await;
+                dnet_amqp::close(&connection, 200, "computation unit stopping").await;
                 break;
             }
         }

@@ -57,6 +57,24 @@ pub async fn connect_with_backoff(
     }
 }
 
+/// How long closing a connection may take before it is given up: a broker
+/// that never answers the close (or a channel stuck closing) must not hang
+/// a program's shutdown.
+const CLOSE_WITHIN: Duration = Duration::from_secs(2);
+
+/// Closes `connection` with `code` and `reason`, waiting at most CLOSE_WITHIN.
+pub async fn close(connection: &Connection, code: u16, reason: &str) {
+    if tokio::time::timeout(CLOSE_WITHIN, connection.close(code, reason.into()))
+        .await
+        .is_err()
+    {
+        warn!(
+            reason,
+            "the broker did not confirm closing the connection in time; leaving it"
+        );
+    }
+}
+
 /// A random wait in `[0, ceiling)` ("full jitter", AWS architecture blog):
 /// programs that lost the broker together do not reconnect in step.
 #[must_use]

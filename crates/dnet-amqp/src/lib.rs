@@ -13,5 +13,5 @@ pub mod connect;
 pub mod deadline;
 pub mod queue;
 
-pub use connect::{connect_with_backoff, read_ca, redact};
+pub use connect::{close, connect_with_backoff, read_ca, redact};
 pub use queue::{computation_queue_arguments, computation_queue_options};

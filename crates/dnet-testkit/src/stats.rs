@@ -85,20 +85,23 @@ where
 {
     let from = Instant::now() + warmup;
     let end = from + measure;
-    let callers = (0..concurrency).map(|_| {
-        let call = call.clone();
-        tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while Instant::now() < end {
-                let sent = Instant::now();
-                call().await;
-                if sent >= from {
-                    latencies.push(sent.elapsed().as_secs_f64() * 1e3);
+    // Collected first: every caller runs from the start, side by side.
+    let callers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while Instant::now() < end {
+                    let sent = Instant::now();
+                    call().await;
+                    if sent >= from {
+                        latencies.push(sent.elapsed().as_secs_f64() * 1e3);
+                    }
                 }
-            }
-            latencies
+                latencies
+            })
         })
-    });
+        .collect();
     let mut latencies = Vec::new();
     for caller in callers {
         latencies.extend(caller.await.expect("a caller failed"));

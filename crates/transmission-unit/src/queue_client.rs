@@ -259,10 +259,7 @@ impl QueueClient {
     pub async fn close(&self) {
         self.inner.stop.cancel();
         if let Some(session) = self.inner.take_session() {
-            let _ = session
-                .connection
-                .close(200, "transmission unit shutting down".into())
-                .await;
+            dnet_amqp::close(&session.connection, 200, "transmission unit shutting down").await;
         }
     }
 }
@@ -433,7 +430,7 @@ async fn supervise(inner: Arc<Inner>) {
         poller.abort();
         warn!(broker = %redact(&settings.uri), "connection to RabbitMQ lost, reconnecting");
         if let Some(session) = inner.take_session() {
-            let _ = session.connection.close(320, "reconnecting".into()).await;
+            dnet_amqp::close(&session.connection, 320, "reconnecting").await;
         }
         inner.fail_session_calls(generation);
     }

@@ -12,6 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // Byte fields (tensors) as `bytes::Bytes`: decoding slices the received
+        // buffer instead of copying it, and a forwarded tensor is shared, not cloned.
+        .bytes(".")
         .file_descriptor_set_path(out_dir.join("unit_descriptor.bin"))
         .compile_protos(
             &[proto_dir.join("TransmissionUnit.proto")],

@@ -113,7 +113,7 @@ fn client(address: &str) -> anyhow::Result<DNetClient<tonic::transport::Channel>
 async fn call(client: &mut DNetClient<tonic::transport::Channel>, id: u64, deadline: Duration, tally: &mut Tally) {
     let mut request = tonic::Request::new(ComputationRequest {
         start_layer: 0,
-        x: image(id),
+        x: image(id).into(),
     });
     request.set_timeout(deadline);
     let sent = Instant::now();

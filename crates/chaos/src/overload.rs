@@ -231,6 +231,6 @@ fn poison_request() -> anyhow::Result<ComputationRequest> {
     let view = TensorView::new(Dtype::F32, vec![1, c, h, w], &data)?;
     Ok(ComputationRequest {
         start_layer: 3,
-        x: safetensors::serialize([("x", view)], None)?,
+        x: safetensors::serialize([("x", view)], None)?.into(),
     })
 }

@@ -88,7 +88,7 @@ async fn through_unit(broker: &Broker, batching: bool) -> Vec<Row> {
     let client = unit.client().await.expect("client");
     let request = ComputationRequest {
         start_layer: 0,
-        x: codec::encode_x(&image()).expect("encode"),
+        x: codec::encode_x(&image()).expect("encode").into(),
     };
     let mut rows = Vec::new();
     for concurrency in CONCURRENCY {
@@ -118,6 +118,7 @@ async fn in_process() -> Vec<Row> {
         max_message_bytes: 64 << 20,
         unit_name: "in-process".into(),
         device: Device::Cpu,
+        wire_dtype: dnet_model::options::WireDtype::F32,
     };
     let settings = EngineSettings {
         threads: THREADS,

@@ -7,7 +7,8 @@ use dnet_common::telemetry::ObservabilityArgs;
 use tch::Device;
 
 use dnet_model::model::{DEFAULT_THRESHOLDS, SIDE_EXITS};
-use dnet_model::options::{parse_device, parse_thresholds, BatchArgs, ComputeArgs, Thresholds};
+use dnet_model::options::{parse_device, parse_thresholds, BatchArgs, ComputeArgs, Thresholds, WireDtype};
+use dnet_model::request::UnitSettings;
 use dnet_model::weights::WeightSource;
 
 /// A DNet computation unit: consumes a RabbitMQ queue and runs the
@@ -33,6 +34,21 @@ pub struct Cli {
 pub enum Command {
     /// Run the model offline on a safetensors file (debugging, references).
     Infer(InferArgs),
+    /// A direct unit: serve unit.DNet over gRPC and compute with this
+    /// process's own model, no broker (the transmission unit's gRPC flags,
+    /// the worker's model flags).
+    Serve(Box<ServeArgs>),
+}
+
+/// `computation-unit serve`: the gRPC side of a transmission unit and the
+/// model of a worker, in one process.
+#[derive(Clone, Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub edge: transmission_unit::config::EdgeArgs,
+
+    #[command(flatten)]
+    pub unit: UnitArgs,
 }
 
 /// Where the weights come from: exactly one of the two.
@@ -74,6 +90,58 @@ impl ModelArgs {
     }
 }
 
+/// What a unit computes and how it answers: the same for a queue worker
+/// and a direct unit.
+#[derive(Clone, Debug, Args)]
+pub struct UnitArgs {
+    /// Exit layer of this unit, 1..16 (16 = the final head, always answers).
+    #[arg(short = 'e', long = "exitlayer", env = "DNET_EXIT_LAYER", default_value_t = 10,
+          value_parser = clap::value_parser!(u8).range(1..=16))]
+    pub exit_layer: u8,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Confidence thresholds of exits 1..15, comma-separated
+    /// [default: 0.85,0.90,0.90,0.90,0.90,0.90,0.90,0.90,0.90,0.90,0.92,0.90,0.90,0.90,0.90].
+    #[arg(long, env = "DNET_THRESHOLDS", value_parser = parse_thresholds)]
+    pub thresholds: Option<Thresholds>,
+
+    #[command(flatten)]
+    pub batch: BatchArgs,
+
+    /// Most samples (N) accepted in one request; a larger one gets ERROR.
+    #[arg(long, alias = "max-batch", env = "DNET_MAX_REQUEST_SAMPLES", default_value_t = 64)]
+    pub max_request_samples: usize,
+
+    /// The dtype of the tensor handed on to the next unit (NOT_SUCCESS): f32
+    /// is the original's precision; f16 and bf16 halve the bytes on the link
+    /// (every DNet unit reads all three; the original's units read only f32).
+    #[arg(long, env = "DNET_WIRE_DTYPE", value_enum, default_value_t = WireDtype::F32)]
+    pub wire_dtype: WireDtype,
+}
+
+impl UnitArgs {
+    #[must_use]
+    pub fn thresholds(&self) -> [f64; SIDE_EXITS] {
+        self.thresholds.as_ref().map_or(DEFAULT_THRESHOLDS, |t| t.0)
+    }
+
+    /// The unit's settings, with the message limit and name of the program around it.
+    #[must_use]
+    pub fn settings(&self, max_message_bytes: usize, unit_name: String) -> UnitSettings {
+        UnitSettings {
+            exit: usize::from(self.exit_layer),
+            thresholds: self.thresholds(),
+            max_request_samples: self.max_request_samples,
+            max_message_bytes,
+            unit_name,
+            device: self.model.device,
+            wire_dtype: self.wire_dtype,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Args)]
 pub struct WorkerArgs {
     /// RabbitMQ host or host:port (guest/guest), or a full amqp:// URI.
@@ -93,30 +161,13 @@ pub struct WorkerArgs {
     )]
     pub queue_name: String,
 
-    /// Exit layer of this unit, 1..16 (16 = the final head, always answers).
-    #[arg(short = 'e', long = "exitlayer", env = "DNET_EXIT_LAYER", default_value_t = 10,
-          value_parser = clap::value_parser!(u8).range(1..=16))]
-    pub exit_layer: u8,
-
     #[command(flatten)]
-    pub model: ModelArgs,
-
-    /// Confidence thresholds of exits 1..15, comma-separated
-    /// [default: 0.85,0.90,0.90,0.90,0.90,0.90,0.90,0.90,0.90,0.90,0.92,0.90,0.90,0.90,0.90].
-    #[arg(long, env = "DNET_THRESHOLDS", value_parser = parse_thresholds)]
-    pub thresholds: Option<Thresholds>,
-
-    #[command(flatten)]
-    pub batch: BatchArgs,
+    pub unit: UnitArgs,
 
     /// Requests taken from the queue and not yet answered [default: twice
     /// --max-batch-size, so that the next batch gathers while one computes].
     #[arg(long, env = "DNET_PREFETCH", value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: Option<u16>,
-
-    /// Most samples (N) accepted in one request; a larger one gets ERROR.
-    #[arg(long, alias = "max-batch", env = "DNET_MAX_REQUEST_SAMPLES", default_value_t = 64)]
-    pub max_request_samples: usize,
 
     /// Largest message this unit sends, in bytes: a request whose tensor for
     /// the next unit would not fit is refused (ERROR) before it is computed.
@@ -174,12 +225,7 @@ impl WorkerArgs {
     #[must_use]
     pub fn prefetch(&self) -> u16 {
         self.prefetch
-            .unwrap_or_else(|| u16::try_from(2 * self.batch.max_batch_size).unwrap_or(u16::MAX))
-    }
-
-    #[must_use]
-    pub fn thresholds(&self) -> [f64; SIDE_EXITS] {
-        self.thresholds.as_ref().map_or(DEFAULT_THRESHOLDS, |t| t.0)
+            .unwrap_or_else(|| u16::try_from(2 * self.unit.batch.max_batch_size).unwrap_or(u16::MAX))
     }
 
     #[must_use]
@@ -223,7 +269,7 @@ mod tests {
         assert!(Cli::try_parse_from(["computation-unit"]).is_err());
         assert!(Cli::try_parse_from(["computation-unit", "--weights", "w", "--random-weights", "1"]).is_err());
         let cli = Cli::try_parse_from(["computation-unit", "-e", "8", "--random-weights", "3"]).expect("valid");
-        assert_eq!(cli.worker.model.source(), WeightSource::Random(3));
+        assert_eq!(cli.worker.unit.model.source(), WeightSource::Random(3));
         assert!(Cli::try_parse_from(["computation-unit", "-e", "17", "--random-weights", "3"]).is_err());
     }
 }

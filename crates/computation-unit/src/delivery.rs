@@ -20,7 +20,7 @@ use dnet_amqp::attempts::{attempts_of, with_attempts};
 use dnet_amqp::deadline::{deadline_of, with_deadline};
 use dnet_model::engine::{Engine, Job, Outcome};
 use dnet_model::request::{prepare, refusal, Refused, UnitSettings};
-use dnet_proto::ComputationResponse;
+use dnet_proto::{Bytes, ComputationResponse};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions};
 use lapin::types::ShortString;
@@ -44,7 +44,9 @@ pub struct Context {
 }
 
 /// Handles one delivery to its end (acknowledged, or back in the queue).
-pub async fn serve(delivery: Delivery, context: Arc<Context>) {
+pub async fn serve(mut delivery: Delivery, context: Arc<Context>) {
+    // Owned as `Bytes`: the request's `x` is decoded as a slice of it, not copied.
+    let body = Bytes::from(std::mem::take(&mut delivery.data));
     let properties = &delivery.properties;
     let (Some(reply_to), Some(correlation_id)) = (properties.reply_to().clone(), properties.correlation_id().clone())
     else {
@@ -70,14 +72,14 @@ pub async fn serve(delivery: Delivery, context: Arc<Context>) {
             "this request stopped {attempts} workers (--max-attempts {}): it is not computed again",
             context.max_attempts
         );
-        let start_layer = dnet_codec::decode_request(&delivery.data).map_or(0, |r| r.start_layer);
+        let start_layer = dnet_codec::decode_request(body.clone()).map_or(0, |r| r.start_layer);
         refusal(&context.unit, Refused { start_layer, message }, received.elapsed())
     } else if delivery.redelivered {
         // Count the worker that stopped before computing: if this one stops
         // too, the copy carries the count to the next.
-        return give_back(&delivery, &context, attempts, deadline).await;
+        return give_back(&delivery, &body, &context, attempts, deadline).await;
     } else {
-        match compute(&delivery, &context, received, deadline, attempts).await {
+        match compute(&delivery, &body, &context, received, deadline, attempts).await {
             Some(response) => response,
             None => return,
         }
@@ -91,7 +93,7 @@ pub async fn serve(delivery: Delivery, context: Arc<Context>) {
         Err(reason) => {
             context.metrics.unpublished_replies.inc();
             warn!(correlation_id = %correlation_id, %reason, "the reply was not published; the request goes back to the queue");
-            give_back(&delivery, &context, attempts, deadline).await;
+            give_back(&delivery, &body, &context, attempts, deadline).await;
         }
     }
 }
@@ -100,12 +102,13 @@ pub async fn serve(delivery: Delivery, context: Arc<Context>) {
 /// was settled otherwise (expired, or given back).
 async fn compute(
     delivery: &Delivery,
+    body: &Bytes,
     context: &Context,
     received: Instant,
     deadline: Option<Instant>,
     attempts: u32,
 ) -> Option<ComputationResponse> {
-    let request = match prepare(&delivery.data, &context.unit) {
+    let request = match prepare(body.clone(), &context.unit) {
         Ok(request) => request,
         Err(refused) => return Some(refusal(&context.unit, refused, received.elapsed())),
     };
@@ -124,7 +127,7 @@ async fn compute(
         done,
     };
     if context.engine.submit(job).is_err() {
-        give_back(delivery, context, attempts, deadline).await;
+        give_back(delivery, body, context, attempts, deadline).await;
         return None;
     }
     match outcome.await {
@@ -134,7 +137,7 @@ async fn compute(
             None
         }
         Ok(Outcome::Requeue) | Err(_) => {
-            give_back(delivery, context, attempts, deadline).await;
+            give_back(delivery, body, context, attempts, deadline).await;
             None
         }
     }
@@ -150,19 +153,13 @@ async fn expire(delivery: &Delivery, context: &Context) {
 /// time left until its deadline), then acknowledges this delivery. If the
 /// copy cannot be published, the delivery itself is given back (nack); if
 /// even that fails, the broker requeues it when it notices the lost channel.
-async fn give_back(delivery: &Delivery, context: &Context, attempts: u32, deadline: Option<Instant>) {
+async fn give_back(delivery: &Delivery, body: &[u8], context: &Context, attempts: u32, deadline: Option<Instant>) {
     let properties = with_attempts(delivery.properties.clone(), attempts);
     let properties = match deadline {
         Some(deadline) => with_deadline(properties, deadline),
         None => properties,
     };
-    let copied = publish(
-        &context.channel,
-        context.queue.as_str().into(),
-        &delivery.data,
-        properties,
-    )
-    .await;
+    let copied = publish(&context.channel, context.queue.as_str().into(), body, properties).await;
     let given_back = match copied {
         Ok(()) => delivery.ack(BasicAckOptions::default()).await.is_ok(),
         Err(reason) => {

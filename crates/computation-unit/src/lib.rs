@@ -6,11 +6,14 @@
 //! - `config`: command line and `DNET_*` environment variables.
 //! - `worker`: the broker session: consuming the queue, shutting down.
 //! - `delivery`: one delivery: deadline, attempts, compute, reply, acknowledgement.
+//! - `direct`: the engine as the backend of a direct unit (`serve`): the
+//!   transmission unit's gRPC edge, no broker.
 //! - `metrics`: the worker's Prometheus metrics.
 //! - `infer`: the offline `computation-unit infer` command.
 
 pub mod config;
 pub mod delivery;
+pub mod direct;
 pub mod infer;
 pub mod metrics;
 pub mod worker;

@@ -1,4 +1,5 @@
-//! `computation-unit`: the queue worker, or `infer` for offline runs.
+//! `computation-unit`: the queue worker, `serve` (a direct unit, no broker),
+//! or `infer` for offline runs.
 
 use std::sync::Arc;
 
@@ -8,13 +9,14 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use computation_unit::config::{Cli, Command, WorkerArgs};
+use computation_unit::config::{Cli, Command, ServeArgs, WorkerArgs};
+use computation_unit::direct::EngineBackend;
 use computation_unit::metrics::WorkerMetrics;
 use computation_unit::worker::{self, WorkerSettings};
 use dnet_model::engine::Engine;
 use dnet_model::metrics::EngineMetrics;
 use dnet_model::options::engine_settings;
-use dnet_model::request::UnitSettings;
+use transmission_unit::server::Edge;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -30,34 +32,71 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        None => serve(cli.worker),
+        Some(Command::Serve(args)) => serve_direct(*args),
+        None => consume(cli.worker),
     }
 }
 
-fn serve(args: WorkerArgs) -> anyhow::Result<()> {
+/// The runtime of the gRPC or AMQP side: one thread, the model has its own.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+}
+
+/// `computation-unit serve`: the gRPC edge and the engine in one process.
+fn serve_direct(args: ServeArgs) -> anyhow::Result<()> {
+    dnet_common::telemetry::init(args.edge.observability.log_format);
+    let engine = runtime()?.block_on(async {
+        let (listener, metrics_listener) = transmission_unit::server::bind(&args.edge).await?;
+        let unit_name = args.edge.unit_name(listener.local_addr()?.port());
+        let settings = args.unit.settings(args.edge.max_message_bytes, unit_name.clone());
+        let mut registry = Registry::default();
+        let engine = Arc::new(Engine::start(
+            args.unit.model.source(),
+            settings.clone(),
+            engine_settings(&args.unit.model.compute, &args.unit.batch),
+            Arc::new(EngineMetrics::register(&mut registry)),
+        )?);
+        let edge = Edge {
+            metrics: Arc::new(transmission_unit::metrics::Metrics::register(&mut registry)),
+            args: args.edge,
+            unit_name,
+            registry,
+        };
+        let backend = EngineBackend::new(Arc::clone(&engine), settings);
+        transmission_unit::server::serve(
+            listener,
+            metrics_listener,
+            edge,
+            backend,
+            dnet_common::shutdown::signal(),
+        )
+        .await?;
+        anyhow::Ok(engine)
+    })?;
+    // The server has drained: every call it took has its answer.
+    if let Ok(engine) = Arc::try_unwrap(engine) {
+        engine.join();
+    }
+    Ok(())
+}
+
+/// The queue worker.
+fn consume(args: WorkerArgs) -> anyhow::Result<()> {
     dnet_common::telemetry::init(args.observability.log_format);
     let exit_on_start_layer = args.test_exit_on_start_layer().map_err(anyhow::Error::msg)?;
-    let device = args.model.device;
-    let settings = UnitSettings {
-        exit: usize::from(args.exit_layer),
-        thresholds: args.thresholds(),
-        max_request_samples: args.max_request_samples,
-        max_message_bytes: args.max_message_bytes,
-        unit_name: args.unit_name(),
-        device,
-    };
+    let settings = args.unit.settings(args.max_message_bytes, args.unit_name());
     let mut registry = Registry::default();
     let engine_metrics = Arc::new(EngineMetrics::register(&mut registry));
     let engine = Arc::new(Engine::start(
-        args.model.source(),
+        args.unit.model.source(),
         settings.clone(),
-        engine_settings(&args.model.compute, &args.batch),
+        engine_settings(&args.unit.model.compute, &args.unit.batch),
         engine_metrics,
     )?);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
+    let runtime = runtime()?;
     // Ready (/readyz) while the model is loaded and the queue is consumed.
     let ready = tokio::sync::watch::Sender::new(false);
     let metrics = runtime.block_on(async {

@@ -235,7 +235,10 @@ async fn every_bad_request_gets_an_error_naming_it_and_the_worker_keeps_serving(
     ];
     for (what, start_layer, x, expected) in cases {
         let answer = client
-            .compute(ComputationRequest { start_layer, x })
+            .compute(ComputationRequest {
+                start_layer,
+                x: x.into(),
+            })
             .await
             .expect("answered")
             .into_inner();
@@ -249,7 +252,7 @@ async fn every_bad_request_gets_an_error_naming_it_and_the_worker_keeps_serving(
     let answer = client
         .compute(ComputationRequest {
             start_layer: 0,
-            x: good,
+            x: good.into(),
         })
         .await
         .expect("answered")
@@ -396,7 +399,7 @@ async fn bad_messages_straight_onto_the_queue_get_errors_or_are_dropped_and_the_
     let oversize = request(0, &images(3, 9)).encode_to_vec();
     let absurd = ComputationRequest {
         start_layer: 1 << 60,
-        x: codec::encode_x(&images(1, 9)).expect("encode"),
+        x: codec::encode_x(&images(1, 9)).expect("encode").into(),
     }
     .encode_to_vec();
     let cases: [(&str, Vec<u8>, &str); 3] = [
@@ -760,7 +763,9 @@ async fn a_request_that_stops_max_attempts_workers_is_answered_error_and_the_oth
     let none = lapin::types::FieldTable::default();
     let poison = ComputationRequest {
         start_layer: 3,
-        x: codec::encode_x(&Tensor::zeros([1, 64, 28, 28], (Kind::Float, tch::Device::Cpu))).expect("encode"),
+        x: codec::encode_x(&Tensor::zeros([1, 64, 28, 28], (Kind::Float, tch::Device::Cpu)))
+            .expect("encode")
+            .into(),
     };
     client
         .send(&queue, &poison.encode_to_vec(), "poison", none.clone())

@@ -16,11 +16,12 @@ pub fn parse_request(body: &[u8], exit: usize) -> Result<(ComputationRequest, us
     Ok((request, start))
 }
 
-/// Decodes a serialized `ComputationRequest`.
+/// Decodes a serialized `ComputationRequest`. From a `Bytes` buffer, `x`
+/// is a slice of it, not a copy.
 ///
 /// # Errors
 /// The bytes are not a ComputationRequest.
-pub fn decode_request(body: &[u8]) -> Result<ComputationRequest, String> {
+pub fn decode_request(body: impl prost::bytes::Buf) -> Result<ComputationRequest, String> {
     ComputationRequest::decode(body).map_err(|e| format!("the message is not a serialized ComputationRequest ({e})"))
 }
 

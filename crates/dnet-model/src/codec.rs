@@ -40,19 +40,32 @@ pub fn decode_x(bytes: &[u8], start_layer: usize, max_batch: usize) -> Result<Te
         .map_err(|e| DecodeError::Tensor(e.to_string()))
 }
 
+// safetensors is little-endian, and tensors are copied out as they lie in memory.
+const _: () = assert!(
+    cfg!(target_endian = "little"),
+    "safetensors encoding assumes a little-endian machine"
+);
+
 /// Encodes tensors into one safetensors buffer (moved to the CPU, contiguous).
 ///
 /// # Errors
-/// When a tensor has a dtype other than F32 or I64, or cannot be read.
+/// When a tensor has a dtype other than F32, F16, BF16 or I64, or cannot be read.
 pub fn encode(tensors: &[(&str, &Tensor)]) -> Result<Vec<u8>, DecodeError> {
     let mut owned = Vec::with_capacity(tensors.len());
     for (name, tensor) in tensors {
         let tensor = tensor.to_device(tch::Device::Cpu).contiguous();
-        let (dtype, bytes) = match tensor.kind() {
-            Kind::Float => (Dtype::F32, le_bytes::<f32, 4>(&tensor, f32::to_le_bytes)?),
-            Kind::Int64 => (Dtype::I64, le_bytes::<i64, 8>(&tensor, i64::to_le_bytes)?),
+        let dtype = match tensor.kind() {
+            Kind::Float => Dtype::F32,
+            Kind::Half => Dtype::F16,
+            Kind::BFloat16 => Dtype::BF16,
+            Kind::Int64 => Dtype::I64,
             other => return Err(DecodeError::Tensor(format!("cannot encode {name} of kind {other:?}"))),
         };
+        let numel = tensor.numel();
+        let mut bytes = vec![0u8; numel * tensor.kind().elt_size_in_bytes()];
+        tensor
+            .f_copy_data_u8(&mut bytes, numel)
+            .map_err(|e| DecodeError::Tensor(e.to_string()))?;
         let shape: Vec<usize> = tensor.size().iter().map(|&d| d as usize).collect();
         owned.push((name.to_string(), dtype, shape, bytes));
     }
@@ -64,15 +77,6 @@ pub fn encode(tensors: &[(&str, &Tensor)]) -> Result<Vec<u8>, DecodeError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| DecodeError::Tensor(e.to_string()))?;
     safetensors::serialize(views, None).map_err(|e| DecodeError::Tensor(e.to_string()))
-}
-
-fn le_bytes<T, const N: usize>(tensor: &Tensor, to_bytes: fn(T) -> [u8; N]) -> Result<Vec<u8>, DecodeError>
-where
-    T: tch::kind::Element,
-    Vec<T>: TryFrom<Tensor, Error = tch::TchError>,
-{
-    let values = Vec::<T>::try_from(tensor.flatten(0, -1)).map_err(|e| DecodeError::Tensor(e.to_string()))?;
-    Ok(values.into_iter().flat_map(to_bytes).collect())
 }
 
 /// Encodes a request's `x` (the trunk output to hand on).
@@ -104,6 +108,16 @@ mod tests {
         let x = image(2);
         let decoded = decode_x(&encode_x(&x).expect("encodes"), 0, 8).expect("decodes");
         assert!(decoded.equal(&x));
+    }
+
+    #[test]
+    fn writes_half_precision_that_reads_back_widened() {
+        for kind in [Kind::Half, Kind::BFloat16] {
+            let x = image(2).to_kind(kind);
+            let decoded = decode_x(&encode_x(&x).expect("encodes"), 0, 8).expect("decodes");
+            assert_eq!(decoded.kind(), Kind::Float);
+            assert!(decoded.equal(&x.to_kind(Kind::Float)), "{kind:?}");
+        }
     }
 
     #[test]

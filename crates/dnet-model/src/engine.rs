@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -74,6 +74,8 @@ pub struct EngineSettings {
 pub struct Engine {
     jobs: mpsc::Sender<Job>,
     stopping: Arc<AtomicBool>,
+    /// Jobs submitted and not yet taken into a forward or settled otherwise.
+    waiting: Arc<AtomicUsize>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -84,6 +86,7 @@ struct Worker {
     batching: BatchPolicy,
     metrics: Arc<EngineMetrics>,
     stopping: Arc<AtomicBool>,
+    waiting: Arc<AtomicUsize>,
     /// What forwards took lately, to fit batches to deadlines.
     cost: CostModel,
 }
@@ -104,6 +107,8 @@ impl Engine {
         let (ready_tx, ready_rx) = mpsc::channel();
         let stopping = Arc::new(AtomicBool::new(false));
         let stop_flag = Arc::clone(&stopping);
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let waiting_count = Arc::clone(&waiting);
         let thread = std::thread::Builder::new()
             .name("model".into())
             .spawn(move || {
@@ -128,6 +133,7 @@ impl Engine {
                     batching: settings.batching,
                     metrics,
                     stopping: stop_flag,
+                    waiting: waiting_count,
                     cost: CostModel::default(),
                 }
                 .run(&queue);
@@ -137,7 +143,12 @@ impl Engine {
                 message: e.to_string(),
             })?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Engine { jobs, stopping, thread }),
+            Ok(Ok(())) => Ok(Engine {
+                jobs,
+                stopping,
+                waiting,
+                thread,
+            }),
             Ok(Err(error)) => Err(error),
             Err(_) => Err(WeightsError::Read {
                 path: "(model thread)".into(),
@@ -151,7 +162,17 @@ impl Engine {
     /// # Errors
     /// The compute thread is gone.
     pub fn submit(&self, job: Job) -> Result<(), Job> {
-        self.jobs.send(job).map_err(|e| e.0)
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.jobs.send(job).map_err(|e| {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            e.0
+        })
+    }
+
+    /// Jobs waiting for the model (not yet in a forward).
+    #[must_use]
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// From now on, waiting jobs come back as [`Outcome::Requeue`]; the batch
@@ -185,13 +206,13 @@ impl Worker {
             self.wait_for_more(queue, &mut batch, &mut waiting);
             if self.stopping.load(Ordering::SeqCst) {
                 for job in batch.into_iter().chain(waiting.drain(..)) {
-                    let _ = job.done.send(Outcome::Requeue);
+                    self.settle(job, Outcome::Requeue);
                 }
                 continue;
             }
             let fitted = batch::fit_deadlines(batch, Instant::now(), &self.cost);
             for job in fitted.hopeless {
-                let _ = job.done.send(Outcome::Expired);
+                self.settle(job, Outcome::Expired);
             }
             for job in fitted.later.into_iter().rev() {
                 waiting.push_front(job);
@@ -219,8 +240,15 @@ impl Worker {
         }
     }
 
+    /// Ends a job without computing it.
+    fn settle(&self, job: Job, outcome: Outcome) {
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        let _ = job.done.send(outcome);
+    }
+
     /// One forward pass over `batch`; every job gets its reply.
     fn compute(&mut self, batch: Vec<Job>) {
+        self.waiting.fetch_sub(batch.len(), Ordering::Relaxed);
         let started = Instant::now();
         let samples = batch::samples(&batch);
         let start = batch.first().map_or(0, |job| job.request.start);

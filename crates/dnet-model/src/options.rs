@@ -91,6 +91,30 @@ impl Precision {
     }
 }
 
+/// The dtype of the tensor a unit hands on to the next (a NOT_SUCCESS `x`).
+/// Receivers accept all three and widen to F32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum WireDtype {
+    /// 32-bit floats, the original's: exactly what the next unit would compute from.
+    #[default]
+    F32,
+    /// float16: half the bytes; 3 decimal digits.
+    F16,
+    /// bfloat16: half the bytes; F32's range, 2 decimal digits.
+    Bf16,
+}
+
+impl WireDtype {
+    #[must_use]
+    pub fn kind(self) -> Kind {
+        match self {
+            WireDtype::F32 => Kind::Float,
+            WireDtype::F16 => Kind::Half,
+            WireDtype::Bf16 => Kind::BFloat16,
+        }
+    }
+}
+
 /// libtorch intra-op threads when `--threads` is not given: the CPUs this
 /// process may use (its affinity mask and cgroup CPU quota, which a
 /// container's CPU limit sets), not the machine's count.

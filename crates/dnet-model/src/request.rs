@@ -11,6 +11,7 @@ use tch::{Device, Tensor};
 use crate::codec;
 use crate::decision::decide;
 use crate::model::{SIDE_EXITS, TRUNK_LAYERS};
+use crate::options::WireDtype;
 
 /// What a unit does with requests, besides the model itself.
 #[derive(Clone, Debug)]
@@ -28,6 +29,8 @@ pub struct UnitSettings {
     pub unit_name: String,
     /// Where the model runs.
     pub device: Device,
+    /// The dtype of the tensor handed on (NOT_SUCCESS).
+    pub wire_dtype: WireDtype,
 }
 
 /// A request checked and decoded, ready to join a batch.
@@ -54,11 +57,19 @@ pub struct Refused {
 /// # Errors
 /// A message saying what was expected: not a ComputationRequest, a
 /// `start_layer` outside `0..exit`, or an `x` that does not fit it.
-pub fn prepare(body: &[u8], settings: &UnitSettings) -> Result<Prepared, Refused> {
+pub fn prepare(body: impl prost::bytes::Buf, settings: &UnitSettings) -> Result<Prepared, Refused> {
     let request = dnet_codec::decode_request(body).map_err(|message| Refused {
         start_layer: 0,
         message,
     })?;
+    prepare_request(&request, settings)
+}
+
+/// Checks a decoded request for this unit and decodes its `x`.
+///
+/// # Errors
+/// See [`prepare`].
+pub fn prepare_request(request: &ComputationRequest, settings: &UnitSettings) -> Result<Prepared, Refused> {
     let refused = |message: String| Refused {
         start_layer: request.start_layer,
         message,
@@ -143,18 +154,18 @@ pub fn respond(settings: &UnitSettings, probs: &Tensor, trunk: Option<&Tensor>) 
     let decision = decide(probs, threshold);
     let (status, data) = match (decision.exits, trunk) {
         (false, Some(trunk)) => {
-            let x = codec::encode_x(trunk).map_err(|e| e.to_string())?;
+            let x = codec::encode_x(&trunk.to_kind(settings.wire_dtype.kind())).map_err(|e| e.to_string())?;
             (
                 StatusCode::NotSuccess,
                 Data::NextRequest(ComputationRequest {
                     start_layer: exit as u64,
-                    x,
+                    x: x.into(),
                 }),
             )
         }
         _ => {
             let result = codec::encode_result(&decision.category, probs).map_err(|e| e.to_string())?;
-            (StatusCode::Success, Data::Result(result))
+            (StatusCode::Success, Data::Result(result.into()))
         }
     };
     Ok(ComputationResponse {

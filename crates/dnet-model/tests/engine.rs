@@ -28,6 +28,7 @@ fn unit(threshold: f64) -> UnitSettings {
         max_message_bytes: 64 << 20,
         unit_name: "engine-test".into(),
         device: Device::Cpu,
+        wire_dtype: dnet_model::options::WireDtype::F32,
     }
 }
 

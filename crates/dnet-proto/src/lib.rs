@@ -11,6 +11,7 @@ tonic::include_proto!("unit");
 /// Encoded `FileDescriptorSet` of the `unit` package, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("unit_descriptor");
 
+pub use bytes::Bytes;
 pub use computation_response::{Data, StatusCode};
 pub use d_net_client::DNetClient;
 pub use d_net_server::{DNet, DNetServer};

@@ -138,8 +138,47 @@ impl TransmissionUnit {
             extra,
         );
         let mut process = Process::start(&binary(&bin_dir(), "transmission-unit")?, &args, &[])?;
-        let address = logged_address(&mut process, "transmission unit serving", "listen").await?;
+        let address = logged_address(&mut process, "serving", "listen").await?;
         let metrics_address = logged_address(&mut process, "serving Prometheus metrics at /metrics", "address").await?;
+        Ok(TransmissionUnit {
+            process,
+            address,
+            metrics_address,
+            name,
+        })
+    }
+
+    /// Starts a direct unit (`computation-unit serve`) of exit `exit` with
+    /// random weights `seed` (one libtorch thread unless `extra` sets
+    /// `--threads`) and waits until it serves gRPC. It has the transmission
+    /// unit's gRPC edge, so the same handle serves both.
+    ///
+    /// # Errors
+    /// It does not start.
+    pub async fn direct(exit: u8, seed: u64, extra: &[&str]) -> anyhow::Result<TransmissionUnit> {
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let default_name = format!("du-{}-{}", std::process::id(), STARTED.fetch_add(1, Ordering::SeqCst));
+        let name = extra
+            .iter()
+            .position(|flag| *flag == "--unit-name")
+            .and_then(|i| extra.get(i + 1))
+            .map_or(default_name.clone(), |name| (*name).to_owned());
+        let mut args = vec!["serve".to_owned()];
+        args.extend(arguments(
+            &[
+                ("-e", exit.to_string()),
+                ("--random-weights", seed.to_string()),
+                ("--threads", "1".to_owned()),
+                ("-l", "127.0.0.1:0".to_owned()),
+                ("--metrics-address", "127.0.0.1:0".to_owned()),
+                ("--unit-name", default_name),
+                ("--log-format", "json".to_owned()),
+            ],
+            extra,
+        ));
+        let mut process = Process::start(&binary(&bin_dir(), "computation-unit")?, &args, &[])?;
+        let metrics_address = logged_address(&mut process, "serving Prometheus metrics at /metrics", "address").await?;
+        let address = logged_address(&mut process, "serving", "listen").await?;
         Ok(TransmissionUnit {
             process,
             address,

@@ -95,7 +95,10 @@ pub async fn run(
     let request = match local {
         Some(local) => through_local_layers(sample.image, local).await,
         None => codec::encode_x(&sample.image)
-            .map(|x| ComputationRequest { start_layer: 0, x })
+            .map(|x| ComputationRequest {
+                start_layer: 0,
+                x: x.into(),
+            })
             .map_err(|_| failed("ENCODE", false)),
     };
     let outcome = match request {

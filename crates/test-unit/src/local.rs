@@ -43,6 +43,7 @@ impl LocalLayers {
                     max_message_bytes: 64 << 20,
                     unit_name: format!("device-{exit}"),
                     device,
+                    wire_dtype: dnet_model::options::WireDtype::F32,
                 };
                 Engine::start(source.clone(), unit, settings.clone(), Default::default())
             })

@@ -81,7 +81,7 @@ async fn main() {
     for (size_label, size) in SIZES {
         let request = ComputationRequest {
             start_layer: 0,
-            x: vec![7; size],
+            x: vec![7; size].into(),
         };
         let body = request.encode_to_vec();
         for concurrency in CONCURRENCY {

@@ -1,9 +1,12 @@
-//! Command line of `transmission-unit`; every flag also reads a `DNET_*` variable.
+//! Command lines: `EdgeArgs`, the gRPC side of any unit (also taken by the
+//! direct unit, `computation-unit serve`), and `Config`, the transmission
+//! unit's (the gRPC side and its broker). Every flag also reads a `DNET_*`
+//! variable.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Args, Parser};
 use dnet_common::duration::parse_duration;
 use dnet_common::telemetry::ObservabilityArgs;
 
@@ -13,9 +16,8 @@ use dnet_common::telemetry::ObservabilityArgs;
 #[derive(Clone, Debug, Parser)]
 #[command(name = "transmission-unit", version, about, long_about = None)]
 pub struct Config {
-    /// Address the gRPC server listens on.
-    #[arg(short = 'l', long, env = "DNET_LISTEN_ADDRESS", default_value = "0.0.0.0:8080")]
-    pub listen_address: String,
+    #[command(flatten)]
+    pub edge: EdgeArgs,
 
     /// RabbitMQ address (amqp:// or amqps://user:password@host:port/vhost).
     #[arg(short = 'a', long, env = "DNET_AMQP_ADDRESS", default_value = "amqp://localhost")]
@@ -24,6 +26,19 @@ pub struct Config {
     /// Queue the computation units of this unit consume.
     #[arg(short = 'q', long, env = "DNET_QUEUE_NAME", default_value = "ComputationQueue")]
     pub queue_name: String,
+
+    /// CA (PEM) to trust for an amqps:// broker, besides the system's CAs.
+    #[arg(long, env = "DNET_AMQP_CA")]
+    pub amqp_ca: Option<PathBuf>,
+}
+
+/// How a unit serves gRPC: listening, forwarding to the next unit, deadlines,
+/// TLS, admission, draining.
+#[derive(Clone, Debug, Args)]
+pub struct EdgeArgs {
+    /// Address the gRPC server listens on.
+    #[arg(short = 'l', long, env = "DNET_LISTEN_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub listen_address: String,
 
     /// gRPC address (host:port) of the next unit; NOT_SUCCESS answers are
     /// forwarded there. Without it, NOT_SUCCESS is returned to the caller.
@@ -49,10 +64,6 @@ pub struct Config {
     /// Largest request or response accepted or sent, in bytes (gRPC and AMQP).
     #[arg(long, env = "DNET_MAX_MESSAGE_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_message_bytes: usize,
-
-    /// CA (PEM) to trust for an amqps:// broker, besides the system's CAs.
-    #[arg(long, env = "DNET_AMQP_CA")]
-    pub amqp_ca: Option<PathBuf>,
 
     /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, env = "DNET_TLS_CERT", requires = "tls_key")]
@@ -89,8 +100,9 @@ pub struct Config {
     #[arg(long, env = "DNET_MAX_IN_FLIGHT", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: Option<u32>,
 
-    /// Requests waiting in the queue (read every 250 ms) above which calls get
-    /// RESOURCE_EXHAUSTED at once instead of joining them.
+    /// Requests waiting to be computed (in the queue, read every 250 ms; in
+    /// a direct unit, for its model) above which calls get RESOURCE_EXHAUSTED
+    /// at once instead of joining them.
     #[arg(long, env = "DNET_MAX_QUEUE", default_value_t = 1000)]
     pub max_queue: u64,
 
@@ -108,7 +120,7 @@ pub struct Config {
 /// The most calls a transmission unit takes by default.
 const MAX_IN_FLIGHT_CAP: u64 = 1024;
 
-impl Config {
+impl EdgeArgs {
     /// `--max-in-flight`, else what fits half the memory this process may
     /// use with two messages of `--max-message-bytes` per call.
     #[must_use]
@@ -131,7 +143,7 @@ impl Config {
             .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
             .map(|h| h.trim().to_owned())
             .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "transmission-unit".to_owned());
+            .unwrap_or_else(|| "dnet-unit".to_owned());
         format!("{host}:{port}")
     }
 }

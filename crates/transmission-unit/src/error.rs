@@ -38,6 +38,12 @@ pub enum Error {
     /// or with NOT_SUCCESS but no next request.
     #[error("invalid reply from a computation unit: {0}")]
     BadReply(String),
+    /// A direct unit's own model could not compute the request before its deadline.
+    #[error("not computed before the deadline: {0}")]
+    Expired(String),
+    /// A direct unit's own model has stopped taking requests.
+    #[error("this unit is stopping and computes no more requests")]
+    Stopping,
     /// The next unit cannot be reached.
     #[error("next unit {address} is unavailable: {message}")]
     NextUnavailable { address: String, message: String },
@@ -58,9 +64,11 @@ impl Error {
     #[must_use]
     pub fn code(&self) -> Code {
         match self {
-            Error::Queue(QueueError::Timeout { .. }) | Error::NextDeadline { .. } => Code::DeadlineExceeded,
+            Error::Queue(QueueError::Timeout { .. }) | Error::NextDeadline { .. } | Error::Expired(_) => {
+                Code::DeadlineExceeded
+            }
             Error::Queue(QueueError::TooLarge { .. }) => Code::ResourceExhausted,
-            Error::Queue(_) | Error::NextUnavailable { .. } => Code::Unavailable,
+            Error::Queue(_) | Error::NextUnavailable { .. } | Error::Stopping => Code::Unavailable,
             Error::BadReply(_) => Code::Internal,
             Error::Next { code, .. } => *code,
         }

@@ -46,7 +46,7 @@ mod tests {
     fn takes_compute_time_from_the_worker_and_the_rest_as_queue_wait() {
         let request = ComputationRequest {
             start_layer: 4,
-            x: vec![],
+            x: Default::default(),
         };
         let reply = ComputationResponse {
             status: StatusCode::Success as i32,
@@ -70,13 +70,13 @@ mod tests {
     fn infers_the_exit_from_the_next_request_of_an_original_worker() {
         let request = ComputationRequest {
             start_layer: 0,
-            x: vec![],
+            x: Default::default(),
         };
         let reply = ComputationResponse {
             status: StatusCode::NotSuccess as i32,
             data: Some(Data::NextRequest(ComputationRequest {
                 start_layer: 10,
-                x: vec![],
+                x: Default::default(),
             })),
             ..ComputationResponse::default()
         };

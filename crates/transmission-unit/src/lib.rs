@@ -6,8 +6,12 @@
 //! (queue, deadlines, hop records, error codes) are in docs/architecture.md.
 //!
 //! Layout:
-//! - `config`: command line and `DNET_*` environment variables.
-//! - `server`: `run(listener, config, shutdown)`: gRPC, health, reflection, metrics, drain.
+//! - `config`: command line and `DNET_*` environment variables; `EdgeArgs`
+//!   are the gRPC side any unit takes (the direct unit too).
+//! - `queue_unit`: `run(listener, config, shutdown)`: the transmission unit.
+//! - `server`: `serve`: gRPC, health, reflection, metrics, admission, drain,
+//!   for any `Backend` (shared with `computation-unit serve`).
+//! - `backend`: what computes a unit's exit; the queue is one backend.
 //! - `service`: the `unit.DNet` handlers (`Compute`, `Qstatus`).
 //! - `queue_client`: AMQP RPC with many calls in flight, reconnecting on loss.
 //! - `next_unit`: the gRPC client to the next unit in the cascade.
@@ -19,6 +23,7 @@
 //! - `retry`: retries of UNAVAILABLE within the deadline (full jitter, budget).
 //! - `tls`: TLS settings of the server and of the client to the next unit.
 
+pub mod backend;
 pub mod config;
 pub mod deadline;
 pub mod error;
@@ -27,6 +32,7 @@ pub mod http2;
 pub mod metrics;
 pub mod next_unit;
 pub mod queue_client;
+pub mod queue_unit;
 pub mod retry;
 pub mod server;
 pub mod service;

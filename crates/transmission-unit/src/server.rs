@@ -1,4 +1,6 @@
-//! `run`: the whole transmission unit on an already-bound listener.
+//! `serve`: the gRPC edge of a unit on an already-bound listener: `unit.DNet`,
+//! health, reflection, TLS, admission, metrics, and draining on shutdown,
+//! whatever backend computes the unit's exit.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -7,18 +9,19 @@ use std::time::Duration;
 use dnet_proto::{DNetServer, FILE_DESCRIPTOR_SET};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::backend::Backend;
+use crate::config::EdgeArgs;
 use crate::error;
 use crate::http2;
 use crate::metrics::Metrics;
 use crate::next_unit::NextUnit;
-use crate::queue_client::{QueueClient, QueueSettings};
 use crate::service::{ServiceSettings, UnitService};
 use crate::tls;
 
@@ -36,20 +39,54 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves the unit on `listener` (and metrics on `metrics_listener`) until
-/// `shutdown` completes, then drains in-flight calls for up to the grace period.
+/// Binds `--listen-address` and, when given, `--metrics-address`.
 ///
 /// # Errors
-/// A bad `--next-address`, or the gRPC server failing.
-pub async fn run(
+/// An address that cannot be bound, naming the flag.
+pub async fn bind(args: &EdgeArgs) -> Result<(TcpListener, Option<TcpListener>), ServeError> {
+    let bind = |address: String, flag: &'static str| async move {
+        TcpListener::bind(&address)
+            .await
+            .map_err(|e| ServeError::Config(format!("cannot listen on {address} ({flag}): {e}")))
+    };
+    let listener = bind(args.listen_address.clone(), "--listen-address").await?;
+    let metrics = match &args.observability.metrics_address {
+        Some(address) => Some(bind(address.clone(), "--metrics-address").await?),
+        None => None,
+    };
+    Ok((listener, metrics))
+}
+
+/// What `serve` needs besides the backend: the gRPC settings, the unit's
+/// name, its metrics and the registry they are exported from.
+pub struct Edge {
+    pub args: EdgeArgs,
+    pub unit_name: String,
+    pub metrics: Arc<Metrics>,
+    pub registry: Registry,
+}
+
+/// Serves `unit.DNet` on `listener` with `backend` computing this unit's exit
+/// (and metrics, `/livez` and `/readyz` on `metrics_listener`) until
+/// `shutdown` completes, then drains in-flight calls for up to the grace
+/// period and closes the backend.
+///
+/// # Errors
+/// A bad `--next-address` or TLS file, or the gRPC server failing.
+pub async fn serve<B: Backend>(
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
-    config: Config,
+    edge: Edge,
+    backend: B,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    let Edge {
+        args: config,
+        unit_name,
+        metrics,
+        registry,
+    } = edge;
     let local_address = listener.local_addr().ok();
-    let port = local_address.map(|a| a.port()).unwrap_or_default();
-    let unit_name = config.unit_name(port);
     let next = config
         .next_address
         .as_deref()
@@ -58,32 +95,17 @@ pub async fn run(
         .transpose()
         .map_err(ServeError::Config)?;
     let server_tls = tls::server(&config).map_err(ServeError::Config)?;
-
-    let mut registry = Registry::default();
-    let metrics = Arc::new(Metrics::register(&mut registry));
-    let queue = QueueClient::start(QueueSettings {
-        uri: config.amqp_address.clone(),
-        queue: config.queue_name.clone(),
-        connection_name: format!("transmission-unit {unit_name}"),
-        tls_ca: config
-            .amqp_ca
-            .as_deref()
-            .map(dnet_amqp::read_ca)
-            .transpose()
-            .map_err(ServeError::Config)?,
-        max_message_bytes: config.max_message_bytes,
-        pending_gauge: metrics.pending_replies.clone(),
-        late_replies: metrics.late_replies.clone(),
-        waiting_gauge: metrics.queue_waiting.clone(),
-    });
+    let ready = backend.ready();
+    let backend = Arc::new(backend);
+    let closer = Arc::clone(&backend);
     let stop_metrics = CancellationToken::new();
     if let Some(metrics_listener) = metrics_listener {
         let stop = stop_metrics.clone();
         tokio::spawn(dnet_common::metrics_http::serve(
             metrics_listener,
             Arc::new(registry),
-            // Ready while the broker session is up, as the gRPC health of unit.DNet.
-            queue.connected(),
+            // Ready as the gRPC health of unit.DNet: while the backend can compute.
+            ready.clone(),
             async move {
                 stop.cancelled().await;
             },
@@ -91,7 +113,7 @@ pub async fn run(
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    let health_task = tokio::spawn(follow_broker_health(health.clone(), queue.clone()));
+    let health_task = tokio::spawn(follow_readiness(health.clone(), ready));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -106,18 +128,17 @@ pub async fn run(
         max_queue: config.max_queue,
         retry_budget: config.retry_budget,
     };
-    let service = DNetServer::new(UnitService::new(queue.clone(), next, settings, metrics))
+    let service = DNetServer::new(UnitService::new(backend, next, settings, Arc::clone(&metrics)))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
 
     info!(
         listen = %local_address.map_or_else(|| "?".to_owned(), |a| a.to_string()),
         unit = %unit_name,
-        queue = %config.queue_name,
         next = config.next_address.as_deref().unwrap_or("none"),
         max_in_flight,
         max_queue = config.max_queue,
-        "transmission unit serving"
+        "serving"
     );
     let stop_accepting = CancellationToken::new();
     // With an incoming stream of our own, socket options are set here, not on the builder.
@@ -148,13 +169,13 @@ pub async fn run(
             health_task.abort();
             health.set_service_status("", ServingStatus::NotServing).await;
             health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
-            info!(grace_s = config.shutdown_grace.as_secs_f64(), in_flight = queue.pending_calls(),
+            info!(grace_s = config.shutdown_grace.as_secs_f64(), in_flight = metrics.in_flight.get(),
                 "no longer accepting calls, draining");
             stop_accepting.cancel();
             match tokio::time::timeout(config.shutdown_grace, &mut server).await {
                 Ok(served) => served,
                 Err(_) => {
-                    warn!(abandoned = queue.pending_calls(), "grace period over, abandoning calls in flight");
+                    warn!(abandoned = metrics.in_flight.get(), "grace period over, abandoning calls in flight");
                     Ok(())
                 }
             }
@@ -162,24 +183,23 @@ pub async fn run(
     };
     health_task.abort();
     stop_metrics.cancel();
-    queue.close().await;
-    info!("transmission unit stopped");
+    closer.close().await;
+    info!("stopped");
     served.map_err(ServeError::from)
 }
 
-/// Mirrors the broker session into the health of `unit.DNet` (readiness):
-/// SERVING while connected. The server's own entry `""` (liveness) stays
+/// Mirrors the backend's readiness into the health of `unit.DNet`: SERVING
+/// while it can compute. The server's own entry `""` (liveness) stays
 /// SERVING until shutdown, so a broker outage does not get the pod restarted.
-async fn follow_broker_health(health: tonic_health::server::HealthReporter, queue: QueueClient) {
-    let mut connected = queue.connected();
+async fn follow_readiness(health: tonic_health::server::HealthReporter, mut ready: watch::Receiver<bool>) {
     loop {
-        let status = if *connected.borrow_and_update() {
+        let status = if *ready.borrow_and_update() {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
         };
         health.set_service_status(SERVICE_NAME, status).await;
-        if connected.changed().await.is_err() {
+        if ready.changed().await.is_err() {
             return;
         }
     }

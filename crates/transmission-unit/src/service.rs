@@ -4,18 +4,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dnet_proto::{ComputationRequest, ComputationResponse, DNet, Data, QstatusRequest, QstatusResponse, StatusCode};
-use prost::Message;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 
+use crate::backend::Backend;
 use crate::deadline;
 use crate::error::Error;
 use crate::hop;
 use crate::metrics::Metrics;
 use crate::next_unit::NextUnit;
-use crate::queue_client::QueueClient;
 use crate::retry::RetryPolicy;
 
 /// Settings of the service that do not belong to the queue or the next unit.
@@ -35,9 +34,9 @@ pub struct ServiceSettings {
     pub retry_budget: f32,
 }
 
-/// The handlers of one transmission unit.
-pub struct UnitService {
-    queue: QueueClient,
+/// The handlers of one unit, whatever computes its exit.
+pub struct UnitService<B> {
+    backend: Arc<B>,
     next: Option<NextUnit>,
     settings: ServiceSettings,
     metrics: Arc<Metrics>,
@@ -46,11 +45,11 @@ pub struct UnitService {
     retries: RetryPolicy,
 }
 
-impl UnitService {
+impl<B: Backend> UnitService<B> {
     #[must_use]
-    pub fn new(queue: QueueClient, next: Option<NextUnit>, settings: ServiceSettings, metrics: Arc<Metrics>) -> Self {
+    pub fn new(backend: Arc<B>, next: Option<NextUnit>, settings: ServiceSettings, metrics: Arc<Metrics>) -> Self {
         Self {
-            queue,
+            backend,
             next,
             admission: Arc::new(Semaphore::new(settings.max_in_flight as usize)),
             retries: RetryPolicy::new(settings.retry_budget),
@@ -60,7 +59,7 @@ impl UnitService {
     }
 
     /// Refuses a call at once when the unit is saturated: all its call slots
-    /// taken, or its queue already longer than `--max-queue`.
+    /// taken, or more than `--max-queue` requests already waiting.
     fn admit(&self) -> Result<OwnedSemaphorePermit, Status> {
         let permit = Arc::clone(&self.admission).try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
@@ -68,31 +67,26 @@ impl UnitService {
                 self.settings.max_in_flight
             ))
         })?;
-        let waiting = self.queue.waiting();
+        let waiting = self.backend.waiting();
         if waiting > self.settings.max_queue {
             return Err(Status::resource_exhausted(format!(
-                "unit saturated: {waiting} requests wait in its queue, more than --max-queue {}",
+                "unit saturated: {waiting} requests wait to be computed, more than --max-queue {}",
                 self.settings.max_queue
             )));
         }
         Ok(permit)
     }
 
-    /// One call: the queue round trip, then the forward on NOT_SUCCESS.
+    /// One call: this unit's exit (the backend), then the forward on NOT_SUCCESS.
     async fn handle(&self, request: ComputationRequest, deadline: Instant) -> Result<ComputationResponse, Error> {
         let received = Instant::now();
-        let body = request.encode_to_vec();
         let retried = || self.metrics.retried("queue");
-        let reply_bytes = self
+        let reply = self
             .retries
-            .run(deadline, retried, || async {
-                Ok(self.queue.call(&body, deadline).await?)
-            })
+            .run(deadline, retried, || self.backend.compute(&request, deadline))
             .await?;
         let round_trip = received.elapsed();
         self.metrics.queue_round_trip.observe(round_trip.as_secs_f64());
-        let reply = ComputationResponse::decode(reply_bytes.as_slice())
-            .map_err(|e| Error::BadReply(format!("not a ComputationResponse ({e})")))?;
         let mut this_hop = hop::record(&self.settings.unit_name, &request, &reply, round_trip);
 
         let forward_to = self
@@ -138,7 +132,7 @@ fn status_name(status: i32) -> &'static str {
 }
 
 #[tonic::async_trait]
-impl DNet for UnitService {
+impl<B: Backend> DNet for UnitService<B> {
     async fn compute(&self, request: Request<ComputationRequest>) -> Result<Response<ComputationResponse>, Status> {
         let budget = deadline::budget(request.metadata(), self.settings.default_timeout);
         let deadline = Instant::now() + budget;
@@ -169,7 +163,7 @@ impl DNet for UnitService {
     }
 
     async fn qstatus(&self, _request: Request<QstatusRequest>) -> Result<Response<QstatusResponse>, Status> {
-        let status = self.queue.status().await.map_err(|e| Status::from(Error::from(e)))?;
+        let status = self.backend.status().await.map_err(Status::from)?;
         Ok(Response::new(QstatusResponse {
             qlength: u64::from(status.messages),
             consumer: u64::from(status.consumers),

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
-use crate::config::Config;
+use crate::config::EdgeArgs;
 
 fn read(path: &Path, flag: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))
@@ -15,7 +15,7 @@ fn read(path: &Path, flag: &str) -> Result<Vec<u8>, String> {
 ///
 /// # Errors
 /// An unreadable certificate, key or CA file.
-pub fn server(config: &Config) -> Result<Option<ServerTlsConfig>, String> {
+pub fn server(config: &EdgeArgs) -> Result<Option<ServerTlsConfig>, String> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
@@ -31,7 +31,7 @@ pub fn server(config: &Config) -> Result<Option<ServerTlsConfig>, String> {
 ///
 /// # Errors
 /// An unreadable CA, certificate or key file.
-pub fn next(config: &Config, next_address: &str) -> Result<Option<ClientTlsConfig>, String> {
+pub fn next(config: &EdgeArgs, next_address: &str) -> Result<Option<ClientTlsConfig>, String> {
     let Some(ca) = &config.next_tls_ca else {
         return Ok(None);
     };

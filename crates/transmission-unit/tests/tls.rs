@@ -105,14 +105,17 @@ async fn tls_and_client_certificates_and_tls_to_the_next_unit() {
     let w2 = Worker::start(&broker, q2.name(), 4, |r| Behaviour::Reply(success(16, r.x))).await;
     let request = ComputationRequest {
         start_layer: 0,
-        x: b"secret tensor".to_vec(),
+        x: dnet_proto::Bytes::from_static(b"secret tensor"),
     };
 
     // Over TLS, through both units (the second one checking the first one's certificate).
     let mut client = tls_client(first.address, d, false).await.expect("TLS connects");
     let answer = client.compute(request.clone()).await.expect("answer").into_inner();
     assert_eq!(answer.status, StatusCode::Success as i32);
-    assert_eq!(answer.data, Some(Data::Result(b"secret tensor".to_vec())));
+    assert_eq!(
+        answer.data,
+        Some(Data::Result(dnet_proto::Bytes::from_static(b"secret tensor")))
+    );
     assert_eq!(answer.hops.len(), 2);
 
     // Plain text to a TLS unit fails; no client certificate where one is required fails.
@@ -189,11 +192,14 @@ async fn the_transmission_unit_reaches_the_broker_over_amqps() {
         .expect("client")
         .compute(ComputationRequest {
             start_layer: 0,
-            x: b"over amqps".to_vec(),
+            x: dnet_proto::Bytes::from_static(b"over amqps"),
         })
         .await
         .expect("answer")
         .into_inner();
-    assert_eq!(answer.data, Some(Data::Result(b"over amqps".to_vec())));
+    assert_eq!(
+        answer.data,
+        Some(Data::Result(dnet_proto::Bytes::from_static(b"over amqps")))
+    );
     worker.stop().await;
 }

@@ -39,7 +39,10 @@ async fn success_passes_through_with_this_units_hop() {
         .into_inner();
 
     assert_eq!(answer.status, StatusCode::Success as i32);
-    assert_eq!(answer.data, Some(Data::Result(b"tensor".to_vec())));
+    assert_eq!(
+        answer.data,
+        Some(Data::Result(dnet_proto::Bytes::from_static(b"tensor")))
+    );
     assert_eq!((answer.exit_layer, answer.confidence), (16, 0.95));
     assert_eq!(answer.hops.len(), 1);
     let hop = &answer.hops[0];
@@ -64,15 +67,15 @@ async fn not_success_is_forwarded_along_three_units() {
     let first = unit(&broker, &queues[0], &["-n", &middle.endpoint()]).await;
     let workers = [
         Worker::start(&broker, queues[0].name(), 10, |r| {
-            Behaviour::Reply(not_success(4, [r.x, b"+4".to_vec()].concat()))
+            Behaviour::Reply(not_success(4, [&r.x[..], b"+4"].concat()))
         })
         .await,
         Worker::start(&broker, queues[1].name(), 10, |r| {
-            Behaviour::Reply(not_success(8, [r.x, b"+8".to_vec()].concat()))
+            Behaviour::Reply(not_success(8, [&r.x[..], b"+8"].concat()))
         })
         .await,
         Worker::start(&broker, queues[2].name(), 10, |r| {
-            Behaviour::Reply(success(12, [r.x, b"+12".to_vec()].concat()))
+            Behaviour::Reply(success(12, [&r.x[..], b"+12"].concat()))
         })
         .await,
     ];
@@ -89,7 +92,7 @@ async fn not_success_is_forwarded_along_three_units() {
     assert_eq!(answer.status, StatusCode::Success as i32);
     assert_eq!(
         answer.data,
-        Some(Data::Result(b"x+4+8+12".to_vec())),
+        Some(Data::Result(dnet_proto::Bytes::from_static(b"x+4+8+12"))),
         "each unit got its predecessor's tensor"
     );
     assert_eq!(answer.exit_layer, 12);
@@ -157,7 +160,7 @@ async fn two_hundred_concurrent_calls_each_get_their_own_answer() {
 
     for joined in answers {
         let (x, answer) = joined.expect("call task");
-        assert_eq!(answer.data, Some(Data::Result(x)));
+        assert_eq!(answer.data, Some(Data::Result(x.into())));
     }
     let metrics = unit.metrics().await.expect("metrics");
     assert_eq!(metrics.value("dnet_pending_replies").expect("gauge"), 0.0);
@@ -216,7 +219,7 @@ async fn a_late_reply_is_counted_dropped_and_the_next_call_gets_its_own() {
     let unit = unit(&broker, &queue, &["--timeout", "300ms"]).await;
     // Replies only after 800 ms: the first call has given up by then.
     let worker = Worker::start(&broker, queue.name(), 10, |r| {
-        if r.x == b"late" {
+        if r.x == b"late"[..] {
             Behaviour::ReplyAfter(Duration::from_millis(800), success(16, r.x))
         } else {
             Behaviour::Reply(success(16, r.x))
@@ -240,7 +243,10 @@ async fn a_late_reply_is_counted_dropped_and_the_next_call_gets_its_own() {
         .await
         .expect("answer")
         .into_inner();
-    assert_eq!(answer.data, Some(Data::Result(b"on time".to_vec())));
+    assert_eq!(
+        answer.data,
+        Some(Data::Result(dnet_proto::Bytes::from_static(b"on time")))
+    );
     let metrics = unit.metrics().await.expect("metrics");
     assert_eq!(metrics.value("dnet_pending_replies").expect("gauge"), 0.0);
     assert_eq!(metrics.value("dnet_late_replies_total").expect("counter"), 1.0);
@@ -325,7 +331,7 @@ async fn a_worker_dying_mid_request_loses_nothing() {
     .expect("taken");
 
     let rescuer = Worker::start(&broker, queue.name(), 1, |r| {
-        Behaviour::Reply(success(16, [b"rescued:".to_vec(), r.x].concat()))
+        Behaviour::Reply(success(16, [&b"rescued:"[..], &r.x[..]].concat()))
     })
     .await;
     let answer = call
@@ -334,7 +340,10 @@ async fn a_worker_dying_mid_request_loses_nothing() {
         .expect("answered by the second worker")
         .into_inner();
 
-    assert_eq!(answer.data, Some(Data::Result(b"rescued:precious".to_vec())));
+    assert_eq!(
+        answer.data,
+        Some(Data::Result(dnet_proto::Bytes::from_static(b"rescued:precious")))
+    );
     doomed.stop().await;
     rescuer.stop().await;
 }
@@ -465,7 +474,10 @@ async fn a_call_survives_a_lost_broker_connection_by_a_retry() {
         .expect("call task")
         .expect("answered after a retry")
         .into_inner();
-    assert_eq!(answer.data, Some(Data::Result(b"in flight".to_vec())));
+    assert_eq!(
+        answer.data,
+        Some(Data::Result(dnet_proto::Bytes::from_static(b"in flight")))
+    );
     let metrics = unit.metrics().await.expect("metrics");
     assert!(
         metrics
@@ -501,7 +513,10 @@ async fn without_retries_a_lost_broker_connection_fails_in_flight_calls_then_rec
         .await
         .expect("served again")
         .into_inner();
-    assert_eq!(answer.data, Some(Data::Result(b"after".to_vec())));
+    assert_eq!(
+        answer.data,
+        Some(Data::Result(dnet_proto::Bytes::from_static(b"after")))
+    );
     worker.stop().await;
 }
 
@@ -655,7 +670,10 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
         .expect("call task")
         .expect("the in-flight call is drained")
         .into_inner();
-    assert_eq!(answer.data, Some(Data::Result(b"in flight".to_vec())));
+    assert_eq!(
+        answer.data,
+        Some(Data::Result(dnet_proto::Bytes::from_static(b"in flight")))
+    );
     let exit = unit.process.wait_exit(Duration::from_secs(10)).await.expect("exits");
     assert!(exit.success(), "{exit:?}");
     worker.stop().await;

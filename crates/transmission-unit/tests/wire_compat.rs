@@ -46,7 +46,7 @@ fn request_bytes_built_by_hand_with_the_original_field_numbers_decode() {
         request,
         ComputationRequest {
             start_layer: 8,
-            x: b"abc".to_vec()
+            x: b"abc".to_vec().into()
         }
     );
     assert_eq!(request.encode_to_vec(), bytes, "and encodes to the same bytes");
@@ -75,7 +75,7 @@ fn original_responses_decode_with_ours() {
         ours.data,
         Some(Data::NextRequest(ComputationRequest {
             start_layer: 10,
-            x: vec![1, 2]
+            x: vec![1, 2].into()
         }))
     );
     assert!(ours.hops.is_empty() && ours.exit_layer == 0);
@@ -85,7 +85,7 @@ fn original_responses_decode_with_ours() {
 fn our_responses_decode_with_the_original_definitions() {
     let ours = ComputationResponse {
         status: StatusCode::Success as i32,
-        data: Some(Data::Result(vec![7; 5])),
+        data: Some(Data::Result(vec![7; 5].into())),
         exit_layer: 12,
         confidence: 0.97,
         hops: vec![HopRecord {
@@ -112,7 +112,10 @@ async fn a_client_generated_from_the_original_definitions_works_unchanged() {
     let unit = TransmissionUnit::start(&broker, queue.name(), &[])
         .await
         .expect("unit starts");
-    let worker = Worker::start(&broker, queue.name(), 10, |r| Behaviour::Reply(success(16, r.x))).await;
+    let worker = Worker::start(&broker, queue.name(), 10, |r| {
+        Behaviour::Reply(success(16, r.x.to_vec()))
+    })
+    .await;
 
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", unit.address))
         .expect("uri")

@@ -20,7 +20,7 @@ pub fn images(n: i64, seed: i64) -> Tensor {
 pub fn request(start_layer: u64, x: &Tensor) -> ComputationRequest {
     ComputationRequest {
         start_layer,
-        x: codec::encode_x(x).expect("encode"),
+        x: codec::encode_x(x).expect("encode").into(),
     }
 }
 

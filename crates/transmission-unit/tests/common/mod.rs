@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 pub fn request(start_layer: u64, x: &[u8]) -> ComputationRequest {
     ComputationRequest {
         start_layer,
-        x: x.to_vec(),
+        x: x.to_vec().into(),
     }
 }
 
@@ -119,10 +119,10 @@ impl Drop for Worker {
 }
 
 /// A reply as a worker of exit `exit` would send it for SUCCESS.
-pub fn success(exit: u64, result: Vec<u8>) -> ComputationResponse {
+pub fn success(exit: u64, result: impl Into<dnet_proto::Bytes>) -> ComputationResponse {
     ComputationResponse {
         status: dnet_proto::StatusCode::Success as i32,
-        data: Some(dnet_proto::Data::Result(result)),
+        data: Some(dnet_proto::Data::Result(result.into())),
         exit_layer: exit,
         confidence: 0.95,
         hops: vec![dnet_proto::HopRecord {
@@ -134,12 +134,12 @@ pub fn success(exit: u64, result: Vec<u8>) -> ComputationResponse {
 }
 
 /// A NOT_SUCCESS reply handing `x` on with `start_layer = exit`.
-pub fn not_success(exit: u64, x: Vec<u8>) -> ComputationResponse {
+pub fn not_success(exit: u64, x: impl Into<dnet_proto::Bytes>) -> ComputationResponse {
     ComputationResponse {
         status: dnet_proto::StatusCode::NotSuccess as i32,
         data: Some(dnet_proto::Data::NextRequest(ComputationRequest {
             start_layer: exit,
-            x,
+            x: x.into(),
         })),
         exit_layer: exit,
         confidence: 0.5,

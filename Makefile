@@ -6,6 +6,9 @@ SHELL := /bin/bash
 DNET_CACHE ?= $(HOME)/.cache/dnet
 DNET_VENV ?= $(DNET_CACHE)/venv
 export DNET_CACHE DNET_VENV
+# make demo DNET_LAYOUT=direct: units without a broker (computation-unit serve).
+DNET_LAYOUT ?= broker
+export DNET_LAYOUT
 # tch (computation unit) builds against the venv's PyTorch, which must be 2.11.0.
 export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(DNET_VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
@@ -15,7 +18,7 @@ export DNET_BIN_DIR := $(TARGET_DIR)/release
 .PHONY: help setup build test demo bench chaos soak
 
 help:
-	@echo "make demo   run a local cascade (starts RabbitMQ if needed)"
+	@echo "make demo   run a local cascade (starts RabbitMQ if needed; DNET_LAYOUT=direct: no broker)"
 	@echo "make test   fmt, clippy, unit and integration tests (real RabbitMQ, never restarted), fuzz, chaos"
 	@echo "make build  release binaries into $(DNET_BIN_DIR)"
 	@echo "make bench  measure and rewrite BENCHMARKS.md"

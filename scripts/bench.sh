@@ -16,10 +16,11 @@ DNET_BENCH_OUT="$OUT/20-model.md" cargo bench -p dnet-model --bench model
 DNET_BENCH_OUT="$OUT/25-unit.md" cargo bench -p computation-unit --bench unit
 
 # The cascade with each unit's default threads, with batching and without;
-# then with one thread per unit against the same exit policy in one process
-# (three engines, one thread each).
+# then with one thread per unit, direct and broker layouts, against the same
+# exit policy in one process (three engines, one thread each).
 scripts/cascade.sh scripts/bench_cascade.sh "$OUT/runs" default "$SECONDS_EACH" "$REPEATS"
 DNET_MAX_BATCH_SIZE=1 scripts/cascade.sh scripts/bench_cascade.sh "$OUT/runs" unbatched "$SECONDS_EACH" "$REPEATS"
+DNET_CASCADE_THREADS=1 DNET_LAYOUT=direct scripts/cascade.sh scripts/bench_cascade.sh "$OUT/runs" direct-one-thread "$SECONDS_EACH" "$REPEATS"
 DNET_CASCADE_THREADS=1 scripts/cascade.sh bash -c '
   scripts/bench_cascade.sh "$0" one-thread "$1" "$2"
   for c in 1 4 16; do

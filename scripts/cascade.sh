@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# A local cascade: three units chained exit 8 -> 12 -> 16 on loopback, each a
-# transmission unit and a computation unit with the same random weights. Runs
+# A local cascade: three units chained exit 8 -> 12 -> 16 on loopback, with
+# the same random weights: each a transmission unit and a computation unit
+# (DNET_LAYOUT=broker, the default), or one direct unit, `computation-unit
+# serve`, with no broker (DNET_LAYOUT=direct). Runs
 # the given command with FIRST_UNIT=127.0.0.1:50060, CASCADE_PIDS (a file of
 # "pid name" lines) and CASCADE_THRESHOLDS (the 15 thresholds of the whole
 # cascade, for an in-process run of the same exit policy) set, then stops
@@ -8,6 +10,8 @@
 #   scripts/cascade.sh COMMAND [ARGS...]
 # DNET_CASCADE_THREADS: libtorch threads per computation unit (default: theirs).
 set -euo pipefail
+LAYOUT=${DNET_LAYOUT:-broker}
+case "$LAYOUT" in broker|direct) ;; *) echo "[cascade] DNET_LAYOUT must be broker or direct, not '$LAYOUT'"; exit 2;; esac
 BIN=${DNET_BIN_DIR:-target/release}
 SEED=${DNET_DEMO_SEED:-1}
 THREADS=${DNET_CASCADE_THREADS:-}
@@ -36,6 +40,14 @@ thresholds() { # "EXIT VALUE" pairs: that value at each EXIT, 1.0 at the others
 
 start_unit() { # exit port next thresholds
   local exit=$1 port=$2 next=$3 queue="dnet-demo-$1"
+  if [ "$LAYOUT" = direct ]; then
+    "$BIN/computation-unit" serve -l "127.0.0.1:$port" ${next:+-n "127.0.0.1:$next"} -e "$exit" \
+      --random-weights "$SEED" --unit-name "unit-$exit" ${THREADS:+--threads "$THREADS"} ${4:+--thresholds "$4"} \
+      >"$LOGS/unit-$exit.log" 2>&1 &
+    PIDS+=($!)
+    NAMES+=("direct-unit-$exit")
+    return
+  fi
   "$BIN/computation-unit" -q "$queue" -e "$exit" --random-weights "$SEED" --unit-name "cu-$exit" ${THREADS:+--threads "$THREADS"} \
     ${4:+--thresholds "$4"} >"$LOGS/computation-unit-$exit.log" 2>&1 &
   PIDS+=($!)
@@ -47,16 +59,23 @@ start_unit() { # exit port next thresholds
   NAMES+=("transmission-unit-$exit")
 }
 
-echo "[cascade] starting three units: exit 8 (:50060) -> exit 12 (:50061) -> exit 16 (:50062)"
+echo "[cascade] starting three units ($LAYOUT layout): exit 8 (:50060) -> exit 12 (:50061) -> exit 16 (:50062)"
 start_unit 16 50062 "" ""
 start_unit 12 50061 50062 "$(thresholds 12 "$THRESHOLDS_12")"
 start_unit 8 50060 50061 "$(thresholds 8 "$THRESHOLDS_8")"
+ready() { # exit: the unit serves (direct) or consumes and publishes (broker)
+  if [ "$LAYOUT" = direct ]; then
+    grep -qw "serving" "$LOGS/unit-$1.log"
+  else
+    grep -q "consuming" "$LOGS/computation-unit-$1.log" && grep -q "ready: publishing" "$LOGS/transmission-unit-$1.log"
+  fi
+}
 for exit in 8 12 16; do
   for _ in $(seq 1 150); do
-    grep -q "consuming" "$LOGS/computation-unit-$exit.log" && grep -q "ready: publishing" "$LOGS/transmission-unit-$exit.log" && break
+    ready "$exit" && break
     sleep 0.2
   done
-  grep -q "consuming" "$LOGS/computation-unit-$exit.log" || { echo "[cascade] unit $exit did not start:"; cat "$LOGS/computation-unit-$exit.log"; exit 1; }
+  ready "$exit" || { echo "[cascade] unit $exit did not start:"; cat "$LOGS"/*"-$exit.log"; exit 1; }
 done
 # "pid name" per line, for commands that watch the processes (make soak).
 for i in "${!PIDS[@]}"; do echo "${PIDS[$i]} ${NAMES[$i]}"; done > "$LOGS/pids"

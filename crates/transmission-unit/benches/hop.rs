@@ -1,9 +1,13 @@
-//! One transmission-unit hop on loopback with an instantly answering worker.
+//! One hop on loopback: a transmission unit with an instantly answering
+//! worker, and a direct unit computing one layer.
 //!
 //! Measures the release `transmission-unit` process (gRPC in, AMQP RPC out)
 //! and, as the baseline of the same run, the bare AMQP RPC it performs
-//! (`QueueClient` in this process, no gRPC, no second process). Writes a
-//! Markdown section to `$DNET_BENCH_OUT` (default `bench-out/transmission-unit.md`).
+//! (`QueueClient` in this process, no gRPC, no second process); then the
+//! release direct unit (`computation-unit serve`) computing the one layer
+//! after the tensor's boundary, its compute time (from its hop record)
+//! subtracted from each call. Writes a Markdown section to
+//! `$DNET_BENCH_OUT` (default `bench-out/transmission-unit.md`).
 //!
 //! Run: `cargo bench -p transmission-unit --bench hop` (or `make bench`).
 
@@ -18,6 +22,8 @@ use dnet_proto::{ComputationRequest, DNetClient};
 use dnet_testkit::stats::{closed_loop_repeats, Summary};
 use dnet_testkit::{Broker, TestQueue, TransmissionUnit};
 use prost::Message;
+use safetensors::tensor::{Dtype, TensorView};
+use tokio::time::Instant;
 use transmission_unit::queue_client::{QueueClient, QueueSettings};
 
 const WARMUP: Duration = Duration::from_millis(500);
@@ -25,6 +31,8 @@ const MEASURE: Duration = Duration::from_secs(2);
 const REPEATS: usize = 5;
 /// A normalised 3x32x32 image (start_layer 0) and a layer-8 boundary tensor (288x24x24).
 const SIZES: [(&str, usize); 2] = [("12 KB", 3 * 32 * 32 * 4), ("660 KB", 288 * 24 * 24 * 4)];
+/// The same two tensors as a direct unit takes them: (label, start layer, shape).
+const DIRECT: [(&str, u64, [usize; 4]); 2] = [("12 KB", 0, [1, 3, 32, 32]), ("660 KB", 8, [1, 288, 24, 24])];
 const CONCURRENCY: [usize; 2] = [1, 32];
 
 /// Median of REPEATS runs (range) of each statistic.
@@ -129,6 +137,27 @@ async fn main() {
     bare.close().await;
     worker.stop().await;
 
+    let mut direct_rows = Vec::new();
+    for (label, start, shape) in DIRECT {
+        let exit = start + 1;
+        let unit = TransmissionUnit::direct(u8::try_from(exit).expect("a layer"), 1, &[])
+            .await
+            .expect("the release direct unit starts");
+        let client = DNetClient::connect(format!("http://{}", unit.address))
+            .await
+            .expect("connect")
+            .max_decoding_message_size(64 << 20);
+        let request = ComputationRequest {
+            start_layer: start,
+            x: safetensors_x(shape).into(),
+        };
+        let (overhead, compute) = direct_overhead(&client, &request).await;
+        eprintln!("direct {label}: overhead p50 {overhead:.3} ms, compute p50 {compute:.3} ms");
+        direct_rows.push(format!(
+            "| {label} | {start} -> {exit} | {overhead:.3} | {compute:.3} |"
+        ));
+    }
+
     let section = format!(
         "## One transmission-unit hop (loopback, instant worker)\n\n\
          Client -> `transmission-unit` (release, own process) -> RabbitMQ -> worker -> back. Baseline: the bare \
@@ -141,10 +170,65 @@ async fn main() {
         WARMUP.as_millis(),
         rows.join("\n")
     );
+    let section = format!(
+        "{section}\n### One direct-unit hop (loopback, one layer computed)\n\n\
+         Client -> `computation-unit serve` (release, own process, one libtorch thread, random weights) -> back, \
+         no broker. The unit computes the one layer after the tensor's boundary; each call's overhead is its \
+         latency minus the compute time in the unit's hop record. Concurrency 1; each cell the median of \
+         {REPEATS} runs' p50 over {} s after {} ms warm-up (range).\n\n\
+         | x | layers | overhead p50 ms | compute p50 ms |\n|---|---|---|---|\n{}\n",
+        MEASURE.as_secs(),
+        WARMUP.as_millis(),
+        direct_rows.join("\n")
+    );
     let out = std::env::var("DNET_BENCH_OUT").unwrap_or_else(|_| "bench-out/transmission-unit.md".to_owned());
     if let Some(parent) = std::path::Path::new(&out).parent() {
         std::fs::create_dir_all(parent).expect("output folder");
     }
     std::fs::write(&out, &section).expect("write the benchmark section");
     println!("{section}");
+}
+
+/// A safetensors `x` of zeros shaped `shape` (valid input for its boundary).
+fn safetensors_x(shape: [usize; 4]) -> Vec<u8> {
+    let bytes = vec![0u8; shape.iter().product::<usize>() * 4];
+    let view = TensorView::new(Dtype::F32, shape.to_vec(), &bytes).expect("a view");
+    safetensors::serialize([("x", view)], None).expect("serialize")
+}
+
+/// (overhead, compute) p50 in ms over REPEATS runs, at concurrency 1: each
+/// call's latency minus the compute time in its hop record.
+async fn direct_overhead(
+    client: &DNetClient<tonic::transport::Channel>,
+    request: &ComputationRequest,
+) -> (Summary, Summary) {
+    let run = |limit: Duration| {
+        let mut client = client.clone();
+        let request = request.clone();
+        async move {
+            let (mut overhead, mut compute) = (Vec::new(), Vec::new());
+            let until = Instant::now() + limit;
+            while Instant::now() < until {
+                let started = Instant::now();
+                let answer = client
+                    .compute(request.clone())
+                    .await
+                    .expect("direct answer")
+                    .into_inner();
+                let latency = started.elapsed().as_secs_f64() * 1e3;
+                let computed = answer.hops.first().map_or(0.0, |hop| hop.compute_us as f64 / 1e3);
+                overhead.push(latency - computed);
+                compute.push(computed);
+            }
+            (Summary::of(&overhead).median, Summary::of(&compute).median)
+        }
+    };
+    run(WARMUP).await;
+    let mut runs = Vec::new();
+    for _ in 0..REPEATS {
+        runs.push(run(MEASURE).await);
+    }
+    let overhead: Vec<f64> = runs.iter().map(|r| r.0).collect();
+    let compute: Vec<f64> = runs.iter().map(|r| r.1).collect();
+    (Summary::of(&overhead), Summary::of(&compute))
 }

@@ -15,13 +15,14 @@ export PATH := $(DNET_VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 export DNET_BIN_DIR := $(TARGET_DIR)/release
 
-.PHONY: help setup build test demo bench chaos soak
+.PHONY: help setup build test demo bench bench-link chaos soak
 
 help:
 	@echo "make demo   run a local cascade (starts RabbitMQ if needed; DNET_LAYOUT=direct: no broker)"
 	@echo "make test   fmt, clippy, unit and integration tests (real RabbitMQ, never restarted), fuzz, chaos"
 	@echo "make build  release binaries into $(DNET_BIN_DIR)"
 	@echo "make bench  measure and rewrite BENCHMARKS.md"
+	@echo "make bench-link  the cascade across a shaped slow link (root: network namespaces, tc netem); its BENCHMARKS.md section"
 	@echo "make chaos  fault injection under load (a private RabbitMQ node is restarted), rewrites RELIABILITY.md"
 	@echo "make soak   10 minutes at ~80% load, memory and fds per process, rewrites RELIABILITY.md"
 
@@ -39,6 +40,9 @@ demo: build
 
 bench: setup
 	@scripts/bench.sh
+
+bench-link: build
+	@scripts/bench_link.sh
 
 chaos: build
 	@scripts/reliability.sh chaos

@@ -24,7 +24,7 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
 KUBERNETES_VERSION = "1.30.0"
-LAYOUTS = ["one-hot", "distrib", "cloud-edge"]
+LAYOUTS = ["one-hot", "distrib", "cloud-edge", "direct"]
 
 results = {"passed": 0, "failed": 0}
 
@@ -57,6 +57,11 @@ def env_of(container):
     return {e["name"]: e.get("value") for e in container.get("env", [])}
 
 
+def is_direct(container):
+    """A direct unit: computation-unit serve, a whole unit in one container."""
+    return container.get("args", [])[:1] == ["serve"]
+
+
 def broker_host(uri):
     match = re.match(r"amqps?://(?:[^@]*@)?([^:/]+)", uri or "")
     return match.group(1) if match else None
@@ -77,13 +82,16 @@ def consistency(docs, images):
     """Problems with one example's manifests (an empty list when consistent)."""
     problems = []
     services = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "Service"}
-    units = []  # (deployment, labels, tu container, pod containers)
+    units = []  # (deployment, labels, gRPC container: transmission or direct unit, pod containers)
     for name, labels, containers in pods(docs):
         for c in containers:
             if c["image"].startswith("dnet/") and c["image"] not in images:
                 problems.append(f"{name}: image {c['image']} is not listed in docker/README.md")
-            if c["name"] == "transmission-unit":
+            if c["name"] == "transmission-unit" or is_direct(c):
                 units.append((name, labels, c, containers))
+                grpc = c.get("readinessProbe", {}).get("grpc", {})
+                if grpc.get("service") != "unit.DNet":
+                    problems.append(f"{name}: the unit has no readinessProbe on gRPC service unit.DNet")
     computation = []  # (deployment, labels, queue, broker, exit)
     for name, labels, containers in pods(docs):
         for c in containers:
@@ -101,6 +109,8 @@ def consistency(docs, images):
     def exit_of(unit):
         name, labels, tu, _ = unit
         env = env_of(tu)
+        if is_direct(tu):
+            return int(env.get("DNET_EXIT_LAYER", "10"))
         queue, broker = env.get("DNET_QUEUE_NAME"), broker_host(env.get("DNET_AMQP_ADDRESS"))
         if broker == "localhost":  # the broker and its consumers are in this pod
             consumers = [c for c in computation if c[0] == name and c[2] == queue]
@@ -186,11 +196,13 @@ def main():
                         e["value"] = "nowhere:8080"
                     if e["name"] == "DNET_QUEUE_NAME" and c["name"] == "computation-unit":
                         e["value"] = "renamed"
-                if c["image"].startswith("dnet/transmission-unit"):
-                    c["image"] = "dnet/transmission-unit:unlisted"
+                if c["image"].startswith("dnet/"):
+                    c["image"] = c["image"].partition(":")[0] + ":unlisted"
                 c.pop("readinessProbe", None)
         found = consistency(broken, images)
-        expected = ["names no Service", "no computation unit consumes", "not listed", "no readinessProbe"]
+        expected = ["names no Service", "not listed", "no readinessProbe"]
+        if layout != "direct":  # a direct unit consumes no queue
+            expected.append("no computation unit consumes")
         report(f"consistency check rejects a broken example/{layout}",
                [f"missed: {e}" for e in expected if not any(e in p for p in found)])
     for d in shared:

@@ -59,8 +59,10 @@ fn serve_direct(args: ServeArgs) -> anyhow::Result<()> {
             engine_settings(&args.unit.model.compute, &args.unit.batch),
             Arc::new(EngineMetrics::register(&mut registry)),
         )?);
+        let metrics = Arc::new(transmission_unit::metrics::Metrics::register(&mut registry));
+        tokio::spawn(export_waiting(Arc::clone(&engine), metrics.queue_waiting.clone()));
         let edge = Edge {
-            metrics: Arc::new(transmission_unit::metrics::Metrics::register(&mut registry)),
+            metrics,
             args: args.edge,
             unit_name,
             registry,
@@ -81,6 +83,16 @@ fn serve_direct(args: ServeArgs) -> anyhow::Result<()> {
         engine.join();
     }
     Ok(())
+}
+
+/// Keeps `dnet_queue_waiting` at the requests waiting for the model, read
+/// every 250 ms as a transmission unit reads its queue.
+async fn export_waiting(engine: Arc<Engine>, gauge: prometheus_client::metrics::gauge::Gauge) {
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        every.tick().await;
+        gauge.set(i64::try_from(engine.waiting()).unwrap_or(i64::MAX));
+    }
 }
 
 /// The queue worker.

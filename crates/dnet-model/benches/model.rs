@@ -6,6 +6,8 @@
 //! 3. Precisions: speed at batch 32 and fidelity against F32.
 //! 4. The cost of idleness: a forward after the model sat idle, with
 //!    libgomp's default wait policy, spinning, passive, and one thread.
+//! 5. Wire dtypes: a cascade 0->8->16 whose handed-on tensor travels in
+//!    F16 or BF16, against F32 on the wire.
 //!
 //! Every figure is the median of repeats with their range. Writes a
 //! Markdown section to `$DNET_BENCH_OUT` (default bench-out/model.md).
@@ -13,8 +15,9 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use dnet_model::codec::{decode_x, encode_x};
 use dnet_model::model::MultiExitInception;
-use dnet_model::options::Precision;
+use dnet_model::options::{Precision, WireDtype};
 use dnet_model::weights::{load, WeightSource};
 use dnet_testkit::stats::{rates, Summary};
 use dnet_testkit::venv_python;
@@ -26,6 +29,8 @@ const REPEAT_SECONDS: f64 = 2.0;
 const BATCHES: [i64; 3] = [1, 8, 32];
 /// Inputs compared between precisions.
 const FIDELITY_INPUTS: i64 = 128;
+/// Inputs sent through the cascade in each wire dtype.
+const WIRE_INPUTS: i64 = 300;
 /// Idle gaps before a forward, ms.
 const GAPS_MS: [u64; 4] = [0, 20, 50, 200];
 /// Set in the environment of the child that measures idleness.
@@ -203,6 +208,52 @@ fn precisions() -> String {
     )
 }
 
+/// A cascade 0->8 -> 16 with the exit-8 tensor handed on in each wire dtype
+/// (encoded and decoded as the units do), against F32 on the wire.
+fn wire_dtypes() -> String {
+    let _no_grad = tch::no_grad_guard();
+    let model = model(Precision::F32);
+    let x = images(WIRE_INPUTS, 300);
+    let trunk = model
+        .forward(&x, 0, 8)
+        .expect("forward")
+        .trunk
+        .expect("exit 8 hands on a tensor");
+    let samples = WIRE_INPUTS as usize;
+    let through = |dtype: WireDtype| {
+        let bytes = encode_x(&trunk.to_kind(dtype.kind())).expect("encode");
+        let received = decode_x(&bytes, 8, samples).expect("the next unit reads it");
+        (bytes.len(), model.forward(&received, 8, 16).expect("forward").probs)
+    };
+    let (f32_bytes, want) = through(WireDtype::F32);
+    let mut rows = Vec::new();
+    for dtype in [WireDtype::F32, WireDtype::F16, WireDtype::Bf16] {
+        let (bytes, got) = through(dtype);
+        let difference = (&got - &want).abs().max().double_value(&[]);
+        let same = got
+            .argmax(1, false)
+            .eq_tensor(&want.argmax(1, false))
+            .sum(Kind::Int64)
+            .int64_value(&[]);
+        rows.push(format!(
+            "| {dtype:?} | {} | {:.2} | {same} of {WIRE_INPUTS} | {difference:.1e} |",
+            bytes / samples,
+            bytes as f64 / f32_bytes as f64
+        ));
+    }
+    format!(
+        "### Wire dtype (`--wire-dtype`)
+
+         A cascade 0->8 -> 16 over {WIRE_INPUTS} random inputs, the exit-8 tensor (288x24x24) encoded in each          dtype and decoded (widened to F32) as the next unit does; compared with F32 on the wire: bytes of `x`          per sample, inputs answered with the same category at exit 16, and the largest difference of an exit-16          probability. Random weights: probabilities sit near 0.1, so categories flip on smaller differences          than with trained weights.
+
+         | wire dtype | bytes per sample | vs F32 | same category | max probability difference |
+         |---|---|---|---|---|
+{}
+",
+        rows.join("\n")
+    )
+}
+
 /// In the child: forward 0->8 at batch 1 after each gap; prints JSON `{gap_ms: median ms}`.
 fn idle_probe() {
     let threads = std::env::var("DNET_IDLE_THREADS")
@@ -276,11 +327,12 @@ fn main() {
     }
     tch::set_num_threads(THREADS);
     let section = format!(
-        "## The model (`dnet-model`, in process)\n\n{}\n{}\n{}\n{}",
+        "## The model (`dnet-model`, in process)\n\n{}\n{}\n{}\n{}\n{}",
         tch_against_pytorch(),
         layouts(),
         precisions(),
-        idleness()
+        idleness(),
+        wire_dtypes()
     );
     let out = std::env::var("DNET_BENCH_OUT").unwrap_or_else(|_| "bench-out/model.md".to_owned());
     if let Some(parent) = Path::new(&out).parent() {

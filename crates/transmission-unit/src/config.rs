@@ -61,7 +61,8 @@ pub struct EdgeArgs {
     #[arg(long, env = "DNET_UNIT_NAME")]
     pub unit_name: Option<String>,
 
-    /// Largest request or response accepted or sent, in bytes (gRPC and AMQP).
+    /// Largest message accepted or sent, in bytes: gRPC calls and, in a
+    /// transmission unit, its queue's messages.
     #[arg(long, env = "DNET_MAX_MESSAGE_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_message_bytes: usize,
 

@@ -2,12 +2,14 @@
 //!
 //! Layout:
 //! - `duration`: parsing `500ms` / `30s` / `2m` durations from flags and env.
+//! - `http2`: flow-control windows and frame size of every gRPC server and client.
 //! - `metrics_http`: the Prometheus `/metrics` endpoint.
 //! - `resources`: the memory this process may use (cgroup-aware).
 //! - `shutdown`: a future that completes on SIGTERM or SIGINT.
 //! - `telemetry`: tracing set-up, text or JSON.
 
 pub mod duration;
+pub mod http2;
 pub mod metrics_http;
 pub mod resources;
 pub mod shutdown;

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::Parser;
+use dnet_common::http2;
 use dnet_model::model::DEFAULT_THRESHOLDS;
 use dnet_model::options::engine_settings;
 use dnet_proto::{DNetClient, QstatusRequest};
@@ -39,7 +40,11 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut endpoint = Channel::from_shared(args.uri())
         .with_context(|| format!("'{}' is not a gRPC address", args.address))?
-        .connect_timeout(std::time::Duration::from_secs(2));
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(http2::STREAM_WINDOW)
+        .initial_connection_window_size(http2::CONNECTION_WINDOW)
+        .max_frame_size(http2::MAX_FRAME);
     if let Some(tls) = tls_config(&args)? {
         endpoint = endpoint.tls_config(tls)?;
     }

@@ -18,6 +18,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use common::{success, Behaviour, Worker};
+use dnet_common::http2;
 use dnet_proto::{ComputationRequest, DNetClient};
 use dnet_testkit::stats::{closed_loop_repeats, Summary};
 use dnet_testkit::{Broker, TestQueue, TransmissionUnit};
@@ -143,10 +144,16 @@ async fn main() {
         let unit = TransmissionUnit::direct(u8::try_from(exit).expect("a layer"), 1, &[])
             .await
             .expect("the release direct unit starts");
-        let client = DNetClient::connect(format!("http://{}", unit.address))
+        // Set up as test-unit's client: the direct unit's replies are large.
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", unit.address))
+            .expect("an address")
+            .initial_stream_window_size(http2::STREAM_WINDOW)
+            .initial_connection_window_size(http2::CONNECTION_WINDOW)
+            .max_frame_size(http2::MAX_FRAME)
+            .connect()
             .await
-            .expect("connect")
-            .max_decoding_message_size(64 << 20);
+            .expect("connect");
+        let client = DNetClient::new(channel).max_decoding_message_size(64 << 20);
         let request = ComputationRequest {
             start_layer: start,
             x: safetensors_x(shape).into(),

@@ -16,7 +16,6 @@
 //! - `queue_client`: AMQP RPC with many calls in flight, reconnecting on loss.
 //! - `next_unit`: the gRPC client to the next unit in the cascade.
 //! - `hop`: this unit's per-hop timing record.
-//! - `http2`: flow-control windows shared by the server and the next-unit client.
 //! - `deadline`: reading the caller's `grpc-timeout`.
 //! - `metrics`: Prometheus counters and histograms.
 //! - `error`: error kinds and their gRPC status codes.
@@ -28,7 +27,6 @@ pub mod config;
 pub mod deadline;
 pub mod error;
 pub mod hop;
-pub mod http2;
 pub mod metrics;
 pub mod next_unit;
 pub mod queue_client;

@@ -8,7 +8,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::Code;
 
 use crate::error::Error;
-use crate::http2;
+use dnet_common::http2;
 
 /// How long connecting to the next unit may take before it counts as down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -40,7 +40,8 @@ impl NextUnit {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true)
             .initial_stream_window_size(http2::STREAM_WINDOW)
-            .initial_connection_window_size(http2::CONNECTION_WINDOW);
+            .initial_connection_window_size(http2::CONNECTION_WINDOW)
+            .max_frame_size(http2::MAX_FRAME);
         if let Some(tls) = tls {
             endpoint = endpoint
                 .tls_config(tls)

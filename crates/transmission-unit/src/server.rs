@@ -19,11 +19,11 @@ use tracing::{info, warn};
 use crate::backend::Backend;
 use crate::config::EdgeArgs;
 use crate::error;
-use crate::http2;
 use crate::metrics::Metrics;
 use crate::next_unit::NextUnit;
 use crate::service::{ServiceSettings, UnitService};
 use crate::tls;
+use dnet_common::http2;
 
 /// Health service name of the DNet service (readiness); `""` is the server itself (liveness).
 const SERVICE_NAME: &str = "unit.DNet";
@@ -157,6 +157,7 @@ pub async fn serve<B: Backend>(
         .max_concurrent_streams(Some(max_in_flight.saturating_mul(2)))
         .initial_stream_window_size(Some(http2::STREAM_WINDOW))
         .initial_connection_window_size(Some(http2::CONNECTION_WINDOW))
+        .max_frame_size(Some(http2::MAX_FRAME))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(service)

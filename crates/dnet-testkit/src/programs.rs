@@ -119,33 +119,8 @@ impl TransmissionUnit {
     /// # Errors
     /// It does not start.
     pub async fn launch(broker: &Broker, queue: &str, extra: &[&str]) -> anyhow::Result<TransmissionUnit> {
-        static STARTED: AtomicU32 = AtomicU32::new(0);
-        let default_name = format!("tu-{}-{}", std::process::id(), STARTED.fetch_add(1, Ordering::SeqCst));
-        let name = extra
-            .iter()
-            .position(|flag| *flag == "--unit-name")
-            .and_then(|i| extra.get(i + 1))
-            .map_or(default_name.clone(), |name| (*name).to_owned());
-        let args = arguments(
-            &[
-                ("-a", broker.uri.clone()),
-                ("-q", queue.to_owned()),
-                ("-l", "127.0.0.1:0".to_owned()),
-                ("--metrics-address", "127.0.0.1:0".to_owned()),
-                ("--unit-name", default_name),
-                ("--log-format", "json".to_owned()),
-            ],
-            extra,
-        );
-        let mut process = Process::start(&binary(&bin_dir(), "transmission-unit")?, &args, &[])?;
-        let address = logged_address(&mut process, "serving", "listen").await?;
-        let metrics_address = logged_address(&mut process, "serving Prometheus metrics at /metrics", "address").await?;
-        Ok(TransmissionUnit {
-            process,
-            address,
-            metrics_address,
-            name,
-        })
+        let broker_flags = [("-a", broker.uri.clone()), ("-q", queue.to_owned())];
+        TransmissionUnit::spawn("transmission-unit", &[], "tu", &broker_flags, extra).await
     }
 
     /// Starts a direct unit (`computation-unit serve`) of exit `exit` with
@@ -156,29 +131,47 @@ impl TransmissionUnit {
     /// # Errors
     /// It does not start.
     pub async fn direct(exit: u8, seed: u64, extra: &[&str]) -> anyhow::Result<TransmissionUnit> {
+        let model_flags = [
+            ("-e", exit.to_string()),
+            ("--random-weights", seed.to_string()),
+            ("--threads", "1".to_owned()),
+        ];
+        TransmissionUnit::spawn("computation-unit", &["serve"], "du", &model_flags, extra).await
+    }
+
+    /// Starts `program` `command` with `flags`, the kit's gRPC defaults
+    /// (port 0, JSON logs, a unique `--unit-name` starting with `prefix`) and
+    /// `extra`, and waits until it serves gRPC.
+    async fn spawn(
+        program: &str,
+        command: &[&str],
+        prefix: &str,
+        flags: &[(&str, String)],
+        extra: &[&str],
+    ) -> anyhow::Result<TransmissionUnit> {
         static STARTED: AtomicU32 = AtomicU32::new(0);
-        let default_name = format!("du-{}-{}", std::process::id(), STARTED.fetch_add(1, Ordering::SeqCst));
+        let default_name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            STARTED.fetch_add(1, Ordering::SeqCst)
+        );
         let name = extra
             .iter()
             .position(|flag| *flag == "--unit-name")
             .and_then(|i| extra.get(i + 1))
             .map_or(default_name.clone(), |name| (*name).to_owned());
-        let mut args = vec!["serve".to_owned()];
-        args.extend(arguments(
-            &[
-                ("-e", exit.to_string()),
-                ("--random-weights", seed.to_string()),
-                ("--threads", "1".to_owned()),
-                ("-l", "127.0.0.1:0".to_owned()),
-                ("--metrics-address", "127.0.0.1:0".to_owned()),
-                ("--unit-name", default_name),
-                ("--log-format", "json".to_owned()),
-            ],
-            extra,
-        ));
-        let mut process = Process::start(&binary(&bin_dir(), "computation-unit")?, &args, &[])?;
-        let metrics_address = logged_address(&mut process, "serving Prometheus metrics at /metrics", "address").await?;
+        let mut defaults = flags.to_vec();
+        defaults.extend([
+            ("-l", "127.0.0.1:0".to_owned()),
+            ("--metrics-address", "127.0.0.1:0".to_owned()),
+            ("--unit-name", default_name),
+            ("--log-format", "json".to_owned()),
+        ]);
+        let mut args: Vec<String> = command.iter().map(|c| (*c).to_owned()).collect();
+        args.extend(arguments(&defaults, extra));
+        let mut process = Process::start(&binary(&bin_dir(), program)?, &args, &[])?;
         let address = logged_address(&mut process, "serving", "listen").await?;
+        let metrics_address = logged_address(&mut process, "serving Prometheus metrics at /metrics", "address").await?;
         Ok(TransmissionUnit {
             process,
             address,

@@ -30,7 +30,8 @@ def kept(name):
     if os.path.exists(path):
         return open(path).read().strip()
     found = re.search(rf"<!-- {name}:begin -->\n(.*?)\n<!-- {name}:end -->", old, re.S)
-    return found.group(1) if found else KEPT[name]
+    # Figures measured elsewhere are kept; a note that there are none is written anew.
+    return found.group(1) if found and "No figures" not in found.group(1) else KEPT[name]
 
 
 if only:

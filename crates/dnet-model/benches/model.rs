@@ -242,14 +242,14 @@ fn wire_dtypes() -> String {
         ));
     }
     format!(
-        "### Wire dtype (`--wire-dtype`)
-
-         A cascade 0->8 -> 16 over {WIRE_INPUTS} random inputs, the exit-8 tensor (288x24x24) encoded in each          dtype and decoded (widened to F32) as the next unit does; compared with F32 on the wire: bytes of `x`          per sample, inputs answered with the same category at exit 16, and the largest difference of an exit-16          probability. Random weights: probabilities sit near 0.1, so categories flip on smaller differences          than with trained weights.
-
-         | wire dtype | bytes per sample | vs F32 | same category | max probability difference |
-         |---|---|---|---|---|
-{}
-",
+        "### Wire dtype (`--wire-dtype`)\n\n\
+         A cascade 0->8 -> 16 over {WIRE_INPUTS} random inputs, the exit-8 tensor (288x24x24) encoded in each \
+         dtype and decoded (widened to F32) as the next unit does; compared with F32 on the wire: bytes of `x` \
+         per sample, inputs answered with the same category at exit 16, and the largest difference of an exit-16 \
+         probability. Random weights: probabilities sit near 0.1, so categories flip on smaller differences \
+         than with trained weights.\n\n\
+         | wire dtype | bytes per sample | vs F32 | same category | max probability difference |\n\
+         |---|---|---|---|---|\n{}\n",
         rows.join("\n")
     )
 }

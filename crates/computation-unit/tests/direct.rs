@@ -128,9 +128,12 @@ async fn a_call_that_cannot_finish_in_time_gets_deadline_exceeded_and_is_not_com
         .value("dnet_batch_size_count")
         .expect("count");
 
+    // 16 images take four times the first call's forward; the deadline is far
+    // shorter than that but long enough that the unit, not the client's own
+    // timer (which would say CANCELLED), answers first.
     let mut client = unit.client().await.expect("client");
-    let mut short = tonic::Request::new(request(0, &images(4, 2)));
-    short.set_timeout(Duration::from_millis(5));
+    let mut short = tonic::Request::new(request(0, &images(16, 2)));
+    short.set_timeout(Duration::from_millis(150));
     let refused = client.compute(short).await.expect_err("no time to compute");
     assert_eq!(refused.code(), Code::DeadlineExceeded, "{refused:?}");
 

@@ -92,6 +92,15 @@ def consistency(docs, images):
                 grpc = c.get("readinessProbe", {}).get("grpc", {})
                 if grpc.get("service") != "unit.DNet":
                     problems.append(f"{name}: the unit has no readinessProbe on gRPC service unit.DNet")
+    for name, labels, containers in pods(docs):
+        for c in containers:
+            for probe in ("readinessProbe", "livenessProbe"):
+                if probe not in c:
+                    problems.append(f"{name}/{c['name']}: no {probe}")
+            for key, value in env_of(c).items():
+                if re.match(r"amqps?://[^/]*\$\(", value or ""):
+                    problems.append(f"{name}/{c['name']}: {key} splices credentials into the broker URI "
+                                    "(set DNET_AMQP_USER and DNET_AMQP_PASSWORD instead)")
     computation = []  # (deployment, labels, queue, broker, exit)
     for name, labels, containers in pods(docs):
         for c in containers:
@@ -135,6 +144,9 @@ def consistency(docs, images):
         if service is None:
             problems.append(f"{name}: next address {next_address} names no Service of this example")
             continue
+        if service.get("clusterIP") != "None":
+            problems.append(f"{name}: next address {host} is not a headless Service (clusterIP: None): "
+                            "calls would stick to one pod")
         target = next((p.get("targetPort", p["port"]) for p in service["ports"] if str(p["port"]) == port), None)
         if target is None:
             problems.append(f"{name}: Service {host} has no port {port}")
@@ -150,6 +162,54 @@ def consistency(docs, images):
     first = [u for u in units if u[1].get("dnet-first-unit") == "true"]
     if len(first) != 1:
         problems.append(f"exactly one first unit (label dnet-first-unit=true) expected, found {len(first)}")
+    return problems
+
+
+def keda_consistency(keda, distrib):
+    """Problems with the KEDA example: each ScaledObject scales a computation
+    Deployment of example/distrib by the queue it consumes, on its broker,
+    with credentials from a TriggerAuthentication over an existing Secret."""
+    problems = []
+    auths = {d["metadata"]["name"]: d for d in keda if d["kind"] == "TriggerAuthentication"}
+    secrets = {d["metadata"]["name"] for d in distrib if d["kind"] == "Secret"}
+    consumers = {name: env_of(c) for name, _, containers in pods(distrib) for c in containers
+                 if c["name"] == "computation-unit"}
+    scaled = [d for d in keda if d["kind"] == "ScaledObject"]
+    for d in scaled:
+        name, spec = d["metadata"]["name"], d["spec"]
+        env = consumers.get(spec["scaleTargetRef"]["name"])
+        if env is None:
+            problems.append(f"{name}: scales {spec['scaleTargetRef']['name']}, not a computation Deployment")
+            continue
+        for trigger in spec["triggers"]:
+            meta = trigger["metadata"]
+            if meta.get("queueName") != env.get("DNET_QUEUE_NAME"):
+                problems.append(f"{name}: watches queue {meta.get('queueName')}, its Deployment consumes "
+                                f"{env.get('DNET_QUEUE_NAME')}")
+            if broker_host(meta.get("host")) != broker_host(env.get("DNET_ADDRESS")):
+                problems.append(f"{name}: watches broker {broker_host(meta.get('host'))}, its Deployment uses "
+                                f"{broker_host(env.get('DNET_ADDRESS'))}")
+            auth = auths.get(trigger.get("authenticationRef", {}).get("name"))
+            if auth is None or any(ref["name"] not in secrets for ref in auth["spec"]["secretTargetRef"]):
+                problems.append(f"{name}: its TriggerAuthentication is missing or names no Secret of the example")
+    if len(scaled) != len(consumers):
+        problems.append(f"{len(scaled)} ScaledObjects for {len(consumers)} computation Deployments")
+    return problems
+
+
+def monitor_consistency(monitor, layouts):
+    """Problems with the PodMonitor: it selects every unit pod and names each metrics port."""
+    problems = []
+    spec = monitor["spec"]
+    ports = {e["port"] for e in spec["podMetricsEndpoints"]}
+    for layout, docs in layouts.items():
+        for name, labels, containers in pods(docs):
+            metrics_ports = [p["name"] for c in containers for p in c.get("ports", []) if "metrics" in p.get("name", "")]
+            if not metrics_ports:
+                continue
+            if any(labels.get(k) != v for k, v in spec["selector"]["matchLabels"].items()):
+                problems.append(f"{layout}/{name}: not selected by the PodMonitor")
+            problems += [f"{layout}/{name}: port {p} is not scraped" for p in metrics_ports if p not in ports]
     return problems
 
 
@@ -205,11 +265,46 @@ def main():
             expected.append("no computation unit consumes")
         report(f"consistency check rejects a broken example/{layout}",
                [f"missed: {e}" for e in expected if not any(e in p for p in found)])
+    # A Service left ClusterIP, and a password spliced into a URI, are caught too.
+    docs = load(sorted(glob.glob(os.path.join(ROOT, "example", "distrib", "*.yaml"))))
+    for d in docs:
+        if d["kind"] == "Service":
+            d["spec"].pop("clusterIP", None)
+        for c in d.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            for e in c.get("env", []):
+                if e["name"] == "DNET_ADDRESS":
+                    e["value"] = "amqp://$(DNET_AMQP_USER):$(DNET_AMQP_PASSWORD)@dnet-queue:5672/%2f"
+    found = consistency(docs, images)
+    report("consistency check rejects a ClusterIP forwarding target and a spliced password",
+           [f"missed: {e}" for e in ("not a headless Service", "splices credentials") if not any(e in p for p in found)])
+
+    distrib = load(sorted(glob.glob(os.path.join(ROOT, "example", "distrib", "*.yaml"))))
+    keda = load(sorted(glob.glob(os.path.join(ROOT, "example", "keda", "*.yaml"))))
+    report("example/keda scales the computation units of example/distrib by their queues",
+           keda_consistency(keda, distrib))
+    broken = copy.deepcopy(keda)
+    for d in broken:
+        if d["kind"] == "ScaledObject":
+            d["spec"]["triggers"][0]["metadata"]["queueName"] = "renamed"
+    report("KEDA check rejects a ScaledObject on the wrong queue",
+           [] if any("watches queue renamed" in p for p in keda_consistency(broken, distrib)) else ["missed"])
+    monitor = load([os.path.join(ROOT, "example", "prometheus", "podmonitor.yaml")])[0]
+    every_layout = {layout: load(sorted(glob.glob(os.path.join(ROOT, "example", layout, "*.yaml"))))
+                    for layout in LAYOUTS}
+    report("example/prometheus scrapes every metrics port of every layout", monitor_consistency(monitor, every_layout))
+
+    job = next(d for d in shared if d["metadata"]["name"] == "dnet-testunit")
+    first = next((d for d in shared if d["kind"] == "Service" and d["spec"].get("clusterIP") == "None"), None)
+    target = env_of(job["spec"]["template"]["spec"]["containers"][0]).get("DNET_ADDRESS", "").rpartition(":")[0]
+    report("the test clients are a Job calling the first unit through a headless Service",
+           [] if job["kind"] == "Job" and job["spec"]["template"]["spec"].get("restartPolicy") == "Never"
+           and first is not None and first["metadata"]["name"] == target
+           and first["spec"]["selector"] == {"dnet-first-unit": "true"} else ["not so"])
     for d in shared:
         for c in d.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
             report(f"image {c['image']} of {d['metadata']['name']} is in docker/README.md",
                    [] if c["image"] in images else [f"{c['image']} not listed"])
-    nodeport = next(d for d in shared if d["kind"] == "Service")
+    nodeport = next(d for d in shared if d["metadata"]["name"] == "dnet-nodeport")
     report("dnet-nodeport exposes 30000 to the first unit",
            [] if nodeport["spec"]["selector"] == {"dnet-first-unit": "true"}
            and nodeport["spec"]["ports"][0]["nodePort"] == 30000 else ["unexpected selector or port"])

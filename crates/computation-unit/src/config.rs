@@ -152,6 +152,9 @@ pub struct WorkerArgs {
     #[arg(long, env = "DNET_AMQP_CA")]
     pub amqp_ca: Option<PathBuf>,
 
+    #[command(flatten)]
+    pub amqp_credentials: transmission_unit::config::AmqpCredentials,
+
     /// Queue to consume (the transmission unit's --queue-name).
     #[arg(
         short = 'q',
@@ -195,14 +198,21 @@ pub struct WorkerArgs {
 }
 
 impl WorkerArgs {
-    /// The broker URI: `-a` as given when it is a URI, else `amqp://guest:guest@HOST[:PORT]/%2f`.
-    #[must_use]
-    pub fn amqp_uri(&self) -> String {
-        if self.address.contains("://") {
+    /// The broker URI: `-a` as given when it is a URI, else
+    /// `amqp://guest:guest@HOST[:PORT]/%2f`; `--amqp-user` and
+    /// `--amqp-password` replace its credentials.
+    ///
+    /// # Errors
+    /// `-a` is not a host nor an amqp:// or amqps:// URI.
+    pub fn amqp_uri(&self) -> Result<String, String> {
+        let uri = if self.address.contains("://") {
             self.address.clone()
         } else {
             format!("amqp://guest:guest@{}/%2f", self.address)
-        }
+        };
+        self.amqp_credentials
+            .apply(&uri)
+            .map_err(|e| format!("-a/--address: {e}"))
     }
 
     /// The test trigger, when allowed in this build.

@@ -127,7 +127,7 @@ fn consume(args: WorkerArgs) -> anyhow::Result<()> {
             ));
         }
         let worker_settings = WorkerSettings {
-            amqp_uri: args.amqp_uri(),
+            amqp_uri: args.amqp_uri().map_err(anyhow::Error::msg)?,
             queue: args.queue_name.clone(),
             prefetch: args.prefetch(),
             max_attempts: args.max_attempts,

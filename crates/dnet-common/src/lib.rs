@@ -1,6 +1,7 @@
 //! Pieces every DNet program shares; nothing here speaks AMQP (see `dnet-amqp`).
 //!
 //! Layout:
+//! - `balance`: gRPC calls spread over every live address of a comma list or DNS name.
 //! - `duration`: parsing `500ms` / `30s` / `2m` durations from flags and env.
 //! - `http2`: flow-control windows and frame size of every gRPC server and client.
 //! - `metrics_http`: the Prometheus `/metrics` endpoint.
@@ -8,6 +9,7 @@
 //! - `shutdown`: a future that completes on SIGTERM or SIGINT.
 //! - `telemetry`: tracing set-up, text or JSON.
 
+pub mod balance;
 pub mod duration;
 pub mod http2;
 pub mod metrics_http;

@@ -6,7 +6,7 @@
 //! port (to restart a unit on it) passes `-l` itself.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -120,7 +120,7 @@ impl TransmissionUnit {
     /// It does not start.
     pub async fn launch(broker: &Broker, queue: &str, extra: &[&str]) -> anyhow::Result<TransmissionUnit> {
         let broker_flags = [("-a", broker.uri.clone()), ("-q", queue.to_owned())];
-        TransmissionUnit::spawn("transmission-unit", &[], "tu", &broker_flags, extra).await
+        TransmissionUnit::spawn("transmission-unit", &[], "tu", &broker_flags, extra, None).await
     }
 
     /// Starts a direct unit (`computation-unit serve`) of exit `exit` with
@@ -131,23 +131,50 @@ impl TransmissionUnit {
     /// # Errors
     /// It does not start.
     pub async fn direct(exit: u8, seed: u64, extra: &[&str]) -> anyhow::Result<TransmissionUnit> {
+        TransmissionUnit::direct_unit(exit, seed, extra, None).await
+    }
+
+    /// [`TransmissionUnit::direct`] seeing `hosts` as its `/etc/hosts` (a bind
+    /// mount in a mount namespace of its own, so names resolve through the
+    /// system resolver without touching the machine's files). Needs root and
+    /// `unshare` (util-linux).
+    ///
+    /// # Errors
+    /// It does not start.
+    pub async fn direct_with_hosts(
+        exit: u8,
+        seed: u64,
+        extra: &[&str],
+        hosts: &Path,
+    ) -> anyhow::Result<TransmissionUnit> {
+        TransmissionUnit::direct_unit(exit, seed, extra, Some(hosts)).await
+    }
+
+    async fn direct_unit(
+        exit: u8,
+        seed: u64,
+        extra: &[&str],
+        hosts: Option<&Path>,
+    ) -> anyhow::Result<TransmissionUnit> {
         let model_flags = [
             ("-e", exit.to_string()),
             ("--random-weights", seed.to_string()),
             ("--threads", "1".to_owned()),
         ];
-        TransmissionUnit::spawn("computation-unit", &["serve"], "du", &model_flags, extra).await
+        TransmissionUnit::spawn("computation-unit", &["serve"], "du", &model_flags, extra, hosts).await
     }
 
     /// Starts `program` `command` with `flags`, the kit's gRPC defaults
     /// (port 0, JSON logs, a unique `--unit-name` starting with `prefix`) and
-    /// `extra`, and waits until it serves gRPC.
+    /// `extra` (seeing `hosts` as `/etc/hosts` when given), and waits until
+    /// it serves gRPC.
     async fn spawn(
         program: &str,
         command: &[&str],
         prefix: &str,
         flags: &[(&str, String)],
         extra: &[&str],
+        hosts: Option<&Path>,
     ) -> anyhow::Result<TransmissionUnit> {
         static STARTED: AtomicU32 = AtomicU32::new(0);
         let default_name = format!(
@@ -169,7 +196,26 @@ impl TransmissionUnit {
         ]);
         let mut args: Vec<String> = command.iter().map(|c| (*c).to_owned()).collect();
         args.extend(arguments(&defaults, extra));
-        let mut process = Process::start(&binary(&bin_dir(), program)?, &args, &[])?;
+        let program = binary(&bin_dir(), program)?;
+        let mut process = match hosts {
+            None => Process::start(&program, &args, &[])?,
+            Some(hosts) => {
+                // The mount is private to the new namespace; `exec` keeps the pid.
+                let mut wrapped: Vec<String> = [
+                    "--mount",
+                    "--",
+                    "sh",
+                    "-c",
+                    "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+                ]
+                .map(str::to_owned)
+                .into();
+                wrapped.push(hosts.display().to_string());
+                wrapped.push(program.display().to_string());
+                wrapped.extend(args);
+                Process::start(Path::new("unshare"), &wrapped, &[])?
+            }
+        };
         let address = logged_address(&mut process, "serving", "listen").await?;
         let metrics_address = logged_address(&mut process, "serving Prometheus metrics at /metrics", "address").await?;
         Ok(TransmissionUnit {

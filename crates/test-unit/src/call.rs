@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use dnet_common::balance::Balanced;
 use dnet_model::codec;
 use dnet_proto::{ComputationRequest, ComputationResponse, DNetClient, Data, HopRecord, StatusCode};
 use result::category_of;
@@ -83,13 +84,15 @@ impl Record {
     }
 }
 
+/// The first unit: a client whose calls spread over its live addresses.
+#[derive(Clone, Debug)]
+pub struct FirstUnit {
+    pub client: DNetClient<Channel>,
+    pub balanced: Balanced,
+}
+
 /// Sends `sample` (after the local layers, when there are any) and waits for its answer.
-pub async fn run(
-    sample: Sample,
-    local: Option<&LocalLayers>,
-    mut client: DNetClient<Channel>,
-    timeout: Duration,
-) -> Record {
+pub async fn run(sample: Sample, local: Option<&LocalLayers>, first: FirstUnit, timeout: Duration) -> Record {
     let started = Instant::now();
     let label = sample.label;
     let request = match local {
@@ -102,7 +105,7 @@ pub async fn run(
             .map_err(|_| failed("ENCODE", false)),
     };
     let outcome = match request {
-        Ok(request) => send(request, &mut client, timeout).await,
+        Ok(request) => send(request, first, timeout).await,
         Err(outcome) => outcome,
     };
     Record {
@@ -133,7 +136,13 @@ async fn through_local_layers(image: tch::Tensor, local: &LocalLayers) -> Result
 }
 
 /// Calls the first unit with `request`.
-async fn send(request: ComputationRequest, client: &mut DNetClient<Channel>, timeout: Duration) -> Outcome {
+async fn send(request: ComputationRequest, mut first: FirstUnit, timeout: Duration) -> Outcome {
+    if first.balanced.live() == 0 {
+        // With no address to call, the balancer would hold the call until its
+        // timeout; counted as sent, as a call refused by the unit would be.
+        return failed("Unavailable", true);
+    }
+    let client = &mut first.client;
     let mut call = tonic::Request::new(request);
     call.set_timeout(timeout);
     match tokio::time::timeout(timeout, client.compute(call)).await {

@@ -15,7 +15,9 @@ use tch::Device;
 #[derive(Clone, Debug, Parser)]
 #[command(name = "test-unit", version, about)]
 pub struct Args {
-    /// gRPC address of the first unit.
+    /// gRPC address of the first unit: host:port, a comma list of them, or a
+    /// name that resolves to several (resolved again every second); calls
+    /// spread over every address that accepts connections.
     #[arg(short = 'a', long, env = "DNET_ADDRESS", default_value = "localhost:8080")]
     pub address: String,
 
@@ -137,19 +139,6 @@ pub fn parse_exits(text: &str) -> Result<LocalExits, String> {
         return Err(format!("local exits must rise: {text}"));
     }
     Ok(LocalExits(exits))
-}
-
-impl Args {
-    /// The first unit's URI.
-    #[must_use]
-    pub fn uri(&self) -> String {
-        let scheme = if self.tls_ca.is_some() { "https" } else { "http" };
-        if self.address.contains("://") {
-            self.address.clone()
-        } else {
-            format!("{scheme}://{}", self.address)
-        }
-    }
 }
 
 impl Args {

@@ -4,11 +4,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dnet_proto::DNetClient;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tonic::transport::Channel;
 
-use crate::call::{self, Record};
+use crate::call::{self, FirstUnit, Record};
 use crate::inputs::{splitmix64, Inputs};
 use crate::local::LocalLayers;
 
@@ -32,7 +30,7 @@ impl Until {
 pub struct Context {
     pub inputs: Inputs,
     pub local: Option<LocalLayers>,
-    pub client: DNetClient<Channel>,
+    pub first: FirstUnit,
     pub timeout: Duration,
 }
 
@@ -64,7 +62,7 @@ pub async fn closed_loop(context: Arc<Context>, concurrency: u64, until: Until) 
                     return records;
                 }
                 let sample = context.inputs.get(index);
-                records.push(call::run(sample, context.local.as_ref(), context.client.clone(), context.timeout).await);
+                records.push(call::run(sample, context.local.as_ref(), context.first.clone(), context.timeout).await);
                 bar.inc(1);
             }
         })
@@ -93,7 +91,7 @@ pub async fn open_loop(context: Arc<Context>, rate: f64, seed: u64, until: Until
         let bar = bar.clone();
         calls.push(tokio::spawn(async move {
             let sample = context.inputs.get(index);
-            let record = call::run(sample, context.local.as_ref(), context.client.clone(), context.timeout).await;
+            let record = call::run(sample, context.local.as_ref(), context.first.clone(), context.timeout).await;
             bar.inc(1);
             record
         }));

@@ -5,12 +5,14 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::Parser;
-use dnet_common::http2;
+use dnet_common::balance::{endpoints, Balanced};
 use dnet_model::model::DEFAULT_THRESHOLDS;
 use dnet_model::options::engine_settings;
 use dnet_proto::{DNetClient, QstatusRequest};
+use prometheus_client::metrics::gauge::Gauge;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
+use test_unit::call::FirstUnit;
 use test_unit::config::Args;
 use test_unit::inputs::Inputs;
 use test_unit::load::{self, Context, Until};
@@ -38,18 +40,10 @@ async fn main() -> anyhow::Result<()> {
             Some(tokio::task::spawn_blocking(stages).await??)
         }
     };
-    let mut endpoint = Channel::from_shared(args.uri())
-        .with_context(|| format!("'{}' is not a gRPC address", args.address))?
-        .connect_timeout(std::time::Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .initial_stream_window_size(http2::STREAM_WINDOW)
-        .initial_connection_window_size(http2::CONNECTION_WINDOW)
-        .max_frame_size(http2::MAX_FRAME);
-    if let Some(tls) = tls_config(&args)? {
-        endpoint = endpoint.tls_config(tls)?;
-    }
-    let channel = endpoint.connect_lazy();
-    let client = DNetClient::new(channel)
+    let balanced = Balanced::start(&args.address, endpoints(tls_config(&args)?), Gauge::default())
+        .await
+        .map_err(|e| anyhow::anyhow!("-a '{}': {e}", args.address))?;
+    let client = DNetClient::new(balanced.channel.clone())
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
 
@@ -58,7 +52,10 @@ async fn main() -> anyhow::Result<()> {
     let context = Arc::new(Context {
         inputs,
         local,
-        client: client.clone(),
+        first: FirstUnit {
+            client: client.clone(),
+            balanced,
+        },
         timeout: args.timeout,
     });
     let started = Instant::now();
@@ -95,13 +92,10 @@ async fn main() -> anyhow::Result<()> {
 fn tls_config(args: &Args) -> anyhow::Result<Option<ClientTlsConfig>> {
     let Some(ca) = &args.tls_ca else { return Ok(None) };
     let read = |path: &std::path::Path| std::fs::read(path).with_context(|| format!("cannot read {}", path.display()));
-    let host = args
-        .address
-        .rsplit_once(':')
-        .map_or(args.address.as_str(), |(host, _)| host);
+    let host = dnet_common::balance::first_host(&args.address).unwrap_or_default();
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(ca)?))
-        .domain_name(args.tls_domain.clone().unwrap_or_else(|| host.to_owned()));
+        .domain_name(args.tls_domain.clone().unwrap_or(host));
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
     }

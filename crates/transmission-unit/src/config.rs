@@ -30,6 +30,32 @@ pub struct Config {
     /// CA (PEM) to trust for an amqps:// broker, besides the system's CAs.
     #[arg(long, env = "DNET_AMQP_CA")]
     pub amqp_ca: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub amqp_credentials: AmqpCredentials,
+}
+
+/// Broker credentials apart from the URI, percent-encoded into it by the
+/// program (any character is safe; a Secret can hold them as they are).
+#[derive(Clone, Debug, Args)]
+pub struct AmqpCredentials {
+    /// RabbitMQ user, replacing the one in the broker address.
+    #[arg(long, env = "DNET_AMQP_USER")]
+    pub amqp_user: Option<String>,
+
+    /// RabbitMQ password, replacing the one in the broker address.
+    #[arg(long, env = "DNET_AMQP_PASSWORD", hide_env_values = true)]
+    pub amqp_password: Option<String>,
+}
+
+impl AmqpCredentials {
+    /// `uri` with these credentials in it.
+    ///
+    /// # Errors
+    /// `uri` is not an amqp:// or amqps:// URI.
+    pub fn apply(&self, uri: &str) -> Result<String, String> {
+        dnet_amqp::with_credentials(uri, self.amqp_user.as_deref(), self.amqp_password.as_deref())
+    }
 }
 
 /// How a unit serves gRPC: listening, forwarding to the next unit, deadlines,
@@ -41,7 +67,10 @@ pub struct EdgeArgs {
     pub listen_address: String,
 
     /// gRPC address (host:port) of the next unit; NOT_SUCCESS answers are
-    /// forwarded there. Without it, NOT_SUCCESS is returned to the caller.
+    /// forwarded there. A comma list, or a name that resolves to several
+    /// addresses (a headless Service; resolved again every second), spreads
+    /// the calls over every address that accepts connections. Without it,
+    /// NOT_SUCCESS is returned to the caller.
     #[arg(short = 'n', long, env = "DNET_NEXT_ADDRESS")]
     pub next_address: Option<String>,
 
@@ -112,6 +141,16 @@ pub struct EdgeArgs {
     /// per second); 0 turns retries off.
     #[arg(long, env = "DNET_RETRY_BUDGET", default_value_t = 10.0)]
     pub retry_budget: f32,
+
+    /// Longest a client's connection is kept: past it the server asks the
+    /// client to reconnect (HTTP/2 GOAWAY), so that long-lived clients spread
+    /// over replicas added since (a scale-up or a rollout); 0s: never.
+    #[arg(long, env = "DNET_MAX_CONNECTION_AGE", default_value = "5m", value_parser = parse_duration)]
+    pub max_connection_age: Duration,
+
+    /// How long calls on a connection past its age may take to finish.
+    #[arg(long, env = "DNET_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub max_connection_age_grace: Duration,
 
     /// On SIGTERM/SIGINT, how long in-flight calls may take to finish.
     #[arg(long, env = "DNET_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub late_replies: Counter,
     /// Messages waiting in the unit's queue, as last read.
     pub queue_waiting: Gauge,
+    /// Addresses of the next unit that accepted a connection at the last check.
+    pub next_addresses: Gauge,
     /// Attempts repeated after UNAVAILABLE, by what was retried (queue, next).
     pub retries: Family<TargetLabel, Counter>,
 }
@@ -53,6 +55,7 @@ impl Metrics {
             pending_replies: Gauge::default(),
             late_replies: Counter::default(),
             queue_waiting: Gauge::default(),
+            next_addresses: Gauge::default(),
             retries: Family::default(),
         };
         registry.register(
@@ -89,6 +92,11 @@ impl Metrics {
             "dnet_queue_waiting",
             "Messages waiting in the unit's queue, as last read (every 250 ms)",
             metrics.queue_waiting.clone(),
+        );
+        registry.register(
+            "dnet_next_addresses",
+            "Addresses of the next unit calls are spread over (those that accepted a connection at the last check, every second)",
+            metrics.next_addresses.clone(),
         );
         registry.register(
             "dnet_retries",

@@ -1,58 +1,47 @@
-//! The gRPC client to the next unit of the cascade.
+//! The gRPC client to the next unit of the cascade: its calls spread over
+//! every live address of `--next-address` (`dnet_common::balance`).
 
-use std::time::Duration;
-
+use dnet_common::balance::{endpoints, Balanced};
 use dnet_proto::{ComputationRequest, ComputationResponse, DNetClient};
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::Code;
 
 use crate::error::Error;
-use dnet_common::http2;
 
-/// How long connecting to the next unit may take before it counts as down.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A lazily connected client to the next unit; reconnects by itself.
+/// A client to the next unit; reconnects and follows its addresses by itself.
 #[derive(Clone, Debug)]
 pub struct NextUnit {
     /// As given on the command line, for error messages and logs.
     address: String,
     client: DNetClient<Channel>,
+    balanced: Balanced,
 }
 
 impl NextUnit {
-    /// A client for `address` (`host:port`, or a full URI), over TLS when `tls` is given.
+    /// A client for `address` (`host:port`, a comma list of them, or names
+    /// that resolve to several addresses), over TLS when `tls` is given;
+    /// `live` counts the addresses in use.
     ///
     /// # Errors
-    /// When `address` is not a valid URI authority.
-    pub fn new(address: &str, max_message_bytes: usize, tls: Option<ClientTlsConfig>) -> Result<Self, String> {
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let uri = if address.contains("://") {
-            address.to_owned()
-        } else {
-            format!("{scheme}://{address}")
-        };
-        let mut endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| format!("--next-address '{address}' is not a host:port address: {e}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true)
-            .initial_stream_window_size(http2::STREAM_WINDOW)
-            .initial_connection_window_size(http2::CONNECTION_WINDOW)
-            .max_frame_size(http2::MAX_FRAME);
-        if let Some(tls) = tls {
-            endpoint = endpoint
-                .tls_config(tls)
-                .map_err(|e| format!("TLS to the next unit {address}: {e}"))?;
-        }
-        let client = DNetClient::new(endpoint.connect_lazy())
+    /// When `address` is not a comma list of `host:port`.
+    pub async fn new(
+        address: &str,
+        max_message_bytes: usize,
+        tls: Option<ClientTlsConfig>,
+        live: Gauge,
+    ) -> Result<Self, String> {
+        let balanced = Balanced::start(address, endpoints(tls), live)
+            .await
+            .map_err(|e| format!("--next-address '{address}': {e}"))?;
+        let client = DNetClient::new(balanced.channel.clone())
             .max_decoding_message_size(max_message_bytes)
             .max_encoding_message_size(max_message_bytes);
         Ok(Self {
             address: address.to_owned(),
             client,
+            balanced,
         })
     }
 
@@ -68,6 +57,13 @@ impl NextUnit {
     /// `NextUnavailable` when it cannot be reached, `NextDeadline` when it does
     /// not answer by `deadline`, `Next` with its code for any other error.
     pub async fn compute(&self, request: ComputationRequest, deadline: Instant) -> Result<ComputationResponse, Error> {
+        if self.balanced.live() == 0 {
+            // With no address to call, the balancer would wait until the deadline.
+            return Err(Error::NextUnavailable {
+                address: self.address.clone(),
+                message: "none of its addresses accepts connections".to_owned(),
+            });
+        }
         let remaining = deadline.saturating_duration_since(Instant::now());
         let mut request = tonic::Request::new(request);
         request.set_timeout(remaining);

@@ -32,10 +32,14 @@ pub async fn run(
         .map(dnet_amqp::read_ca)
         .transpose()
         .map_err(ServeError::Config)?;
+    let uri = config
+        .amqp_credentials
+        .apply(&config.amqp_address)
+        .map_err(|e| ServeError::Config(format!("--amqp-address: {e}")))?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let queue = QueueClient::start(QueueSettings {
-        uri: config.amqp_address.clone(),
+        uri: uri.clone(),
         queue: config.queue_name.clone(),
         connection_name: format!("transmission-unit {unit_name}"),
         tls_ca,
@@ -44,7 +48,7 @@ pub async fn run(
         late_replies: metrics.late_replies.clone(),
         waiting_gauge: metrics.queue_waiting.clone(),
     });
-    info!(queue = %config.queue_name, broker = %dnet_amqp::redact(&config.amqp_address), "transmission unit starting");
+    info!(queue = %config.queue_name, broker = %dnet_amqp::redact(&uri), "transmission unit starting");
     let edge = Edge {
         args: config.edge,
         unit_name,

@@ -87,13 +87,18 @@ pub async fn serve<B: Backend>(
         registry,
     } = edge;
     let local_address = listener.local_addr().ok();
-    let next = config
-        .next_address
-        .as_deref()
-        .filter(|a| !a.is_empty())
-        .map(|address| NextUnit::new(address, config.max_message_bytes, tls::next(&config, address)?))
-        .transpose()
-        .map_err(ServeError::Config)?;
+    let next = match config.next_address.as_deref().filter(|a| !a.is_empty()) {
+        Some(address) => {
+            let tls = tls::next(&config, address).map_err(ServeError::Config)?;
+            let live = metrics.next_addresses.clone();
+            Some(
+                NextUnit::new(address, config.max_message_bytes, tls, live)
+                    .await
+                    .map_err(ServeError::Config)?,
+            )
+        }
+        None => None,
+    };
     let server_tls = tls::server(&config).map_err(ServeError::Config)?;
     let ready = backend.ready();
     let backend = Arc::new(backend);
@@ -146,6 +151,11 @@ pub async fn serve<B: Backend>(
     let mut builder = Server::builder();
     if let Some(server_tls) = server_tls {
         builder = builder.tls_config(server_tls)?;
+    }
+    if !config.max_connection_age.is_zero() {
+        builder = builder
+            .max_connection_age(config.max_connection_age)
+            .max_connection_age_grace(config.max_connection_age_grace);
     }
     let server = builder
         .layer(tower::util::MapResponseLayer::new(

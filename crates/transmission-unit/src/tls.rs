@@ -35,8 +35,8 @@ pub fn next(config: &EdgeArgs, next_address: &str) -> Result<Option<ClientTlsCon
     let Some(ca) = &config.next_tls_ca else {
         return Ok(None);
     };
-    let host = next_address.rsplit_once(':').map_or(next_address, |(host, _)| host);
-    let domain = config.next_tls_domain.clone().unwrap_or_else(|| host.to_owned());
+    let host = dnet_common::balance::first_host(next_address).unwrap_or_default();
+    let domain = config.next_tls_domain.clone().unwrap_or(host);
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(ca, "--next-tls-ca")?))
         .domain_name(domain);

@@ -65,46 +65,54 @@ async fn wait_for_next_addresses(first: &TransmissionUnit, count: f64) {
     .expect("the next addresses settle");
 }
 
-fn assert_fair(answered_by: &HashMap<String, usize>, hosts: &[&str], calls: usize) {
+/// `calls` calls through `first`: none fails, and each of `hosts` answers
+/// at least 20% of them; the others none.
+async fn assert_spread_over(first: &TransmissionUnit, hosts: &[&str], calls: usize) {
+    let (answered_by, failures) = spread(first, calls).await;
     eprintln!("{calls} calls answered by: {answered_by:?}");
+    assert!(failures.is_empty(), "{failures:?}");
+    for (host, count) in &answered_by {
+        assert!(
+            hosts.contains(&host.as_str()),
+            "{host} answered {count} calls: {answered_by:?}"
+        );
+    }
     for host in hosts {
         let share = answered_by.get(*host).copied().unwrap_or(0) as f64 / calls as f64;
         assert!(share >= 0.2, "{host} answered {share:.2} of the calls: {answered_by:?}");
     }
 }
 
+/// The three next units, on `port` of each of HOSTS.
+async fn next_units(port: u16) -> Vec<TransmissionUnit> {
+    let mut units = Vec::new();
+    for host in HOSTS {
+        units.push(next_unit(host, port).await);
+    }
+    units
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_comma_list_spreads_calls_skips_a_dead_address_and_takes_it_back() {
     let port = free_port();
-    let mut nexts = Vec::new();
-    for host in HOSTS {
-        nexts.push(next_unit(host, port).await);
-    }
+    let mut nexts = next_units(port).await;
     let list = HOSTS.map(|host| format!("{host}:{port}")).join(",");
     let first = TransmissionUnit::direct(1, SEED, &["--thresholds", &thresholds(1.0), "-n", &list])
         .await
         .expect("first unit starts");
     wait_for_next_addresses(&first, 3.0).await;
-
-    let (answered_by, failures) = spread(&first, 300).await;
-    assert!(failures.is_empty(), "{failures:?}");
-    assert_fair(&answered_by, &HOSTS, 300);
+    assert_spread_over(&first, &HOSTS, 300).await;
 
     // One dies: once it is marked down, no caller sees an error.
     let dead = nexts.remove(0);
     drop(dead);
     wait_for_next_addresses(&first, 2.0).await;
-    let (answered_by, failures) = spread(&first, 100).await;
-    assert!(failures.is_empty(), "{failures:?}");
-    assert_eq!(answered_by.get(HOSTS[0]), None, "{answered_by:?}");
-    assert_fair(&answered_by, &HOSTS[1..], 100);
+    assert_spread_over(&first, &HOSTS[1..], 100).await;
 
     // It comes back on the same address: it gets calls again.
     nexts.push(next_unit(HOSTS[0], port).await);
     wait_for_next_addresses(&first, 3.0).await;
-    let (answered_by, failures) = spread(&first, 150).await;
-    assert!(failures.is_empty(), "{failures:?}");
-    assert_fair(&answered_by, &HOSTS, 150);
+    assert_spread_over(&first, &HOSTS, 150).await;
 }
 
 /// Whether this process may create mount namespaces (root).
@@ -122,10 +130,7 @@ async fn a_name_that_resolves_to_several_addresses_spreads_calls() {
         return;
     }
     let port = free_port();
-    let mut nexts = Vec::new();
-    for host in HOSTS {
-        nexts.push(next_unit(host, port).await);
-    }
+    let _nexts = next_units(port).await;
     // The name resolves through the system resolver (getaddrinfo) of the
     // first unit, which sees its own /etc/hosts: a bind mount inside a mount
     // namespace of its own. The machine's resolver files are never touched.
@@ -139,8 +144,5 @@ async fn a_name_that_resolves_to_several_addresses_spreads_calls() {
             .await
             .expect("first unit starts");
     wait_for_next_addresses(&first, 3.0).await;
-
-    let (answered_by, failures) = spread(&first, 300).await;
-    assert!(failures.is_empty(), "{failures:?}");
-    assert_fair(&answered_by, &HOSTS, 300);
+    assert_spread_over(&first, &HOSTS, 300).await;
 }

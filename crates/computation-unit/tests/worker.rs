@@ -280,6 +280,15 @@ async fn sigterm_finishes_the_current_job_requeues_the_rest_and_exits_zero() {
         })
         .collect();
     wait_for_taken(&unit, 3).await;
+    // SIGTERM while a forward runs: the first has finished, the second is
+    // under way (each takes a while: 48 images on one thread). Right after
+    // the deliveries arrive, none may have reached the model yet.
+    wait_for("the first forward to finish", PATIENCE, || async {
+        let forwards = stopping.metrics().await.ok()?.value("dnet_batch_size_count").ok()?;
+        (forwards >= 1.0).then_some(())
+    })
+    .await
+    .expect("a forward finished");
 
     stopping.process.signal("TERM").expect("SIGTERM");
     let exit = stopping.process.wait_exit(PATIENCE).await.expect("exits");

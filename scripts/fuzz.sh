@@ -9,7 +9,7 @@ SECONDS_EACH=${1:-10}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 # cargo fuzz needs -Z flags; the stable toolchain accepts them with RUSTC_BOOTSTRAP=1.
 export RUSTC_BOOTSTRAP=1
-for target in codec request; do
+for target in codec request pickle; do
   scratch=$(mktemp -d)
   if ! cargo fuzz run "$target" "$scratch" "corpus/$target" -- -max_total_time="$SECONDS_EACH" -max_len=65536 \
     >"$scratch.log" 2>&1; then

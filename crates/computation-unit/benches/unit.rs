@@ -119,6 +119,7 @@ async fn in_process() -> Vec<Row> {
         unit_name: "in-process".into(),
         device: Device::Cpu,
         wire_dtype: dnet_model::options::WireDtype::F32,
+        legacy_pickle: false,
     };
     let settings = EngineSettings {
         threads: THREADS,
@@ -149,6 +150,7 @@ async fn in_process() -> Vec<Row> {
                         start: 0,
                         x,
                         samples: 1,
+                        pickled: false,
                     },
                     received: Instant::now(),
                     deadline: None,

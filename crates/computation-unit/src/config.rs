@@ -119,6 +119,14 @@ pub struct UnitArgs {
     /// (every DNet unit reads all three; the original's units read only f32).
     #[arg(long, env = "DNET_WIRE_DTYPE", value_enum, default_value_t = WireDtype::F32)]
     pub wire_dtype: WireDtype,
+
+    /// Also read requests whose `x` is the original DNet's `pickle.dumps` of
+    /// a tensor, and answer those in its format (pickled categories, a pickled
+    /// F32 `x` to hand on), so original units and clients mix with this one.
+    /// The pickles are parsed, never unpickled: only a tensor's opcodes and
+    /// globals are accepted. Safetensors requests keep safetensors replies.
+    #[arg(long, env = "DNET_LEGACY_PICKLE")]
+    pub legacy_pickle: bool,
 }
 
 impl UnitArgs {
@@ -138,6 +146,7 @@ impl UnitArgs {
             unit_name,
             device: self.model.device,
             wire_dtype: self.wire_dtype,
+            legacy_pickle: self.legacy_pickle,
         }
     }
 }

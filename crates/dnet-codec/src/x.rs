@@ -5,6 +5,7 @@
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 
+use crate::pickle::{self, PickleDtype, PickledTensor};
 use crate::shapes::BOUNDARY_SHAPES;
 
 /// Why `x` was rejected.
@@ -12,8 +13,10 @@ use crate::shapes::BOUNDARY_SHAPES;
 pub enum CodecError {
     #[error("x is empty; expected a safetensors buffer with one F32 tensor named \"x\"")]
     Empty,
-    #[error("x looks like a Python pickle; DNet no longer accepts pickles (unpickling runs code): send a safetensors buffer with one F32 tensor named \"x\"")]
+    #[error("x is a Python pickle (the original DNet's format); this unit reads those only with --legacy-pickle (parsed, never unpickled): start it with --legacy-pickle, or send a safetensors buffer with one F32 tensor named \"x\"")]
     Pickle,
+    #[error("x is not a tensor pickle DNet reads: {0}")]
+    BadPickle(String),
     #[error("x is not a valid safetensors buffer ({0}); expected one F32 tensor named \"x\"")]
     NotSafetensors(String),
     #[error("x holds tensors {0:?}; expected exactly one tensor named \"x\"")]
@@ -66,8 +69,7 @@ pub fn parse_x(bytes: &[u8], start_layer: usize, max_batch: usize) -> Result<XVi
     if bytes.is_empty() {
         return Err(CodecError::Empty);
     }
-    // Pickle protocol 2+ starts with PROTO (0x80) then the protocol number.
-    if bytes.len() >= 2 && bytes[0] == 0x80 && (2..=5).contains(&bytes[1]) {
+    if pickle::looks_like_pickle(bytes) {
         return Err(CodecError::Pickle);
     }
     let expected = *BOUNDARY_SHAPES
@@ -87,18 +89,57 @@ pub fn parse_x(bytes: &[u8], start_layer: usize, max_batch: usize) -> Result<XVi
         Dtype::BF16 => XDtype::BF16,
         other => return Err(CodecError::WrongDtype(format!("{other:?}"))),
     };
-    let shape = view.shape().to_vec();
-    let Ok(shape4) = <[usize; 4]>::try_from(shape.as_slice()) else {
+    let shape4 = check_shape(view.shape(), start_layer, expected, max_batch)?;
+    let data = view.data();
+    if !all_finite(dtype, data) {
+        return Err(CodecError::NotFinite);
+    }
+    Ok(XView {
+        dtype,
+        shape: shape4,
+        data,
+    })
+}
+
+/// Checks a pickled `x` (the original DNet's format, read with
+/// `--legacy-pickle`) as [`parse_x`] checks a safetensors one: F32, shaped
+/// for `start_layer`, at most `max_batch` samples, finite.
+///
+/// # Errors
+/// Not a tensor pickle this crate reads, or not such a tensor.
+pub fn parse_pickled_x(bytes: &[u8], start_layer: usize, max_batch: usize) -> Result<PickledTensor, CodecError> {
+    let expected = *BOUNDARY_SHAPES
+        .get(start_layer)
+        .ok_or(CodecError::BadStartLayer(start_layer))?;
+    let tensor = pickle::read(bytes).map_err(|e| CodecError::BadPickle(e.to_string()))?;
+    if tensor.dtype != PickleDtype::F32 {
+        return Err(CodecError::WrongDtype(format!("{:?}", tensor.dtype)));
+    }
+    check_shape(&tensor.shape, start_layer, expected, max_batch)?;
+    if !all_finite(XDtype::F32, &tensor.data) {
+        return Err(CodecError::NotFinite);
+    }
+    Ok(tensor)
+}
+
+/// `shape` as [N, C, H, W] for `start_layer`, with 1 <= N <= `max_batch`.
+fn check_shape(
+    shape: &[usize],
+    start_layer: usize,
+    expected: [usize; 3],
+    max_batch: usize,
+) -> Result<[usize; 4], CodecError> {
+    let Ok(shape4) = <[usize; 4]>::try_from(shape) else {
         return Err(CodecError::WrongRank {
             rank: shape.len(),
-            shape,
+            shape: shape.to_vec(),
             start: start_layer,
             expected,
         });
     };
     if shape4[0] < 1 || shape4[1..] != expected {
         return Err(CodecError::WrongShape {
-            shape,
+            shape: shape.to_vec(),
             start: start_layer,
             expected,
         });
@@ -109,15 +150,7 @@ pub fn parse_x(bytes: &[u8], start_layer: usize, max_batch: usize) -> Result<XVi
             max: max_batch,
         });
     }
-    let data = view.data();
-    if !all_finite(dtype, data) {
-        return Err(CodecError::NotFinite);
-    }
-    Ok(XView {
-        dtype,
-        shape: shape4,
-        data,
-    })
+    Ok(shape4)
 }
 
 /// Whether every element is finite (exponent bits not all ones).

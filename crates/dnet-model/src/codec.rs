@@ -8,7 +8,8 @@
 use safetensors::tensor::{Dtype, TensorView};
 use tch::{Kind, Tensor};
 
-use dnet_codec::{parse_x, XDtype};
+use dnet_codec::pickle::{self, PickleDtype};
+use dnet_codec::{parse_pickled_x, parse_x, XDtype};
 
 pub use dnet_codec::CodecError;
 
@@ -46,6 +47,42 @@ const _: () = assert!(
     "safetensors encoding assumes a little-endian machine"
 );
 
+/// Decodes and validates a pickled `x` (the original DNet's format, read with
+/// `--legacy-pickle`; validation: `dnet_codec::parse_pickled_x`) into an F32 tensor.
+///
+/// # Errors
+/// Not an F32 tensor pickle shaped [N, C, H, W] for `start_layer`, finite.
+pub fn decode_pickled_x(bytes: &[u8], start_layer: usize, max_batch: usize) -> Result<Tensor, DecodeError> {
+    let x = parse_pickled_x(bytes, start_layer, max_batch)?;
+    let dims: Vec<i64> = x.shape.iter().map(|&d| d as i64).collect();
+    Tensor::f_from_data_size(&x.data, &dims, Kind::Float).map_err(|e| DecodeError::Tensor(e.to_string()))
+}
+
+/// `pickle.dumps(tensor)` as the original DNet writes it, for an F32 or I64 tensor.
+///
+/// # Errors
+/// Another dtype, or a tensor that cannot be read.
+pub fn encode_pickle(tensor: &Tensor) -> Result<Vec<u8>, DecodeError> {
+    let tensor = tensor.to_device(tch::Device::Cpu).contiguous();
+    let dtype = match tensor.kind() {
+        Kind::Float => PickleDtype::F32,
+        Kind::Int64 => PickleDtype::I64,
+        other => return Err(DecodeError::Tensor(format!("cannot pickle a tensor of kind {other:?}"))),
+    };
+    let shape: Vec<usize> = tensor.size().iter().map(|&d| d as usize).collect();
+    Ok(pickle::write(dtype, &shape, &raw_bytes(&tensor)?))
+}
+
+/// The elements of a contiguous CPU tensor as they lie in memory.
+fn raw_bytes(tensor: &Tensor) -> Result<Vec<u8>, DecodeError> {
+    let numel = tensor.numel();
+    let mut bytes = vec![0u8; numel * tensor.kind().elt_size_in_bytes()];
+    tensor
+        .f_copy_data_u8(&mut bytes, numel)
+        .map_err(|e| DecodeError::Tensor(e.to_string()))?;
+    Ok(bytes)
+}
+
 /// Encodes tensors into one safetensors buffer (moved to the CPU, contiguous).
 ///
 /// # Errors
@@ -61,11 +98,7 @@ pub fn encode(tensors: &[(&str, &Tensor)]) -> Result<Vec<u8>, DecodeError> {
             Kind::Int64 => Dtype::I64,
             other => return Err(DecodeError::Tensor(format!("cannot encode {name} of kind {other:?}"))),
         };
-        let numel = tensor.numel();
-        let mut bytes = vec![0u8; numel * tensor.kind().elt_size_in_bytes()];
-        tensor
-            .f_copy_data_u8(&mut bytes, numel)
-            .map_err(|e| DecodeError::Tensor(e.to_string()))?;
+        let bytes = raw_bytes(&tensor)?;
         let shape: Vec<usize> = tensor.size().iter().map(|&d| d as usize).collect();
         owned.push((name.to_string(), dtype, shape, bytes));
     }

@@ -299,7 +299,8 @@ impl Worker {
             .map(|job| {
                 let n = job.request.samples as i64;
                 let slice = |t: &Tensor| t.narrow(0, offset, n);
-                let reply = respond(&self.unit, &slice(&probs), trunk.as_ref().map(slice).as_ref());
+                let trunk = trunk.as_ref().map(slice);
+                let reply = respond(&self.unit, &slice(&probs), trunk.as_ref(), job.request.pickled);
                 offset += n;
                 reply
             })

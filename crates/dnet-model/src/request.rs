@@ -31,6 +31,8 @@ pub struct UnitSettings {
     pub device: Device,
     /// The dtype of the tensor handed on (NOT_SUCCESS).
     pub wire_dtype: WireDtype,
+    /// Read the original DNet's tensor pickles, and answer them in its format.
+    pub legacy_pickle: bool,
 }
 
 /// A request checked and decoded, ready to join a batch.
@@ -42,6 +44,8 @@ pub struct Prepared {
     pub x: Tensor,
     /// N.
     pub samples: usize,
+    /// `x` came as the original DNet's pickle: the reply goes in its format too.
+    pub pickled: bool,
 }
 
 /// A request refused before computing: the start layer it claimed (for its
@@ -75,7 +79,13 @@ pub fn prepare_request(request: &ComputationRequest, settings: &UnitSettings) ->
         message,
     };
     let start = dnet_codec::check_start_layer(request.start_layer, settings.exit).map_err(refused)?;
-    let x = codec::decode_x(&request.x, start, settings.max_request_samples).map_err(|e| refused(e.to_string()))?;
+    let pickled = settings.legacy_pickle && dnet_codec::pickle::looks_like_pickle(&request.x);
+    let x = if pickled {
+        codec::decode_pickled_x(&request.x, start, settings.max_request_samples)
+    } else {
+        codec::decode_x(&request.x, start, settings.max_request_samples)
+    }
+    .map_err(|e| refused(e.to_string()))?;
     let samples = usize::try_from(x.size()[0]).map_err(|e| refused(e.to_string()))?;
     if let Some(bytes) = hand_on_bytes(settings.exit, samples).filter(|&b| b > settings.max_message_bytes) {
         return Err(refused(format!(
@@ -84,7 +94,12 @@ pub fn prepare_request(request: &ComputationRequest, settings: &UnitSettings) ->
             settings.exit, settings.max_message_bytes
         )));
     }
-    Ok(Prepared { start, x, samples })
+    Ok(Prepared {
+        start,
+        x,
+        samples,
+        pickled,
+    })
 }
 
 /// Room a handed-on `x` takes besides its values: the safetensors header and
@@ -144,17 +159,29 @@ pub fn error_response(message: String) -> ComputationResponse {
 }
 
 /// Decides and encodes one request's answer from its slice of a forward's
-/// outputs: `probs` [N, 10] and, below exit 16, `trunk` (the tensor to hand on).
+/// outputs: `probs` [N, 10] and, below exit 16, `trunk` (the tensor to hand
+/// on). `pickled`: in the original DNet's format (`x` an F32 pickle, `result`
+/// the pickled categories), else safetensors.
 ///
 /// # Errors
 /// A tensor that cannot be encoded.
-pub fn respond(settings: &UnitSettings, probs: &Tensor, trunk: Option<&Tensor>) -> Result<ComputationResponse, String> {
+pub fn respond(
+    settings: &UnitSettings,
+    probs: &Tensor,
+    trunk: Option<&Tensor>,
+    pickled: bool,
+) -> Result<ComputationResponse, String> {
     let exit = settings.exit;
     let threshold = (exit < TRUNK_LAYERS).then(|| settings.thresholds[exit - 1]);
     let decision = decide(probs, threshold);
     let (status, data) = match (decision.exits, trunk) {
         (false, Some(trunk)) => {
-            let x = codec::encode_x(&trunk.to_kind(settings.wire_dtype.kind())).map_err(|e| e.to_string())?;
+            let x = if pickled {
+                codec::encode_pickle(trunk)
+            } else {
+                codec::encode_x(&trunk.to_kind(settings.wire_dtype.kind()))
+            }
+            .map_err(|e| e.to_string())?;
             (
                 StatusCode::NotSuccess,
                 Data::NextRequest(ComputationRequest {
@@ -164,7 +191,12 @@ pub fn respond(settings: &UnitSettings, probs: &Tensor, trunk: Option<&Tensor>) 
             )
         }
         _ => {
-            let result = codec::encode_result(&decision.category, probs).map_err(|e| e.to_string())?;
+            let result = if pickled {
+                codec::encode_pickle(&decision.category)
+            } else {
+                codec::encode_result(&decision.category, probs)
+            }
+            .map_err(|e| e.to_string())?;
             (StatusCode::Success, Data::Result(result.into()))
         }
     };

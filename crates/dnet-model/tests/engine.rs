@@ -29,6 +29,7 @@ fn unit(threshold: f64) -> UnitSettings {
         unit_name: "engine-test".into(),
         device: Device::Cpu,
         wire_dtype: dnet_model::options::WireDtype::F32,
+        legacy_pickle: false,
     }
 }
 
@@ -69,6 +70,7 @@ fn job(start: usize, x: &Tensor) -> (Job, tokio::sync::oneshot::Receiver<Outcome
             start,
             x: x.copy(),
             samples,
+            pickled: false,
         },
         received: Instant::now(),
         deadline: None,

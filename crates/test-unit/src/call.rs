@@ -92,11 +92,23 @@ pub struct FirstUnit {
 }
 
 /// Sends `sample` (after the local layers, when there are any) and waits for its answer.
-pub async fn run(sample: Sample, local: Option<&LocalLayers>, first: FirstUnit, timeout: Duration) -> Record {
+pub async fn run(
+    sample: Sample,
+    local: Option<&LocalLayers>,
+    first: FirstUnit,
+    timeout: Duration,
+    pickled: bool,
+) -> Record {
     let started = Instant::now();
     let label = sample.label;
     let request = match local {
         Some(local) => through_local_layers(sample.image, local).await,
+        None if pickled => codec::encode_pickle(&sample.image)
+            .map(|x| ComputationRequest {
+                start_layer: 0,
+                x: x.into(),
+            })
+            .map_err(|_| failed("ENCODE", false)),
         None => codec::encode_x(&sample.image)
             .map(|x| ComputationRequest {
                 start_layer: 0,
@@ -173,10 +185,17 @@ fn answered(answer: ComputationResponse) -> Outcome {
 mod result {
     use safetensors::SafeTensors;
 
-    /// The first sample's category from a `result` buffer.
+    use dnet_codec::pickle::{self, PickleDtype};
+
+    /// The first sample's category from a `result` buffer: safetensors, or
+    /// the original DNet's pickled categories.
     pub fn category_of(result: &[u8]) -> Option<i64> {
+        let first = |data: &[u8]| Some(i64::from_le_bytes(data.get(..8)?.try_into().ok()?));
+        if pickle::looks_like_pickle(result) {
+            let tensor = pickle::read(result).ok().filter(|t| t.dtype == PickleDtype::I64)?;
+            return first(&tensor.data);
+        }
         let tensors = SafeTensors::deserialize(result).ok()?;
-        let category = tensors.tensor("category").ok()?;
-        Some(i64::from_le_bytes(category.data().get(..8)?.try_into().ok()?))
+        first(tensors.tensor("category").ok()?.data())
     }
 }

@@ -99,6 +99,12 @@ pub struct Args {
     #[arg(long, env = "DNET_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// Send each image as the original DNet's client did, `pickle.dumps` of
+    /// the tensor (for units started with --legacy-pickle, or the original
+    /// units), and read pickled results; raw images only (no -e).
+    #[arg(long, env = "DNET_LEGACY_PICKLE")]
+    pub legacy_pickle: bool,
+
     /// Print the first unit's queue length and consumers before and after.
     #[arg(long, env = "DNET_QSTATUS")]
     pub qstatus: bool,

@@ -32,6 +32,8 @@ pub struct Context {
     pub local: Option<LocalLayers>,
     pub first: FirstUnit,
     pub timeout: Duration,
+    /// Send images as the original DNet's client does (`pickle.dumps`).
+    pub legacy_pickle: bool,
 }
 
 /// A progress bar on a terminal, nothing otherwise.
@@ -62,7 +64,16 @@ pub async fn closed_loop(context: Arc<Context>, concurrency: u64, until: Until) 
                     return records;
                 }
                 let sample = context.inputs.get(index);
-                records.push(call::run(sample, context.local.as_ref(), context.first.clone(), context.timeout).await);
+                records.push(
+                    call::run(
+                        sample,
+                        context.local.as_ref(),
+                        context.first.clone(),
+                        context.timeout,
+                        context.legacy_pickle,
+                    )
+                    .await,
+                );
                 bar.inc(1);
             }
         })
@@ -91,7 +102,14 @@ pub async fn open_loop(context: Arc<Context>, rate: f64, seed: u64, until: Until
         let bar = bar.clone();
         calls.push(tokio::spawn(async move {
             let sample = context.inputs.get(index);
-            let record = call::run(sample, context.local.as_ref(), context.first.clone(), context.timeout).await;
+            let record = call::run(
+                sample,
+                context.local.as_ref(),
+                context.first.clone(),
+                context.timeout,
+                context.legacy_pickle,
+            )
+            .await;
             bar.inc(1);
             record
         }));

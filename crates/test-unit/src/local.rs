@@ -44,6 +44,7 @@ impl LocalLayers {
                     unit_name: format!("device-{exit}"),
                     device,
                     wire_dtype: dnet_model::options::WireDtype::F32,
+                    legacy_pickle: false,
                 };
                 Engine::start(source.clone(), unit, settings.clone(), Default::default())
             })
@@ -80,7 +81,12 @@ async fn run(engine: &Engine, start: usize, x: Tensor) -> anyhow::Result<Computa
     let samples = usize::try_from(x.size()[0])?;
     engine
         .submit(Job {
-            request: Prepared { start, x, samples },
+            request: Prepared {
+                start,
+                x,
+                samples,
+                pickled: false,
+            },
             received: Instant::now(),
             deadline: None,
             done,

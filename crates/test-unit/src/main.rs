@@ -27,6 +27,9 @@ async fn main() -> anyhow::Result<()> {
         None => Inputs::Synthetic(args.seed),
     };
     let labelled = inputs.labelled();
+    if args.legacy_pickle && !args.exit.0.is_empty() {
+        anyhow::bail!("--legacy-pickle sends raw images as the original client did: it does not go with -e");
+    }
     let exits = args.exit.0.clone();
     let local = match (exits.is_empty(), args.weight_source()) {
         (true, _) => None,
@@ -57,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
             balanced,
         },
         timeout: args.timeout,
+        legacy_pickle: args.legacy_pickle,
     });
     let started = Instant::now();
     let records = match args.rate {

@@ -1,0 +1,73 @@
+"""The original DNet client's encoding: each image is `pickle.dumps(tensor)` in
+`x`, each SUCCESS `result` is read with `pickle.loads`. gRPC by grpcio with the
+messages encoded by hand (no generated stubs needed).
+usage: original_client.py ADDRESS COUNT OUT_DIR
+Writes OUT_DIR/input-I.pkl (the exact bytes sent) and prints one JSON line per
+request: {"status": ..., "category": ...}."""
+import json
+import pickle
+import sys
+
+import grpc
+import torch
+
+
+def varint(n):
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def request(start_layer, x):
+    """ComputationRequest { uint64 start_layer = 1; bytes x = 2; }"""
+    return b"\x08" + varint(start_layer) + b"\x12" + varint(len(x)) + x
+
+
+def fields(buffer):
+    """The top-level fields of a protobuf message: number -> value (varint or bytes)."""
+    out, at = {}, 0
+    while at < len(buffer):
+        key, shift = 0, 0
+        while True:
+            byte = buffer[at]; at += 1
+            key |= (byte & 0x7F) << shift; shift += 7
+            if not byte & 0x80:
+                break
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, shift = 0, 0
+            while True:
+                byte = buffer[at]; at += 1
+                value |= (byte & 0x7F) << shift; shift += 7
+                if not byte & 0x80:
+                    break
+        elif wire == 2:
+            length, shift = 0, 0
+            while True:
+                byte = buffer[at]; at += 1
+                length |= (byte & 0x7F) << shift; shift += 7
+                if not byte & 0x80:
+                    break
+            value = buffer[at:at + length]; at += length
+        elif wire == 5:
+            value = buffer[at:at + 4]; at += 4
+        else:
+            value = buffer[at:at + 8]; at += 8
+        out.setdefault(number, value)
+    return out
+
+
+address, count, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+channel = grpc.insecure_channel(address, options=[("grpc.max_receive_message_length", 64 << 20)])
+compute = channel.unary_unary("/unit.DNet/Compute", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+torch.manual_seed(5)
+for i in range(count):
+    x = pickle.dumps(torch.randn(1, 3, 32, 32))
+    open(f"{out}/input-{i}.pkl", "wb").write(x)
+    reply = fields(compute(request(0, x), timeout=60))
+    status = reply.get(1, 0)  # 0 ERROR, 1 SUCCESS, 2 NOT_SUCCESS
+    category = pickle.loads(reply[3]).tolist() if status == 1 else None
+    print(json.dumps({"status": status, "category": category, "error": bytes(reply.get(2, b"")).decode()}), flush=True)

@@ -232,6 +232,14 @@ impl<'a> Machine<'a> {
             .ok_or_else(|| PickleError::Shape(format!("the stack is empty at byte {at}")))
     }
 
+    /// Runs the next pickle of a sequence (its own stack and memo) to STOP.
+    fn next_pickle(&mut self) -> Result<Value, PickleError> {
+        self.stack.clear();
+        self.marks.clear();
+        self.memo.clear();
+        self.run()
+    }
+
     /// Runs to STOP and returns the value left.
     fn run(&mut self) -> Result<Value, PickleError> {
         loop {
@@ -532,51 +540,39 @@ fn legacy_storage(bytes: &[u8]) -> Result<Value, PickleError> {
         ));
     }
     let mut machine = Machine::new(bytes);
-    machine.run()?;
-    for expected in ["format version", "system info", "storage", "keys"] {
-        machine.stack.clear();
-        machine.marks.clear();
-        machine.memo.clear();
-        let value = machine.run()?;
-        match (expected, value) {
-            ("format version", Value::Int(LEGACY_VERSION)) => {}
-            ("system info", Value::Dict(info)) => {
-                let little = info
-                    .iter()
-                    .any(|(k, v)| *k == Value::Str("little_endian".into()) && *v == Value::Bool(true));
-                if !little {
-                    return Err(PickleError::Shape("the storage was written big-endian".into()));
-                }
-            }
-            ("storage", Value::StorageRef { dtype, key, numel }) => {
-                machine.stack.clear();
-                machine.marks.clear();
-                machine.memo.clear();
-                let keys = machine.run()?;
-                if keys != Value::List(vec![Value::Str(key)]) {
-                    return Err(PickleError::Shape("the storage keys do not match".into()));
-                }
-                let stored = machine.length(8)?;
-                if stored != numel {
-                    return Err(PickleError::Shape(format!(
-                        "the storage says {numel} elements, its data {stored}"
-                    )));
-                }
-                let size = numel
-                    .checked_mul(dtype.size())
-                    .ok_or_else(|| PickleError::Shape("the storage size overflows".into()))?;
-                let data = machine.take(size)?.to_vec();
-                return Ok(Value::Storage { dtype, data });
-            }
-            (expected, value) => {
-                return Err(PickleError::Shape(format!(
-                    "expected the {expected}, found {}",
-                    kind(&value)
-                )));
-            }
-        }
+    machine.run()?; // the magic number, checked above
+    let unexpected =
+        |expected: &str, value: &Value| PickleError::Shape(format!("expected the {expected}, found {}", kind(value)));
+    let version = machine.next_pickle()?;
+    if version != Value::Int(LEGACY_VERSION) {
+        return Err(unexpected("format version 1001", &version));
     }
-    Err(PickleError::Shape("no storage in the storage bytes".into()))
+    let info = machine.next_pickle()?;
+    let Value::Dict(info) = info else {
+        return Err(unexpected("system info", &info));
+    };
+    let little_endian = (Value::Str("little_endian".into()), Value::Bool(true));
+    if !info.contains(&little_endian) {
+        return Err(PickleError::Shape("the storage was written big-endian".into()));
+    }
+    let storage = machine.next_pickle()?;
+    let Value::StorageRef { dtype, key, numel } = storage else {
+        return Err(unexpected("storage", &storage));
+    };
+    if machine.next_pickle()? != Value::List(vec![Value::Str(key)]) {
+        return Err(PickleError::Shape("the storage keys do not match".into()));
+    }
+    let stored = machine.length(8)?;
+    if stored != numel {
+        return Err(PickleError::Shape(format!(
+            "the storage says {numel} elements, its data {stored}"
+        )));
+    }
+    let size = numel
+        .checked_mul(dtype.size())
+        .ok_or_else(|| PickleError::Shape("the storage size overflows".into()))?;
+    let data = machine.take(size)?.to_vec();
+    Ok(Value::Storage { dtype, data })
 }
 
 /// `pickle.dumps` of a contiguous tensor of `shape` whose elements are

@@ -26,36 +26,34 @@ def request(start_layer, x):
     return b"\x08" + varint(start_layer) + b"\x12" + varint(len(x)) + x
 
 
+def read_varint(buffer, at):
+    """The varint at `at`, and where the next field starts."""
+    value, shift = 0, 0
+    while True:
+        byte = buffer[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, at
+
+
 def fields(buffer):
     """The top-level fields of a protobuf message: number -> value (varint or bytes)."""
     out, at = {}, 0
     while at < len(buffer):
-        key, shift = 0, 0
-        while True:
-            byte = buffer[at]; at += 1
-            key |= (byte & 0x7F) << shift; shift += 7
-            if not byte & 0x80:
-                break
+        key, at = read_varint(buffer, at)
         number, wire = key >> 3, key & 7
         if wire == 0:
-            value, shift = 0, 0
-            while True:
-                byte = buffer[at]; at += 1
-                value |= (byte & 0x7F) << shift; shift += 7
-                if not byte & 0x80:
-                    break
+            value, at = read_varint(buffer, at)
         elif wire == 2:
-            length, shift = 0, 0
-            while True:
-                byte = buffer[at]; at += 1
-                length |= (byte & 0x7F) << shift; shift += 7
-                if not byte & 0x80:
-                    break
-            value = buffer[at:at + length]; at += length
-        elif wire == 5:
-            value = buffer[at:at + 4]; at += 4
+            length, at = read_varint(buffer, at)
+            value = buffer[at:at + length]
+            at += length
         else:
-            value = buffer[at:at + 8]; at += 8
+            size = 4 if wire == 5 else 8
+            value = buffer[at:at + size]
+            at += size
         out.setdefault(number, value)
     return out
 

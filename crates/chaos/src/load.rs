@@ -114,6 +114,7 @@ async fn call(client: &mut DNetClient<tonic::transport::Channel>, id: u64, deadl
     let mut request = tonic::Request::new(ComputationRequest {
         start_layer: 0,
         x: image(id).into(),
+        ..ComputationRequest::default()
     });
     request.set_timeout(deadline);
     let sent = Instant::now();

@@ -232,5 +232,6 @@ fn poison_request() -> anyhow::Result<ComputationRequest> {
     Ok(ComputationRequest {
         start_layer: 3,
         x: safetensors::serialize([("x", view)], None)?.into(),
+        ..ComputationRequest::default()
     })
 }

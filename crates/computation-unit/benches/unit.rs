@@ -89,6 +89,7 @@ async fn through_unit(broker: &Broker, batching: bool) -> Vec<Row> {
     let request = ComputationRequest {
         start_layer: 0,
         x: codec::encode_x(&image()).expect("encode").into(),
+        ..ComputationRequest::default()
     };
     let mut rows = Vec::new();
     for concurrency in CONCURRENCY {
@@ -112,14 +113,8 @@ async fn through_unit(broker: &Broker, batching: bool) -> Vec<Row> {
 /// The same engine in this process, one row per concurrency.
 async fn in_process() -> Vec<Row> {
     let unit = UnitSettings {
-        exit: 16,
-        thresholds: DEFAULT_THRESHOLDS,
         max_request_samples: 1,
-        max_message_bytes: 64 << 20,
-        unit_name: "in-process".into(),
-        device: Device::Cpu,
-        wire_dtype: dnet_model::options::WireDtype::F32,
-        legacy_pickle: false,
+        ..UnitSettings::new(16, DEFAULT_THRESHOLDS, "in-process")
     };
     let settings = EngineSettings {
         threads: THREADS,
@@ -146,12 +141,7 @@ async fn in_process() -> Vec<Row> {
             async move {
                 let (done, outcome) = tokio::sync::oneshot::channel();
                 let job = Job {
-                    request: Prepared {
-                        start: 0,
-                        x,
-                        samples: 1,
-                        pickled: false,
-                    },
+                    request: Prepared::new(0, x),
                     received: Instant::now(),
                     deadline: None,
                     done,

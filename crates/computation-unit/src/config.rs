@@ -7,8 +7,12 @@ use dnet_common::telemetry::ObservabilityArgs;
 use tch::Device;
 
 use dnet_model::model::{DEFAULT_THRESHOLDS, SIDE_EXITS};
-use dnet_model::options::{parse_device, parse_thresholds, BatchArgs, ComputeArgs, Thresholds, WireDtype};
+use dnet_model::options::{
+    parse_device, parse_override_bounds, parse_thresholds, BatchArgs, ComputeArgs, ExitRule, OverrideBounds,
+    Thresholds, WireDtype,
+};
 use dnet_model::request::UnitSettings;
+use dnet_model::thresholds::LiveThresholds;
 use dnet_model::weights::WeightSource;
 
 /// A DNet computation unit: consumes a RabbitMQ queue and runs the
@@ -104,8 +108,29 @@ pub struct UnitArgs {
 
     /// Confidence thresholds of exits 1..15, comma-separated
     /// [default: 0.85,0.90,0.90,0.90,0.90,0.90,0.90,0.90,0.90,0.90,0.92,0.90,0.90,0.90,0.90].
-    #[arg(long, env = "DNET_THRESHOLDS", value_parser = parse_thresholds)]
+    #[arg(long, env = "DNET_THRESHOLDS", value_parser = parse_thresholds, conflicts_with = "thresholds_file")]
     pub thresholds: Option<Thresholds>,
+
+    /// Read the thresholds from this file (as --thresholds takes them, on
+    /// one or more lines, `#` comments; `test-unit calibrate
+    /// --write-thresholds` writes one), and again every second while the
+    /// unit runs: a change applies to the next forward and is logged; an
+    /// invalid file is logged and the thresholds in use stay.
+    #[arg(long, env = "DNET_THRESHOLDS_FILE")]
+    pub thresholds_file: Option<PathBuf>,
+
+    /// A request of N samples of which only some are confident: per-sample
+    /// answers those here and hands only the others on (the caller gets
+    /// every sample's answer and exit layer, in order); whole-request hands
+    /// all of it on unless every sample is confident.
+    #[arg(long, env = "DNET_EXIT_RULE", value_enum, default_value_t = ExitRule::PerSample)]
+    pub exit_rule: ExitRule,
+
+    /// Accept requests that carry their own thresholds, when the one of this
+    /// unit's exit lies in LO..HI (e.g. 0.5..1); others are answered ERROR.
+    /// Without this flag no request may carry thresholds.
+    #[arg(long, env = "DNET_ALLOW_THRESHOLD_OVERRIDE", value_name = "LO..HI", value_parser = parse_override_bounds)]
+    pub allow_threshold_override: Option<OverrideBounds>,
 
     #[command(flatten)]
     pub batch: BatchArgs,
@@ -130,24 +155,34 @@ pub struct UnitArgs {
 }
 
 impl UnitArgs {
-    #[must_use]
-    pub fn thresholds(&self) -> [f64; SIDE_EXITS] {
-        self.thresholds.as_ref().map_or(DEFAULT_THRESHOLDS, |t| t.0)
+    /// The thresholds to start with: the file's, --thresholds, or the defaults.
+    ///
+    /// # Errors
+    /// The thresholds file cannot be read or is invalid.
+    pub fn thresholds(&self) -> anyhow::Result<[f64; SIDE_EXITS]> {
+        match (&self.thresholds_file, &self.thresholds) {
+            (Some(path), _) => crate::thresholds_file::read(path),
+            (None, thresholds) => Ok(thresholds.as_ref().map_or(DEFAULT_THRESHOLDS, |t| t.0)),
+        }
     }
 
     /// The unit's settings, with the message limit and name of the program around it.
-    #[must_use]
-    pub fn settings(&self, max_message_bytes: usize, unit_name: String) -> UnitSettings {
-        UnitSettings {
+    ///
+    /// # Errors
+    /// See [`Self::thresholds`].
+    pub fn settings(&self, max_message_bytes: usize, unit_name: String) -> anyhow::Result<UnitSettings> {
+        Ok(UnitSettings {
             exit: usize::from(self.exit_layer),
-            thresholds: self.thresholds(),
+            thresholds: LiveThresholds::new(self.thresholds()?),
+            exit_rule: self.exit_rule,
+            allow_threshold_override: self.allow_threshold_override,
             max_request_samples: self.max_request_samples,
             max_message_bytes,
             unit_name,
             device: self.model.device,
             wire_dtype: self.wire_dtype,
             legacy_pickle: self.legacy_pickle,
-        }
+        })
     }
 }
 

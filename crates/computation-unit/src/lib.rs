@@ -9,6 +9,7 @@
 //! - `direct`: the engine as the backend of a direct unit (`serve`): the
 //!   transmission unit's gRPC edge, no broker.
 //! - `metrics`: the worker's Prometheus metrics.
+//! - `thresholds_file`: `--thresholds-file`, read again while the unit runs.
 //! - `infer`: the offline `computation-unit infer` command.
 
 pub mod config;
@@ -16,4 +17,5 @@ pub mod delivery;
 pub mod direct;
 pub mod infer;
 pub mod metrics;
+pub mod thresholds_file;
 pub mod worker;

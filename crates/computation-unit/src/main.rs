@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use computation_unit::config::{Cli, Command, ServeArgs, WorkerArgs};
 use computation_unit::direct::EngineBackend;
 use computation_unit::metrics::WorkerMetrics;
+use computation_unit::thresholds_file;
 use computation_unit::worker::{self, WorkerSettings};
 use dnet_model::engine::Engine;
 use dnet_model::metrics::EngineMetrics;
@@ -51,8 +52,14 @@ fn serve_direct(args: ServeArgs) -> anyhow::Result<()> {
     let engine = runtime()?.block_on(async {
         let (listener, metrics_listener) = transmission_unit::server::bind(&args.edge).await?;
         let unit_name = args.edge.unit_name(listener.local_addr()?.port());
-        let settings = args.unit.settings(args.edge.max_message_bytes, unit_name.clone());
+        let settings = args.unit.settings(args.edge.max_message_bytes, unit_name.clone())?;
         let mut registry = Registry::default();
+        thresholds_file::start(
+            args.unit.thresholds_file.clone(),
+            settings.thresholds.clone(),
+            settings.exit,
+            &mut registry,
+        );
         let engine = Arc::new(Engine::start(
             args.unit.model.source(),
             settings.clone(),
@@ -99,7 +106,7 @@ async fn export_waiting(engine: Arc<Engine>, gauge: prometheus_client::metrics::
 fn consume(args: WorkerArgs) -> anyhow::Result<()> {
     dnet_common::telemetry::init(args.observability.log_format);
     let exit_on_start_layer = args.test_exit_on_start_layer().map_err(anyhow::Error::msg)?;
-    let settings = args.unit.settings(args.max_message_bytes, args.unit_name());
+    let settings = args.unit.settings(args.max_message_bytes, args.unit_name())?;
     let mut registry = Registry::default();
     let engine_metrics = Arc::new(EngineMetrics::register(&mut registry));
     let engine = Arc::new(Engine::start(
@@ -113,6 +120,12 @@ fn consume(args: WorkerArgs) -> anyhow::Result<()> {
     let ready = tokio::sync::watch::Sender::new(false);
     let metrics = runtime.block_on(async {
         let metrics = WorkerMetrics::register(&mut registry);
+        thresholds_file::start(
+            args.unit.thresholds_file.clone(),
+            settings.thresholds.clone(),
+            settings.exit,
+            &mut registry,
+        );
         let stop_metrics = CancellationToken::new();
         if let Some(address) = &args.observability.metrics_address {
             let listener = TcpListener::bind(address)

@@ -238,6 +238,7 @@ async fn every_bad_request_gets_an_error_naming_it_and_the_worker_keeps_serving(
             .compute(ComputationRequest {
                 start_layer,
                 x: x.into(),
+                ..ComputationRequest::default()
             })
             .await
             .expect("answered")
@@ -253,6 +254,7 @@ async fn every_bad_request_gets_an_error_naming_it_and_the_worker_keeps_serving(
         .compute(ComputationRequest {
             start_layer: 0,
             x: good.into(),
+            ..ComputationRequest::default()
         })
         .await
         .expect("answered")
@@ -409,6 +411,7 @@ async fn bad_messages_straight_onto_the_queue_get_errors_or_are_dropped_and_the_
     let absurd = ComputationRequest {
         start_layer: 1 << 60,
         x: codec::encode_x(&images(1, 9)).expect("encode").into(),
+        ..ComputationRequest::default()
     }
     .encode_to_vec();
     let cases: [(&str, Vec<u8>, &str); 3] = [
@@ -775,6 +778,7 @@ async fn a_request_that_stops_max_attempts_workers_is_answered_error_and_the_oth
         x: codec::encode_x(&Tensor::zeros([1, 64, 28, 28], (Kind::Float, tch::Device::Cpu)))
             .expect("encode")
             .into(),
+        ..ComputationRequest::default()
     };
     client
         .send(&queue, &poison.encode_to_vec(), "poison", none.clone())

@@ -34,3 +34,30 @@ pub fn check_start_layer(start_layer: u64, exit: usize) -> Result<usize, String>
         format!("start_layer {start_layer} is out of range: this unit (exit layer {exit}) accepts 0 <= start_layer < {exit}")
     })
 }
+
+/// Side exits, each with a threshold: exits 1..15.
+pub const SIDE_EXITS: usize = 15;
+
+/// Checks a request's own thresholds: none, or one per side exit, each in 0..=1.
+///
+/// # Errors
+/// Another count, or a value outside 0..=1 (NaN included).
+pub fn check_thresholds(values: &[f64]) -> Result<Option<[f64; SIDE_EXITS]>, String> {
+    if values.is_empty() {
+        return Ok(None);
+    }
+    let values: [f64; SIDE_EXITS] = values.try_into().map_err(|_| {
+        format!(
+            "the request carries {} thresholds: give none, or 15 (exits 1..15)",
+            values.len()
+        )
+    })?;
+    match values.iter().position(|t| !(0.0..=1.0).contains(t)) {
+        Some(i) => Err(format!(
+            "the request's threshold of exit {} is {}, outside 0..1",
+            i + 1,
+            values[i]
+        )),
+        None => Ok(Some(values)),
+    }
+}

@@ -3,7 +3,8 @@
 //! module turns checked bytes into tensors and tensors into bytes.
 //!
 //! `x` holds one tensor named `x` (F32; F16 and BF16 are accepted and
-//! widened); `result` holds `category` (I64 [N]) and `probs` (F32 [N, 10]).
+//! widened); `result` holds `category` (I64 [N]), `probs` (F32 [N, 10]) and
+//! `exit_layer` (I64 [N]).
 
 use safetensors::tensor::{Dtype, TensorView};
 use tch::{Kind, Tensor};
@@ -120,12 +121,13 @@ pub fn encode_x(x: &Tensor) -> Result<Vec<u8>, DecodeError> {
     encode(&[("x", x)])
 }
 
-/// Encodes a `result`: `category` I64 [N] and `probs` F32 [N, 10].
+/// Encodes a `result` (or an `answered`): `category` I64 [N], `probs` F32
+/// [N, 10] and `exit_layer` I64 [N] (0: handed on).
 ///
 /// # Errors
 /// See [`encode`].
-pub fn encode_result(category: &Tensor, probs: &Tensor) -> Result<Vec<u8>, DecodeError> {
-    encode(&[("category", category), ("probs", probs)])
+pub fn encode_result(category: &Tensor, probs: &Tensor, exit_layer: &Tensor) -> Result<Vec<u8>, DecodeError> {
+    encode(&[("category", category), ("probs", probs), ("exit_layer", exit_layer)])
 }
 
 #[cfg(test)]

@@ -300,7 +300,7 @@ impl Worker {
                 let n = job.request.samples as i64;
                 let slice = |t: &Tensor| t.narrow(0, offset, n);
                 let trunk = trunk.as_ref().map(slice);
-                let reply = respond(&self.unit, &slice(&probs), trunk.as_ref(), job.request.pickled);
+                let reply = respond(&self.unit, &job.request, &slice(&probs), trunk.as_ref());
                 offset += n;
                 reply
             })

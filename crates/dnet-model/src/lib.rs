@@ -4,10 +4,12 @@
 //!
 //! Layout:
 //! - `blocks`: BasicConv2d and Inception blocks A-E.
-//! - `model`: the network, its boundary shapes and default thresholds; `forward(x, start, exit)`.
+//! - `model`: the network, its boundary shapes and default thresholds; `forward(x, start, exit)`,
+//!   every exit's probabilities at once (`exit_probs`).
 //! - `weights`: building the model from a safetensors file (checked) or a seed.
 //! - `codec`: safetensors bytes <-> tensors (validation is `dnet-codec`'s).
-//! - `decision`: the exit rule (confidence against the threshold).
+//! - `decision`: the exit rule (each sample's confidence against the threshold).
+//! - `thresholds`: a unit's thresholds, changeable while it runs; bounds of a request's own.
 //! - `request`: one request, bytes in, response out (decode, validate, forward, decide, encode).
 //! - `batch`: the batching policy: which waiting requests run together.
 //! - `engine`: the OS thread that owns the model and runs one batch at a time.
@@ -23,4 +25,5 @@ pub mod metrics;
 pub mod model;
 pub mod options;
 pub mod request;
+pub mod thresholds;
 pub mod weights;

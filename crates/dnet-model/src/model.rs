@@ -152,38 +152,78 @@ impl MultiExitInception {
         if start >= exit || exit > TRUNK_LAYERS {
             return Err(ForwardError::BadSplit { start, exit });
         }
-        let expected = BOUNDARY_SHAPES[start].map(|d| d as i64);
-        let shape = x.size();
-        if shape.len() != 4 || shape[0] < 1 || shape[1..] != expected {
-            return Err(ForwardError::BadShape {
-                start,
-                got: shape,
-                expected,
-            });
-        }
+        check_shape(x, start)?;
         let _no_grad = tch::no_grad_guard();
-        let x = x.to_kind(self.kind);
-        let x = if self.channels_last { to_channels_last(&x) } else { x };
-        let trunk = self.trunk[start..exit].iter().fold(x, |xs, layer| layer.forward(&xs));
-        if exit == TRUNK_LAYERS {
-            // avg_pool k4 (stride 4): 5x5 -> 1x1; dropout is the identity at inference.
-            let logits = trunk
-                .avg_pool2d([4, 4], [4, 4], [0, 0], false, true, None)
-                .flatten(1, -1)
-                .apply(&self.fc)
-                .to_kind(Kind::Float);
-            return Ok(ForwardOutput {
-                trunk: None,
-                probs: logits.softmax(-1, Kind::Float),
-                logits,
-            });
-        }
-        let logits = self.exits[exit - 1].forward(&trunk).to_kind(Kind::Float);
+        let trunk = (start..exit).fold(self.input(x), |xs, layer| self.layer(layer, &xs));
+        let logits = self.head(exit, &trunk);
         Ok(ForwardOutput {
             // Handed on in F32 (the wire's dtype), whatever the network computes in.
-            trunk: Some(trunk.to_kind(Kind::Float)),
+            trunk: (exit < TRUNK_LAYERS).then(|| trunk.to_kind(Kind::Float)),
             probs: logits.softmax(-1, Kind::Float),
             logits,
         })
     }
+
+    /// The probabilities [N, 10] of every exit 1..=16 on images `x`
+    /// [N, 3, 32, 32], in one pass through the trunk (what calibration needs).
+    ///
+    /// # Errors
+    /// `x` is not a batch of images.
+    pub fn exit_probs(&self, x: &Tensor) -> Result<Vec<Tensor>, ForwardError> {
+        check_shape(x, 0)?;
+        let _no_grad = tch::no_grad_guard();
+        let mut trunk = self.input(x);
+        let mut probs = Vec::with_capacity(TRUNK_LAYERS);
+        for layer in 0..TRUNK_LAYERS {
+            trunk = self.layer(layer, &trunk);
+            probs.push(self.head(layer + 1, &trunk).softmax(-1, Kind::Float));
+        }
+        Ok(probs)
+    }
+
+    /// `x` in the dtype and memory layout the trunk computes in.
+    #[must_use]
+    pub fn input(&self, x: &Tensor) -> Tensor {
+        let x = x.to_kind(self.kind);
+        if self.channels_last {
+            to_channels_last(&x)
+        } else {
+            x
+        }
+    }
+
+    /// Trunk layer `layer` (0..16) on the output of the one before (see [`Self::input`]).
+    #[must_use]
+    pub fn layer(&self, layer: usize, x: &Tensor) -> Tensor {
+        self.trunk[layer].forward(x)
+    }
+
+    /// The logits [N, 10] (F32) of exit `exit` (1..=16) on the output of
+    /// trunk layer `exit - 1`; exit 16 is the network's final head.
+    #[must_use]
+    pub fn head(&self, exit: usize, trunk: &Tensor) -> Tensor {
+        if exit == TRUNK_LAYERS {
+            // avg_pool k4 (stride 4): 5x5 -> 1x1; dropout is the identity at inference.
+            return trunk
+                .avg_pool2d([4, 4], [4, 4], [0, 0], false, true, None)
+                .flatten(1, -1)
+                .apply(&self.fc)
+                .to_kind(Kind::Float);
+        }
+        self.exits[exit - 1].forward(trunk).to_kind(Kind::Float)
+    }
+}
+
+/// Checks that `x` is [N, C, H, W] as trunk layer `start` expects.
+fn check_shape(x: &Tensor, start: usize) -> Result<(), ForwardError> {
+    let expected = BOUNDARY_SHAPES[start].map(|d| d as i64);
+    let shape = x.size();
+    if shape.len() != 4 || shape[0] < 1 || shape[1..] != expected {
+        return Err(ForwardError::BadShape {
+            start,
+            got: shape,
+            expected,
+        });
+    }
+    Ok(())
 }

@@ -115,6 +115,57 @@ impl WireDtype {
     }
 }
 
+/// What a unit does with a request of N samples when only some are confident.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExitRule {
+    /// The confident samples answer here; only the others go on to the next
+    /// unit; the caller gets every sample's answer and exit layer, in order.
+    #[default]
+    PerSample,
+    /// The request answers here only if every sample is confident, else all
+    /// of it goes on (DNet's rule before per-sample exits).
+    WholeRequest,
+}
+
+/// The thresholds a unit accepts in a request (`--allow-threshold-override LO..HI`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OverrideBounds {
+    pub low: f64,
+    pub high: f64,
+}
+
+impl OverrideBounds {
+    #[must_use]
+    pub fn contains(&self, threshold: f64) -> bool {
+        (self.low..=self.high).contains(&threshold)
+    }
+}
+
+impl std::fmt::Display for OverrideBounds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}..{}", self.low, self.high)
+    }
+}
+
+/// Parses `LO..HI` (0 <= LO <= HI <= 1); for clap's `value_parser`.
+///
+/// # Errors
+/// Another form, or bounds outside 0..1 or reversed.
+pub fn parse_override_bounds(text: &str) -> Result<OverrideBounds, String> {
+    let (low, high) = text
+        .split_once("..")
+        .ok_or_else(|| format!("'{text}' is not a range: give LO..HI, e.g. 0.5..1"))?;
+    let number = |v: &str| v.trim().parse::<f64>().map_err(|_| format!("'{v}' is not a number"));
+    let bounds = OverrideBounds {
+        low: number(low)?,
+        high: number(high)?,
+    };
+    if !(0.0 <= bounds.low && bounds.low <= bounds.high && bounds.high <= 1.0) {
+        return Err(format!("'{text}' must satisfy 0 <= LO <= HI <= 1"));
+    }
+    Ok(bounds)
+}
+
 /// libtorch intra-op threads when `--threads` is not given: the CPUs this
 /// process may use (its affinity mask and cgroup CPU quota, which a
 /// container's CPU limit sets), not the machine's count.
@@ -145,6 +196,21 @@ pub fn parse_thresholds(text: &str) -> Result<Thresholds, String> {
     Ok(Thresholds(values))
 }
 
+/// Reads a thresholds file: `t1,...,t15` as `--thresholds` takes them, on
+/// one or more lines; `#` starts a comment.
+///
+/// # Errors
+/// See [`parse_thresholds`].
+pub fn parse_thresholds_file(text: &str) -> Result<Thresholds, String> {
+    let values: String = text
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or_default().trim().trim_matches(','))
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(",");
+    parse_thresholds(&values)
+}
+
 /// Parses `cpu`, `cuda` or `cuda:N`; for clap's `value_parser`.
 ///
 /// # Errors
@@ -164,6 +230,23 @@ pub fn parse_device(text: &str) -> Result<Device, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thresholds_files_take_lines_and_comments() {
+        let text =
+            "# from test-unit calibrate\n0.5,0.5,0.5,0.5,0.5\n0.5,0.5,0.5,0.5,0.5,\n0.5,0.5,0.5,0.5,0.5 # last\n";
+        assert_eq!(parse_thresholds_file(text), Ok(Thresholds([0.5; 15])));
+        assert!(parse_thresholds_file("# nothing\n").is_err());
+    }
+
+    #[test]
+    fn override_bounds_are_a_range_inside_zero_one() {
+        let bounds = parse_override_bounds("0.5..1").expect("parses");
+        assert!(bounds.contains(0.5) && bounds.contains(1.0) && !bounds.contains(0.49));
+        assert!(parse_override_bounds("0.5").is_err());
+        assert!(parse_override_bounds("0.9..0.5").is_err());
+        assert!(parse_override_bounds("0..1.5").is_err());
+    }
 
     #[test]
     fn thresholds_need_fifteen_values_in_range() {

@@ -6,20 +6,26 @@ use std::time::Duration;
 
 use dnet_common::duration::micros;
 use dnet_proto::{ComputationRequest, ComputationResponse, Data, HopRecord, StatusCode};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::codec;
-use crate::decision::decide;
+use crate::decision::{decide, Decision, ExitRule};
 use crate::model::{SIDE_EXITS, TRUNK_LAYERS};
-use crate::options::WireDtype;
+use crate::options::{OverrideBounds, WireDtype};
+use crate::thresholds::{check_override, LiveThresholds};
 
 /// What a unit does with requests, besides the model itself.
 #[derive(Clone, Debug)]
 pub struct UnitSettings {
     /// Exit layer of this unit (1..=16).
     pub exit: usize,
-    /// Thresholds of exits 1..=15.
-    pub thresholds: [f64; SIDE_EXITS],
+    /// Thresholds of exits 1..=15 (they may change while the unit runs).
+    pub thresholds: LiveThresholds,
+    /// What a request of N samples does when only some are confident.
+    pub exit_rule: ExitRule,
+    /// The thresholds of this unit's exit a request may carry; `None`: no
+    /// request may carry thresholds (exit 16 takes any: it has none).
+    pub allow_threshold_override: Option<OverrideBounds>,
     /// Most samples accepted in one request.
     pub max_request_samples: usize,
     /// Largest message this unit may send: a request whose tensor for the
@@ -35,6 +41,27 @@ pub struct UnitSettings {
     pub legacy_pickle: bool,
 }
 
+impl UnitSettings {
+    /// A unit of exit `exit` with `thresholds`, on the CPU, with the
+    /// programs' defaults for the rest (in-process users: tests, benchmarks,
+    /// the test client's local layers).
+    #[must_use]
+    pub fn new(exit: usize, thresholds: [f64; SIDE_EXITS], unit_name: &str) -> UnitSettings {
+        UnitSettings {
+            exit,
+            thresholds: LiveThresholds::new(thresholds),
+            exit_rule: ExitRule::PerSample,
+            allow_threshold_override: None,
+            max_request_samples: 64,
+            max_message_bytes: 64 << 20,
+            unit_name: unit_name.to_owned(),
+            device: Device::Cpu,
+            wire_dtype: WireDtype::F32,
+            legacy_pickle: false,
+        }
+    }
+}
+
 /// A request checked and decoded, ready to join a batch.
 #[derive(Debug)]
 pub struct Prepared {
@@ -46,6 +73,24 @@ pub struct Prepared {
     pub samples: usize,
     /// `x` came as the original DNet's pickle: the reply goes in its format too.
     pub pickled: bool,
+    /// The request's own thresholds (checked against this unit's bounds),
+    /// handed on with it.
+    pub thresholds: Option<[f64; SIDE_EXITS]>,
+}
+
+impl Prepared {
+    /// A request from `start` on `x` with the unit's own thresholds.
+    #[must_use]
+    pub fn new(start: usize, x: Tensor) -> Prepared {
+        let samples = usize::try_from(x.size().first().copied().unwrap_or(0)).unwrap_or(0);
+        Prepared {
+            start,
+            x,
+            samples,
+            pickled: false,
+            thresholds: None,
+        }
+    }
 }
 
 /// A request refused before computing: the start layer it claimed (for its
@@ -79,6 +124,10 @@ pub fn prepare_request(request: &ComputationRequest, settings: &UnitSettings) ->
         message,
     };
     let start = dnet_codec::check_start_layer(request.start_layer, settings.exit).map_err(refused)?;
+    let thresholds = dnet_codec::check_thresholds(&request.thresholds).map_err(refused)?;
+    if let Some(thresholds) = &thresholds {
+        check_override(thresholds, settings.exit, settings.allow_threshold_override).map_err(refused)?;
+    }
     let pickled = settings.legacy_pickle && dnet_codec::pickle::looks_like_pickle(&request.x);
     let x = if pickled {
         codec::decode_pickled_x(&request.x, start, settings.max_request_samples)
@@ -99,6 +148,7 @@ pub fn prepare_request(request: &ComputationRequest, settings: &UnitSettings) ->
         x,
         samples,
         pickled,
+        thresholds,
     })
 }
 
@@ -160,51 +210,68 @@ pub fn error_response(message: String) -> ComputationResponse {
 
 /// Decides and encodes one request's answer from its slice of a forward's
 /// outputs: `probs` [N, 10] and, below exit 16, `trunk` (the tensor to hand
-/// on). `pickled`: in the original DNet's format (`x` an F32 pickle, `result`
-/// the pickled categories), else safetensors.
+/// on). A request in the original DNet's format (`pickled`: `x` an F32
+/// pickle, `result` the pickled categories) exits as a whole: its format has
+/// no room for per-sample exits.
 ///
 /// # Errors
 /// A tensor that cannot be encoded.
 pub fn respond(
     settings: &UnitSettings,
+    request: &Prepared,
     probs: &Tensor,
     trunk: Option<&Tensor>,
-    pickled: bool,
 ) -> Result<ComputationResponse, String> {
     let exit = settings.exit;
-    let threshold = (exit < TRUNK_LAYERS).then(|| settings.thresholds[exit - 1]);
-    let decision = decide(probs, threshold);
-    let (status, data) = match (decision.exits, trunk) {
-        (false, Some(trunk)) => {
-            let x = if pickled {
-                codec::encode_pickle(trunk)
-            } else {
-                codec::encode_x(&trunk.to_kind(settings.wire_dtype.kind()))
-            }
-            .map_err(|e| e.to_string())?;
-            (
-                StatusCode::NotSuccess,
-                Data::NextRequest(ComputationRequest {
-                    start_layer: exit as u64,
-                    x: x.into(),
-                }),
-            )
-        }
-        _ => {
-            let result = if pickled {
-                codec::encode_pickle(&decision.category)
-            } else {
-                codec::encode_result(&decision.category, probs)
-            }
-            .map_err(|e| e.to_string())?;
-            (StatusCode::Success, Data::Result(result.into()))
-        }
-    };
-    Ok(ComputationResponse {
-        status: status as i32,
-        data: Some(data),
-        exit_layer: if status == StatusCode::Success { exit as u64 } else { 0 },
+    let thresholds = request.thresholds.unwrap_or_else(|| settings.thresholds.get());
+    let decision = decide(probs, (exit < TRUNK_LAYERS).then(|| thresholds[exit - 1]));
+    let per_sample = settings.exit_rule == ExitRule::PerSample && !request.pickled;
+    let mut response = ComputationResponse {
         confidence: decision.min_confidence,
-        hops: Vec::new(),
-    })
+        ..ComputationResponse::default()
+    };
+    let Some(trunk) = trunk.filter(|_| !decision.all_confident()) else {
+        let result = if request.pickled {
+            codec::encode_pickle(&decision.category)
+        } else {
+            codec::encode_result(&decision.category, probs, &exit_layers(&decision, exit, true))
+        }
+        .map_err(|e| e.to_string())?;
+        response.status = StatusCode::Success as i32;
+        response.data = Some(Data::Result(result.into()));
+        response.exit_layer = exit as u64;
+        return Ok(response);
+    };
+    let hand_on = if per_sample && !decision.none_confident() {
+        let pending = exit_layers(&decision, exit, false).eq(0).nonzero().squeeze_dim(1);
+        let answered = codec::encode_result(&decision.category, probs, &exit_layers(&decision, exit, false));
+        response.answered = answered.map_err(|e| e.to_string())?.into();
+        trunk.index_select(0, &pending)
+    } else {
+        trunk.shallow_clone()
+    };
+    let x = if request.pickled {
+        codec::encode_pickle(&hand_on)
+    } else {
+        codec::encode_x(&hand_on.to_kind(settings.wire_dtype.kind()))
+    }
+    .map_err(|e| e.to_string())?;
+    response.status = StatusCode::NotSuccess as i32;
+    response.data = Some(Data::NextRequest(ComputationRequest {
+        start_layer: exit as u64,
+        x: x.into(),
+        thresholds: request.thresholds.map(Vec::from).unwrap_or_default(),
+    }));
+    Ok(response)
+}
+
+/// Each sample's exit layer, I64 [N]: `exit` where answered here (every
+/// sample when `all`, else the confident ones), 0 where handed on.
+fn exit_layers(decision: &Decision, exit: usize, all: bool) -> Tensor {
+    let exits: Vec<i64> = decision
+        .confident
+        .iter()
+        .map(|&confident| if all || confident { exit as i64 } else { 0 })
+        .collect();
+    Tensor::from_slice(&exits).to_kind(Kind::Int64)
 }

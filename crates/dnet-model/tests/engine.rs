@@ -22,14 +22,8 @@ fn unit(threshold: f64) -> UnitSettings {
     let mut thresholds = DEFAULT_THRESHOLDS;
     thresholds[EXIT - 1] = threshold;
     UnitSettings {
-        exit: EXIT,
-        thresholds,
         max_request_samples: 8,
-        max_message_bytes: 64 << 20,
-        unit_name: "engine-test".into(),
-        device: Device::Cpu,
-        wire_dtype: dnet_model::options::WireDtype::F32,
-        legacy_pickle: false,
+        ..UnitSettings::new(EXIT, thresholds, "engine-test")
     }
 }
 
@@ -64,14 +58,8 @@ fn requests() -> Vec<(usize, Tensor)> {
 
 fn job(start: usize, x: &Tensor) -> (Job, tokio::sync::oneshot::Receiver<Outcome>) {
     let (done, outcome) = tokio::sync::oneshot::channel();
-    let samples = x.size()[0] as usize;
     let job = Job {
-        request: Prepared {
-            start,
-            x: x.copy(),
-            samples,
-            pickled: false,
-        },
+        request: Prepared::new(start, x.copy()),
         received: Instant::now(),
         deadline: None,
         done,

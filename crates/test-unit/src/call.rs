@@ -9,6 +9,7 @@ use result::category_of;
 use tonic::transport::Channel;
 
 use crate::inputs::Sample;
+use crate::load::Context;
 use crate::local::LocalLayers;
 
 /// How one request ended.
@@ -92,32 +93,27 @@ pub struct FirstUnit {
 }
 
 /// Sends `sample` (after the local layers, when there are any) and waits for its answer.
-pub async fn run(
-    sample: Sample,
-    local: Option<&LocalLayers>,
-    first: FirstUnit,
-    timeout: Duration,
-    pickled: bool,
-) -> Record {
+pub async fn run(sample: Sample, context: &Context) -> Record {
     let started = Instant::now();
     let label = sample.label;
-    let request = match local {
+    let image = |x: Result<Vec<u8>, _>| {
+        x.map(|x| ComputationRequest {
+            start_layer: 0,
+            x: x.into(),
+            thresholds: Vec::new(),
+        })
+        .map_err(|_| failed("ENCODE", false))
+    };
+    let request = match &context.local {
         Some(local) => through_local_layers(sample.image, local).await,
-        None if pickled => codec::encode_pickle(&sample.image)
-            .map(|x| ComputationRequest {
-                start_layer: 0,
-                x: x.into(),
-            })
-            .map_err(|_| failed("ENCODE", false)),
-        None => codec::encode_x(&sample.image)
-            .map(|x| ComputationRequest {
-                start_layer: 0,
-                x: x.into(),
-            })
-            .map_err(|_| failed("ENCODE", false)),
+        None if context.legacy_pickle => image(codec::encode_pickle(&sample.image)),
+        None => image(codec::encode_x(&sample.image)),
     };
     let outcome = match request {
-        Ok(request) => send(request, first, timeout).await,
+        Ok(mut request) => {
+            request.thresholds.clone_from(&context.request_thresholds);
+            send(request, context.first.clone(), context.timeout).await
+        }
         Err(outcome) => outcome,
     };
     Record {

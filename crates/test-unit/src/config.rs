@@ -45,6 +45,11 @@ pub struct Args {
     #[arg(long, env = "DNET_THRESHOLDS", value_parser = dnet_model::options::parse_thresholds)]
     pub thresholds: Option<Thresholds>,
 
+    /// Thresholds of exits 1..15 that every request carries to the units
+    /// (for units started with --allow-threshold-override; others answer ERROR).
+    #[arg(long, env = "DNET_REQUEST_THRESHOLDS", value_parser = dnet_model::options::parse_thresholds)]
+    pub request_thresholds: Option<Thresholds>,
+
     /// Device of the local layers: cpu, cuda or cuda:N.
     #[arg(long, env = "DNET_DEVICE", default_value = "cpu", value_parser = dnet_model::options::parse_device)]
     pub device: Device,

@@ -34,6 +34,8 @@ pub struct Context {
     pub timeout: Duration,
     /// Send images as the original DNet's client does (`pickle.dumps`).
     pub legacy_pickle: bool,
+    /// Thresholds every request carries (empty: the units' own).
+    pub request_thresholds: Vec<f64>,
 }
 
 /// A progress bar on a terminal, nothing otherwise.
@@ -64,16 +66,7 @@ pub async fn closed_loop(context: Arc<Context>, concurrency: u64, until: Until) 
                     return records;
                 }
                 let sample = context.inputs.get(index);
-                records.push(
-                    call::run(
-                        sample,
-                        context.local.as_ref(),
-                        context.first.clone(),
-                        context.timeout,
-                        context.legacy_pickle,
-                    )
-                    .await,
-                );
+                records.push(call::run(sample, &context).await);
                 bar.inc(1);
             }
         })
@@ -102,14 +95,7 @@ pub async fn open_loop(context: Arc<Context>, rate: f64, seed: u64, until: Until
         let bar = bar.clone();
         calls.push(tokio::spawn(async move {
             let sample = context.inputs.get(index);
-            let record = call::run(
-                sample,
-                context.local.as_ref(),
-                context.first.clone(),
-                context.timeout,
-                context.legacy_pickle,
-            )
-            .await;
+            let record = call::run(sample, &context).await;
             bar.inc(1);
             record
         }));

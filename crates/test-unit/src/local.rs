@@ -37,14 +37,9 @@ impl LocalLayers {
             .iter()
             .map(|&exit| {
                 let unit = UnitSettings {
-                    exit,
-                    thresholds,
                     max_request_samples: 1,
-                    max_message_bytes: 64 << 20,
-                    unit_name: format!("device-{exit}"),
                     device,
-                    wire_dtype: dnet_model::options::WireDtype::F32,
-                    legacy_pickle: false,
+                    ..UnitSettings::new(exit, thresholds, &format!("device-{exit}"))
                 };
                 Engine::start(source.clone(), unit, settings.clone(), Default::default())
             })
@@ -78,15 +73,9 @@ impl LocalLayers {
 
 async fn run(engine: &Engine, start: usize, x: Tensor) -> anyhow::Result<ComputationResponse> {
     let (done, outcome) = oneshot::channel();
-    let samples = usize::try_from(x.size()[0])?;
     engine
         .submit(Job {
-            request: Prepared {
-                start,
-                x,
-                samples,
-                pickled: false,
-            },
+            request: Prepared::new(start, x),
             received: Instant::now(),
             deadline: None,
             done,

@@ -61,6 +61,11 @@ async fn main() -> anyhow::Result<()> {
         },
         timeout: args.timeout,
         legacy_pickle: args.legacy_pickle,
+        request_thresholds: args
+            .request_thresholds
+            .as_ref()
+            .map(|t| t.0.to_vec())
+            .unwrap_or_default(),
     });
     let started = Instant::now();
     let records = match args.rate {

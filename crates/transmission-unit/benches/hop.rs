@@ -91,6 +91,7 @@ async fn main() {
         let request = ComputationRequest {
             start_layer: 0,
             x: vec![7; size].into(),
+            ..ComputationRequest::default()
         };
         let body = request.encode_to_vec();
         for concurrency in CONCURRENCY {
@@ -157,6 +158,7 @@ async fn main() {
         let request = ComputationRequest {
             start_layer: start,
             x: safetensors_x(shape).into(),
+            ..ComputationRequest::default()
         };
         let (overhead, compute) = direct_overhead(&client, &request).await;
         eprintln!("direct {label}: overhead p50 {overhead:.3} ms, compute p50 {compute:.3} ms");

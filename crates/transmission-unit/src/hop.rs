@@ -47,6 +47,7 @@ mod tests {
         let request = ComputationRequest {
             start_layer: 4,
             x: Default::default(),
+            ..ComputationRequest::default()
         };
         let reply = ComputationResponse {
             status: StatusCode::Success as i32,
@@ -71,12 +72,14 @@ mod tests {
         let request = ComputationRequest {
             start_layer: 0,
             x: Default::default(),
+            ..ComputationRequest::default()
         };
         let reply = ComputationResponse {
             status: StatusCode::NotSuccess as i32,
             data: Some(Data::NextRequest(ComputationRequest {
                 start_layer: 10,
                 x: Default::default(),
+                ..ComputationRequest::default()
             })),
             ..ComputationResponse::default()
         };

@@ -15,6 +15,7 @@
 //! - `service`: the `unit.DNet` handlers (`Compute`, `Qstatus`).
 //! - `queue_client`: AMQP RPC with many calls in flight, reconnecting on loss.
 //! - `next_unit`: the gRPC client to the next unit in the cascade.
+//! - `answered`: merging the next unit's answer into the samples this unit answered.
 //! - `hop`: this unit's per-hop timing record.
 //! - `deadline`: reading the caller's `grpc-timeout`.
 //! - `metrics`: Prometheus counters and histograms.
@@ -22,6 +23,7 @@
 //! - `retry`: retries of UNAVAILABLE within the deadline (full jitter, budget).
 //! - `tls`: TLS settings of the server and of the client to the next unit.
 
+pub mod answered;
 pub mod backend;
 pub mod config;
 pub mod deadline;

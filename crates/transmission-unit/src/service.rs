@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
 
+use crate::answered;
 use crate::backend::Backend;
 use crate::deadline;
 use crate::error::Error;
@@ -102,6 +103,7 @@ impl<B: Backend> UnitService<B> {
                 let Some(Data::NextRequest(next_request)) = reply.data else {
                     return Err(Error::BadReply("NOT_SUCCESS without a next_request".to_owned()));
                 };
+                let answered_here = reply.answered;
                 debug!(
                     next = next.address(),
                     start_layer = next_request.start_layer,
@@ -118,7 +120,7 @@ impl<B: Backend> UnitService<B> {
                 if !self.settings.forward_delay.is_zero() {
                     tokio::time::sleep(self.settings.forward_delay).await;
                 }
-                answer
+                answered::merge(&answered_here, answer)?
             }
         };
         this_hop.total_us = hop::micros(received.elapsed());

@@ -106,6 +106,7 @@ async fn tls_and_client_certificates_and_tls_to_the_next_unit() {
     let request = ComputationRequest {
         start_layer: 0,
         x: dnet_proto::Bytes::from_static(b"secret tensor"),
+        ..ComputationRequest::default()
     };
 
     // Over TLS, through both units (the second one checking the first one's certificate).
@@ -193,6 +194,7 @@ async fn the_transmission_unit_reaches_the_broker_over_amqps() {
         .compute(ComputationRequest {
             start_layer: 0,
             x: dnet_proto::Bytes::from_static(b"over amqps"),
+            ..ComputationRequest::default()
         })
         .await
         .expect("answer")

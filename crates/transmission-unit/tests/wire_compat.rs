@@ -46,7 +46,8 @@ fn request_bytes_built_by_hand_with_the_original_field_numbers_decode() {
         request,
         ComputationRequest {
             start_layer: 8,
-            x: b"abc".to_vec().into()
+            x: b"abc".to_vec().into(),
+            ..ComputationRequest::default()
         }
     );
     assert_eq!(request.encode_to_vec(), bytes, "and encodes to the same bytes");
@@ -75,7 +76,8 @@ fn original_responses_decode_with_ours() {
         ours.data,
         Some(Data::NextRequest(ComputationRequest {
             start_layer: 10,
-            x: vec![1, 2].into()
+            x: vec![1, 2].into(),
+            ..ComputationRequest::default()
         }))
     );
     assert!(ours.hops.is_empty() && ours.exit_layer == 0);
@@ -94,6 +96,7 @@ fn our_responses_decode_with_the_original_definitions() {
             exit_layer: 12,
             ..HopRecord::default()
         }],
+        ..ComputationResponse::default()
     };
     let original = original::ComputationResponse::decode(ours.encode_to_vec().as_slice()).expect("decodes");
     assert_eq!(

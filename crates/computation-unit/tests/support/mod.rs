@@ -21,6 +21,7 @@ pub fn request(start_layer: u64, x: &Tensor) -> ComputationRequest {
     ComputationRequest {
         start_layer,
         x: codec::encode_x(x).expect("encode").into(),
+        ..ComputationRequest::default()
     }
 }
 

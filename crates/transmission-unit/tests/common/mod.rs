@@ -22,6 +22,7 @@ pub fn request(start_layer: u64, x: &[u8]) -> ComputationRequest {
     ComputationRequest {
         start_layer,
         x: x.to_vec().into(),
+        ..ComputationRequest::default()
     }
 }
 
@@ -130,6 +131,7 @@ pub fn success(exit: u64, result: impl Into<dnet_proto::Bytes>) -> ComputationRe
             compute_us: 100,
             ..Default::default()
         }],
+        ..ComputationResponse::default()
     }
 }
 
@@ -140,6 +142,7 @@ pub fn not_success(exit: u64, x: impl Into<dnet_proto::Bytes>) -> ComputationRes
         data: Some(dnet_proto::Data::NextRequest(ComputationRequest {
             start_layer: exit,
             x: x.into(),
+            ..ComputationRequest::default()
         })),
         exit_layer: exit,
         confidence: 0.5,
@@ -148,5 +151,6 @@ pub fn not_success(exit: u64, x: impl Into<dnet_proto::Bytes>) -> ComputationRes
             compute_us: 100,
             ..Default::default()
         }],
+        ..ComputationResponse::default()
     }
 }

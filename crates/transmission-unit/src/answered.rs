@@ -1,0 +1,40 @@
+//! Per-sample exits across units (docs/architecture.md, "Per-sample exits"):
+//! when this unit answered some samples of a request and handed the others
+//! on, the next unit's answer for those is merged into this unit's rows, so
+//! the caller gets every sample's answer in its order.
+
+use dnet_codec::Answers;
+use dnet_proto::{ComputationResponse, Data, StatusCode};
+
+use crate::error::Error;
+
+/// Merges the next unit's `answer` into `answered` (this unit's rows, empty
+/// when it answered no sample). A SUCCESS becomes the whole request's
+/// result; a NOT_SUCCESS (the chain ends below exit 16) keeps the rows still
+/// pending in its `answered`; an ERROR stays the request's answer.
+///
+/// # Errors
+/// The rows do not fit together: a unit on the way broke the contract.
+pub fn merge(answered: &[u8], mut answer: ComputationResponse) -> Result<ComputationResponse, Error> {
+    if answered.is_empty() {
+        return Ok(answer);
+    }
+    let bad = |e: String| Error::BadReply(format!("cannot merge the next unit's answer with this unit's: {e}"));
+    let ours = Answers::parse(answered, 0).map_err(bad)?;
+    match (StatusCode::try_from(answer.status), &answer.data) {
+        (Ok(StatusCode::Success), Some(Data::Result(result))) => {
+            let rest = Answers::parse(result, answer.exit_layer).map_err(bad)?;
+            let merged = ours.merge(&rest).map_err(bad)?;
+            answer.exit_layer = merged.deepest_exit();
+            answer.confidence = merged.min_confidence();
+            answer.data = Some(Data::Result(merged.encode().map_err(bad)?.into()));
+        }
+        (Ok(StatusCode::NotSuccess), _) if answer.answered.is_empty() => answer.answered = answered.to_vec().into(),
+        (Ok(StatusCode::NotSuccess), _) => {
+            let rest = Answers::parse(&answer.answered, 0).map_err(bad)?;
+            answer.answered = ours.merge(&rest).map_err(bad)?.encode().map_err(bad)?.into();
+        }
+        _ => {}
+    }
+    Ok(answer)
+}

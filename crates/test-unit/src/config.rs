@@ -5,16 +5,20 @@ use std::time::Duration;
 
 use clap::Parser;
 use dnet_common::duration::parse_duration;
-use dnet_model::options::{BatchArgs, ComputeArgs, Thresholds};
+use dnet_model::options::{BatchArgs, ComputeArgs, Thresholds, WireDtype};
 use dnet_model::weights::WeightSource;
 use tch::Device;
 
 /// Plays the end device of a DNet cascade: computes the first layers itself
 /// when asked (-e), answers locally when confident, sends the rest to the
-/// first unit, and reports throughput, latency, exits and accuracy.
+/// first unit, and reports throughput, latency, exits and accuracy. Its
+/// subcommands choose the thresholds and the split of a cascade offline.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "test-unit", version, about)]
+#[command(name = "test-unit", version, about, args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    pub tool: Option<Tool>,
+
     /// gRPC address of the first unit: host:port, a comma list of them, or a
     /// name that resolves to several (resolved again every second); calls
     /// spread over every address that accepts connections.
@@ -33,13 +37,9 @@ pub struct Args {
     #[arg(short = 'e', long, env = "DNET_EXIT", default_value = "0", value_parser = parse_exits)]
     pub exit: LocalExits,
 
-    /// Weights of the local layers (needed with -e > 0): a .safetensors file.
-    #[arg(long, env = "DNET_WEIGHTS", conflicts_with = "random_weights")]
-    pub weights: Option<PathBuf>,
-
-    /// Deterministic random weights of the local layers, from this seed.
-    #[arg(long, env = "DNET_RANDOM_WEIGHTS", value_name = "SEED")]
-    pub random_weights: Option<u64>,
+    /// The local layers' network (needed with -e > 0).
+    #[command(flatten)]
+    pub model: ModelFlags,
 
     /// Thresholds of exits 1..15 for the local exit [default: docs/model-spec.md's].
     #[arg(long, env = "DNET_THRESHOLDS", value_parser = dnet_model::options::parse_thresholds)]
@@ -49,14 +49,6 @@ pub struct Args {
     /// (for units started with --allow-threshold-override; others answer ERROR).
     #[arg(long, env = "DNET_REQUEST_THRESHOLDS", value_parser = dnet_model::options::parse_thresholds)]
     pub request_thresholds: Option<Thresholds>,
-
-    /// Device of the local layers: cpu, cuda or cuda:N.
-    #[arg(long, env = "DNET_DEVICE", default_value = "cpu", value_parser = dnet_model::options::parse_device)]
-    pub device: Device,
-
-    /// Threads and precision of the local layers.
-    #[command(flatten)]
-    pub compute: ComputeArgs,
 
     /// Batching of the local layers (concurrent callers share one model).
     #[command(flatten)]
@@ -127,6 +119,185 @@ pub struct Args {
     pub plot: Option<PathBuf>,
 }
 
+/// The network, where it runs and how.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ModelFlags {
+    /// Weights: a .safetensors file.
+    #[arg(long, env = "DNET_WEIGHTS", conflicts_with = "random_weights")]
+    pub weights: Option<PathBuf>,
+
+    /// Deterministic random weights from this seed (tests and demos).
+    #[arg(long, env = "DNET_RANDOM_WEIGHTS", value_name = "SEED")]
+    pub random_weights: Option<u64>,
+
+    /// Device: cpu, cuda or cuda:N.
+    #[arg(long, env = "DNET_DEVICE", default_value = "cpu", value_parser = dnet_model::options::parse_device)]
+    pub device: Device,
+
+    /// Threads and precision.
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+impl ModelFlags {
+    /// Where the weights come from; `None` without weights.
+    #[must_use]
+    pub fn weight_source(&self) -> Option<WeightSource> {
+        match (&self.weights, self.random_weights) {
+            (Some(path), _) => Some(WeightSource::File(path.clone())),
+            (None, Some(seed)) => Some(WeightSource::Random(seed)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The offline tools.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum Tool {
+    /// Choose the 15 exit thresholds from data.
+    ///
+    /// Computes every exit's answer for every input, then chooses thresholds as low as the target agreement (with exit 16)
+    /// or accuracy (with the labels) allows, earliest exit first. Prints the
+    /// thresholds, the share of inputs each exit answers and its agreement;
+    /// writes them for --thresholds-file and a JSON report for `plan`.
+    Calibrate(CalibrateArgs),
+    /// Measure each layer's compute time here, for `plan`.
+    ///
+    /// Each trunk layer and exit head at batch 1, for `plan --times` (run it on the device, edge and cloud).
+    Profile(ProfileArgs),
+    /// Rank the splits of a 2- or 3-unit cascade.
+    ///
+    /// Expected latency, bytes on each link and agreement of every choice of exit layers, from per-layer
+    /// times, link rates and round trips, and calibrate's exit confidences.
+    Plan(PlanArgs),
+}
+
+#[derive(Clone, Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("goal").required(true)))]
+#[command(group(clap::ArgGroup::new("data").required(true)))]
+pub struct CalibrateArgs {
+    #[command(flatten)]
+    pub model: ModelFlags,
+
+    /// CIFAR-10 binary file: per record a label byte and 3072 pixel bytes (R,
+    /// G, B planes), or with --no-labels the pixels alone.
+    #[arg(long, group = "data")]
+    pub dataset: Option<PathBuf>,
+
+    /// --dataset has no label bytes (agreement with exit 16 only).
+    #[arg(long, requires = "dataset")]
+    pub no_labels: bool,
+
+    /// Instead of a file: this many of test-unit's synthetic images (--seed).
+    #[arg(long, group = "data", value_name = "N")]
+    pub synthetic: Option<u64>,
+
+    /// Seed of the synthetic images.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Choose thresholds so that at least this share of inputs get the answer
+    /// exit 16 gives them (no labels needed), e.g. 0.99.
+    #[arg(long, group = "goal", value_parser = share)]
+    pub target_agreement: Option<f64>,
+
+    /// Choose thresholds so that at least this share of inputs get their label.
+    #[arg(long, group = "goal", value_parser = share)]
+    pub target_accuracy: Option<f64>,
+
+    /// Evaluate these thresholds (t1,...,t15) instead of choosing.
+    #[arg(long, group = "goal", value_parser = dnet_model::options::parse_thresholds)]
+    pub thresholds: Option<Thresholds>,
+
+    /// The exit layers the cascade will have, e.g. 8,12,16 (16 always
+    /// answers) [default: every exit 1..16, one unit per exit].
+    #[arg(long, value_parser = parse_exits)]
+    pub exits: Option<LocalExits>,
+
+    /// Inputs per forward pass.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+
+    /// Write the thresholds to this file, as --thresholds-file reads them.
+    #[arg(long)]
+    pub write_thresholds: Option<PathBuf>,
+
+    /// Write the report as JSON (thresholds, exit_share, agreement, accuracy,
+    /// per_exit, per_input: what `plan --calibration` reads).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ProfileArgs {
+    /// The network [default: random weights: times do not depend on values].
+    #[command(flatten)]
+    pub model: ModelFlags,
+
+    /// Timed passes (the median is kept), after 3 untimed.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub repeats: u64,
+
+    /// Write the times as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct PlanArgs {
+    /// calibrate's JSON report: its thresholds decide where each input exits.
+    #[arg(long)]
+    pub calibration: PathBuf,
+
+    /// Links between consecutive units, RATE/RTT, comma-separated: one link
+    /// plans 2 units, two links 3 units (e.g. 100mbit/2ms,20mbit/20ms).
+    #[arg(long, value_delimiter = ',', value_parser = crate::plan::parse_link, required = true, num_args = 1..=2)]
+    pub links: Vec<crate::plan::Link>,
+
+    /// The link from the client to the first unit [default: none, the client
+    /// runs on the first unit's machine].
+    #[arg(long, value_parser = crate::plan::parse_link)]
+    pub client_link: Option<crate::plan::Link>,
+
+    /// Per-layer times from `profile --json`: one file for every unit, or one
+    /// per unit, comma-separated [default: measured here now].
+    #[arg(long, value_delimiter = ',')]
+    pub times: Vec<PathBuf>,
+
+    /// The network to measure when no --times are given [default: random weights].
+    #[command(flatten)]
+    pub model: ModelFlags,
+
+    /// The dtype of handed-on tensors (the units' --wire-dtype).
+    #[arg(long, value_enum, default_value_t = WireDtype::F32)]
+    pub wire_dtype: WireDtype,
+
+    /// Fixed cost of each call between sites besides its link: gRPC,
+    /// encoding, the hand-off to the model (BENCHMARKS.md measures it).
+    #[arg(long, default_value = "0.5ms", value_parser = parse_duration)]
+    pub hop_overhead: Duration,
+
+    /// Predict this layout only (the units' exits, e.g. 4,8,16) instead of ranking all.
+    #[arg(long, value_parser = parse_exits)]
+    pub exits: Option<LocalExits>,
+
+    /// Layouts to print, best first.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+
+    /// Write every layout's prediction as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Parses a share in (0, 1].
+fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!("'{text}' is not a share in (0, 1], e.g. 0.99")),
+    }
+}
+
 /// The exits computed on the device, rising; empty: none.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalExits(pub Vec<usize>);
@@ -150,16 +321,4 @@ pub fn parse_exits(text: &str) -> Result<LocalExits, String> {
         return Err(format!("local exits must rise: {text}"));
     }
     Ok(LocalExits(exits))
-}
-
-impl Args {
-    /// Where the local layers' weights come from; `None` without weights.
-    #[must_use]
-    pub fn weight_source(&self) -> Option<WeightSource> {
-        match (&self.weights, self.random_weights) {
-            (Some(path), _) => Some(WeightSource::File(path.clone())),
-            (None, Some(seed)) => Some(WeightSource::Random(seed)),
-            (None, None) => None,
-        }
-    }
 }

@@ -7,7 +7,8 @@ use tch::{Kind, Tensor};
 
 /// Bytes per CIFAR-10 record: one label byte, then the red, green and blue 32x32 planes.
 pub const RECORD_BYTES: usize = 1 + PIXELS;
-const PIXELS: usize = 3 * 32 * 32;
+/// Bytes per image: an unlabelled record.
+pub const PIXELS: usize = 3 * 32 * 32;
 const MEAN: [f64; 3] = [0.4914, 0.4822, 0.4465];
 const STD: [f64; 3] = [0.2023, 0.1994, 0.2010];
 
@@ -23,6 +24,8 @@ pub struct Sample {
 pub enum Inputs {
     /// Records of a CIFAR-10 binary file, used in order and cycled.
     Dataset(Vec<u8>),
+    /// Images without labels (3072 bytes each, CIFAR-10's planes), in order and cycled.
+    Unlabelled(Vec<u8>),
     /// Pseudo-random pixels from a seed.
     Synthetic(u64),
 }
@@ -33,21 +36,46 @@ impl Inputs {
     /// # Errors
     /// An unreadable or empty file, or one whose size is not a multiple of 3073 bytes.
     pub fn dataset(path: &Path) -> anyhow::Result<Inputs> {
+        Inputs::open(path, true)
+    }
+
+    /// Reads a CIFAR-10 binary file, or with `labelled = false` a file of
+    /// images alone (3072 bytes each).
+    ///
+    /// # Errors
+    /// An unreadable or empty file, or one whose size is not a multiple of the record size.
+    pub fn open(path: &Path, labelled: bool) -> anyhow::Result<Inputs> {
         let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        if bytes.is_empty() || bytes.len() % RECORD_BYTES != 0 {
+        let record = if labelled { RECORD_BYTES } else { PIXELS };
+        if bytes.is_empty() || bytes.len() % record != 0 {
             anyhow::bail!(
-                "{} is not a CIFAR-10 binary file: {} bytes is not a whole number of {RECORD_BYTES}-byte records",
+                "{} is not a CIFAR-10 binary file{}: {} bytes is not a whole number of {record}-byte records",
                 path.display(),
+                if labelled { "" } else { " without labels" },
                 bytes.len()
             );
         }
-        Ok(Inputs::Dataset(bytes))
+        Ok(if labelled {
+            Inputs::Dataset(bytes)
+        } else {
+            Inputs::Unlabelled(bytes)
+        })
     }
 
     /// Whether samples carry labels.
     #[must_use]
     pub fn labelled(&self) -> bool {
         matches!(self, Inputs::Dataset(_))
+    }
+
+    /// Images in a file; `None` for synthetic ones (endless).
+    #[must_use]
+    pub fn records(&self) -> Option<u64> {
+        match self {
+            Inputs::Dataset(bytes) => Some((bytes.len() / RECORD_BYTES) as u64),
+            Inputs::Unlabelled(bytes) => Some((bytes.len() / PIXELS) as u64),
+            Inputs::Synthetic(_) => None,
+        }
     }
 
     /// Sample number `i` (the dataset cycles).
@@ -61,6 +89,14 @@ impl Inputs {
                 Sample {
                     image: normalise(&record[1..]),
                     label: Some(record[0]),
+                }
+            }
+            Inputs::Unlabelled(bytes) => {
+                let records = (bytes.len() / PIXELS) as u64;
+                let start = (i % records) as usize * PIXELS;
+                Sample {
+                    image: normalise(&bytes[start..start + PIXELS]),
+                    label: None,
                 }
             }
             Inputs::Synthetic(seed) => {

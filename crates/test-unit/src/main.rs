@@ -1,4 +1,5 @@
-//! `test-unit`: set up inputs, local layers and the client, run the load, report.
+//! `test-unit`: set up inputs, local layers and the client, run the load,
+//! report; or one of the offline tools (calibrate, profile, plan).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,15 +14,25 @@ use prometheus_client::metrics::gauge::Gauge;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use test_unit::call::FirstUnit;
-use test_unit::config::Args;
+use test_unit::config::{Args, Tool};
 use test_unit::inputs::Inputs;
 use test_unit::load::{self, Context, Until};
 use test_unit::local::LocalLayers;
 use test_unit::report::{QueueStatus, Report};
+use test_unit::tools;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    match &args.tool {
+        Some(Tool::Calibrate(tool)) => tools::calibrate(tool),
+        Some(Tool::Profile(tool)) => tools::profile(tool),
+        Some(Tool::Plan(tool)) => tools::plan(tool),
+        None => tokio::runtime::Runtime::new()?.block_on(run(args)),
+    }
+}
+
+/// Sends the requests and reports how they went.
+async fn run(args: Args) -> anyhow::Result<()> {
     let inputs = match &args.dataset {
         Some(path) => Inputs::dataset(path)?,
         None => Inputs::Synthetic(args.seed),
@@ -31,14 +42,14 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("--legacy-pickle sends raw images as the original client did: it does not go with -e");
     }
     let exits = args.exit.0.clone();
-    let local = match (exits.is_empty(), args.weight_source()) {
+    let local = match (exits.is_empty(), args.model.weight_source()) {
         (true, _) => None,
         (false, None) => {
             anyhow::bail!("-e {exits:?} computes layers here: give --weights FILE or --random-weights SEED")
         }
         (false, Some(source)) => {
             let thresholds = args.thresholds.as_ref().map_or(DEFAULT_THRESHOLDS, |t| t.0);
-            let (device, engine) = (args.device, engine_settings(&args.compute, &args.batch));
+            let (device, engine) = (args.model.device, engine_settings(&args.model.compute, &args.batch));
             let stages = move || LocalLayers::start(&source, &exits, thresholds, device, &engine);
             Some(tokio::task::spawn_blocking(stages).await??)
         }

@@ -87,11 +87,19 @@ link() {
 link "$DEV" "$TAG-de" 10.231.1.1 "$EDGE" "$TAG-ed" 10.231.1.2 "$LAN_RATE"
 link "$EDGE" "$TAG-ec" 10.231.2.1 "$CLOUD" "$TAG-ce" 10.231.2.2 "$WAN_RATE"
 link "$DEV" "$TAG-dc" 10.231.3.1 "$CLOUD" "$TAG-cd" 10.231.3.2 "$WAN_RATE"
+# The round trip is a delay line whether or not netem exists; the report says which.
+if tc -n "$DEV" qdisc add dev lo root netem delay 1ms 2>/dev/null; then
+  tc -n "$DEV" qdisc del dev lo root
+  export DNET_LINK_NETEM=yes
+else
+  export DNET_LINK_NETEM=no
+fi
 say "namespaces $DEV, $EDGE, $CLOUD; LAN $LAN_RATE ${LAN_RTT_MS} ms RTT, WAN $WAN_RATE ${WAN_RTT_MS} ms RTT"
 
-thresholds() { # EXIT VALUE: that value at EXIT, 1.0 at the other exits
+thresholds() { # EXIT VALUE [EXIT VALUE ...]: those values at those exits, 1.0 at the others
   local out=() e
-  for e in $(seq 1 15); do if [ "$e" = "$1" ]; then out+=("$2"); else out+=(1.0); fi; done
+  for e in $(seq 1 15); do out+=(1.0); done
+  while [ $# -gt 1 ]; do out[$(($1 - 1))]=$2; shift 2; done
   (IFS=,; echo "${out[*]}")
 }
 
@@ -172,6 +180,29 @@ unit "$EDGE" edge-8 8 "$LAN_RTT_MS" --thresholds "$EDGE_THRESHOLDS" -n "10.231.2
 scenario d-device-4 "10.231.1.2:$LINE_PORT" -e 4 --random-weights "$SEED" --threads 1 \
   --thresholds "$(thresholds 4 "$THRESHOLD_4")"
 stop_units
+
+# The same layouts as `test-unit plan` predicts them: per-layer times measured
+# here (one thread, the units stopped), where each run's images exit under the
+# units' thresholds, and the links as configured. The report sets both side by side.
+say "plan: predicting the same layouts"
+mkdir -p "$OUT/plan"
+"$BIN/test-unit" profile --random-weights "$SEED" --threads 1 --json "$OUT/plan/times.json" >/dev/null
+LAN="$LAN_RATE/${LAN_RTT_MS}ms" WAN="$WAN_RATE/${WAN_RTT_MS}ms"
+for r in $(seq 1 "$REPEATS"); do
+  "$BIN/test-unit" calibrate --random-weights "$SEED" --threads 1 --synthetic "$REQUESTS" --seed "$r" \
+    --thresholds "$(thresholds 4 "$THRESHOLD_4" 8 "$THRESHOLD_8")" \
+    --json "$OUT/plan/calibration-r$r.json" >/dev/null 2>&1
+  predict() { # LABEL, then plan's flags
+    local label=$1
+    shift
+    "$BIN/test-unit" plan --calibration "$OUT/plan/calibration-r$r.json" --times "$OUT/plan/times.json" "$@" \
+      --json "$OUT/plan/$label-r$r.json" >/dev/null
+  }
+  predict a-cloud --client-link "$WAN" --exits 16
+  predict b-edge-f32 --client-link "$LAN" --links "$WAN" --exits 8,16
+  predict c-edge-f16 --client-link "$LAN" --links "$WAN" --exits 8,16 --wire-dtype f16
+  predict d-device-4 --links "$LAN,$WAN" --exits 4,8,16
+done
 
 python3 scripts/bench_link_report.py "$OUT" "$LAN_RATE" "$LAN_RTT_MS" "$WAN_RATE" "$WAN_RTT_MS" "$REQUESTS" "$REPEATS" \
   > "$OUT/link.md"

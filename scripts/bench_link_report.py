@@ -9,12 +9,13 @@ import statistics
 import sys
 
 out, lan_rate, lan_rtt, wan_rate, wan_rtt, requests, repeats = sys.argv[1:8]
-SCENARIOS = [  # (runs' label, table row, plot label)
-    ("a-cloud", "(a) all in the cloud: raw image to a 0->16 unit", "(a) all in the cloud"),
-    ("b-edge-f32", "(b) edge 0->8, cloud 8->16, f32 wire", "(b) edge, f32 wire"),
-    ("c-edge-f16", "(c) edge 0->8, cloud 8->16, f16 wire", "(c) edge, f16 wire"),
-    ("d-device-4", "(d) device exit 4, edge 4->8, cloud 8->16, f32 wire", "(d) device exit 4"),
+SCENARIOS = [  # (runs' label, table row, plot label, the WAN in plan's prediction)
+    ("a-cloud", "(a) all in the cloud: raw image to a 0->16 unit", "(a) all in the cloud", "client"),
+    ("b-edge-f32", "(b) edge 0->8, cloud 8->16, f32 wire", "(b) edge, f32 wire", 0),
+    ("c-edge-f16", "(c) edge 0->8, cloud 8->16, f16 wire", "(c) edge, f16 wire", 0),
+    ("d-device-4", "(d) device exit 4, edge 4->8, cloud 8->16, f32 wire", "(d) device exit 4", 1),
 ]
+NETEM = os.environ.get("DNET_LINK_NETEM", "unknown")
 PLOT = "docs/bench-link.svg"
 
 
@@ -43,8 +44,13 @@ def exits(reports):
     return ", ".join(f"{k}: {100 * n / answered:.0f}%" for k, n in sorted(total.items(), key=lambda kv: int(kv[0].split()[0])))
 
 
-rows, bars = [], []
-for label, title, short in SCENARIOS:
+def predictions(label):
+    """test-unit plan's prediction of each run (the same images and thresholds)."""
+    return [json.load(open(p))[0] for p in sorted(glob.glob(os.path.join(out, "plan", f"{label}-r*.json")))]
+
+
+rows, bars, checks = [], [], []
+for label, title, short, wan_link in SCENARIOS:
     found = runs(label)
     if not found:
         continue
@@ -56,6 +62,13 @@ for label, title, short in SCENARIOS:
     rows.append(f"| {title}{f' ({errors} errors)' if errors else ''} | {kb_cell} | {p50_cell} | {p90_cell} | "
                 f"{exits(reports)} |")
     bars.append((short, kb_median, p50_median))
+    planned = predictions(label)
+    if planned:
+        wan_kb = [(p["client_bytes"] if wan_link == "client" else p["link_bytes"][wan_link]) / 1024 for p in planned]
+        measured_mean, predicted_mean = cell([r["latency_ms"]["mean"] for r in reports]), cell([p["mean_ms"] for p in planned])
+        checks.append(f"| {short} | {measured_mean[1]} | {predicted_mean[1]} | "
+                      f"{predicted_mean[0] / measured_mean[0]:.2f} | {p50_cell} | {cell([p['p50_ms'] for p in planned])[1]} | "
+                      f"{kb_cell} | {cell(wan_kb)[1]} |")
 
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 print("## Across a slow link (`make bench-link`)\n")
@@ -63,7 +76,7 @@ print(f"Measured {now}. The end device, the edge unit and the cloud unit each in
       f"(`scripts/bench_link.sh`), joined by veth pairs: device-edge {lan_rate} with {lan_rtt} ms round trip "
       f"(LAN), edge-cloud and device-cloud {wan_rate} with {wan_rtt} ms round trip (WAN). The rate is a tc tbf "
       "qdisc on each veth end; the round trip a delay line in front of each unit (`scripts/delay_line.py`, half "
-      "each way; this machine's kernel has no sch_netem). "
+      "each way" + ("; this machine's kernel has no sch_netem" if NETEM == "no" else "") + "). "
       "Units are direct units (`computation-unit serve`), one libtorch thread each, random weights; everything "
       f"shares this machine's {os.cpu_count()} CPUs. Exit thresholds inside the random weights' confidence range "
       "(near 0.1) so that some answers come from the device's and the edge's exits. `test-unit` at concurrency 1, "
@@ -73,6 +86,17 @@ print("| layout | KiB over the WAN per answer | p50 ms | p90 ms | answers by exi
 print("|---|---|---|---|---|")
 print("\n".join(rows))
 print(f"\n![WAN bytes and latency per answer]({PLOT})\n")
+if checks:
+    times = json.load(open(os.path.join(out, "plan", "times.json")))
+    print("**`test-unit plan` against these runs.** The same layouts predicted from per-layer times measured "
+          f"here ({times['measured_on']}; whole network {sum(times['trunk_ms']) + times['head_ms'][-1]:.1f} ms), "
+          "the links' rates and round trips, and where each run's images exit under the units' thresholds "
+          "(`test-unit calibrate --thresholds`). Medians of the runs (range). The prediction's bytes are "
+          "the requests' payloads one way; the measured ones count TCP/IP, HTTP/2 and answers both ways.\n")
+    print("| layout | mean ms measured | mean ms predicted | predicted / measured | p50 ms measured | "
+          "p50 ms predicted | KiB over the WAN measured | predicted |")
+    print("|---|---|---|---|---|---|---|---|")
+    print("\n".join(checks) + "\n")
 
 # The plot: two bar charts side by side, one bar per layout.
 width, height, left, bar_h, gap = 760, 60 + 44 * len(bars), 40, 26, 18

@@ -159,9 +159,44 @@ def consistency(docs, images):
         next_exit = exit_of(reached[0])
         if own_exit is not None and next_exit is not None and next_exit <= own_exit:
             problems.append(f"{name}: exit layers must increase along the chain: {own_exit} -> {next_exit} ({host})")
+    problems += thresholds_files(docs)
     first = [u for u in units if u[1].get("dnet-first-unit") == "true"]
     if len(first) != 1:
         problems.append(f"exactly one first unit (label dnet-first-unit=true) expected, found {len(first)}")
+    return problems
+
+
+def thresholds_files(docs):
+    """Every DNET_THRESHOLDS_FILE is a key of a ConfigMap of the example,
+    mounted as a directory (a subPath mount never sees the ConfigMap's edits),
+    holding 15 thresholds in 0..1 as --thresholds-file reads them."""
+    problems = []
+    config_maps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+    for d in docs:
+        spec = d.get("spec", {}).get("template", {}).get("spec", {})
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in spec.get("containers", []):
+            path = env_of(c).get("DNET_THRESHOLDS_FILE")
+            if not path:
+                continue
+            where = f"{d['metadata']['name']}/{c['name']}"
+            directory, _, key = path.rpartition("/")
+            mount = next((m for m in c.get("volumeMounts", []) if m["mountPath"].rstrip("/") == directory), None)
+            if mount is None or "subPath" in mount:
+                problems.append(f"{where}: {path} is not in a directory mount (no subPath) of a ConfigMap")
+                continue
+            name = volumes.get(mount["name"], {}).get("configMap", {}).get("name")
+            if name not in config_maps or key not in config_maps[name]:
+                problems.append(f"{where}: {path}: no ConfigMap {name} with key {key} in this example")
+                continue
+            values = ",".join(line.split("#")[0].strip().strip(",") for line in config_maps[name][key].splitlines()
+                              if line.split("#")[0].strip()).split(",")
+            try:
+                ok = len(values) == 15 and all(0 <= float(v) <= 1 for v in values)
+            except ValueError:
+                ok = False
+            if not ok:
+                problems.append(f"{where}: ConfigMap {name} key {key} does not hold 15 thresholds in 0..1")
     return problems
 
 
@@ -274,9 +309,20 @@ def main():
             for e in c.get("env", []):
                 if e["name"] == "DNET_ADDRESS":
                     e["value"] = "amqp://$(DNET_AMQP_USER):$(DNET_AMQP_PASSWORD)@dnet-queue:5672/%2f"
+    for d in docs:
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "dnet-thresholds":
+            d["data"]["thresholds"] = "0.5,0.5\n"
     found = consistency(docs, images)
-    report("consistency check rejects a ClusterIP forwarding target and a spliced password",
-           [f"missed: {e}" for e in ("not a headless Service", "splices credentials") if not any(e in p for p in found)])
+    report("consistency check rejects a ClusterIP forwarding target, a spliced password and bad thresholds",
+           [f"missed: {e}" for e in ("not a headless Service", "splices credentials", "15 thresholds")
+            if not any(e in p for p in found)])
+    for d in docs:
+        for c in d.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            for m in c.get("volumeMounts", []):
+                if m["name"] == "thresholds":
+                    m["subPath"] = "thresholds"
+    report("consistency check rejects a thresholds file mounted with subPath",
+           [] if any("no subPath" in p for p in consistency(docs, images)) else ["missed"])
 
     distrib = load(sorted(glob.glob(os.path.join(ROOT, "example", "distrib", "*.yaml"))))
     keda = load(sorted(glob.glob(os.path.join(ROOT, "example", "keda", "*.yaml"))))

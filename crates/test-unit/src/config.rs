@@ -250,8 +250,9 @@ pub struct PlanArgs {
     pub calibration: PathBuf,
 
     /// Links between consecutive units, RATE/RTT, comma-separated: one link
-    /// plans 2 units, two links 3 units (e.g. 100mbit/2ms,20mbit/20ms).
-    #[arg(long, value_delimiter = ',', value_parser = crate::plan::parse_link, required = true, num_args = 1..=2)]
+    /// plans 2 units, two links 3 units (e.g. 100mbit/2ms,20mbit/20ms); none:
+    /// one unit computing everything (with --client-link, the image goes to it).
+    #[arg(long, value_delimiter = ',', value_parser = crate::plan::parse_link)]
     pub links: Vec<crate::plan::Link>,
 
     /// The link from the client to the first unit [default: none, the client

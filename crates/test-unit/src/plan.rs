@@ -122,7 +122,9 @@ pub struct Prediction {
     pub p90_ms: f64,
     /// Share of inputs each unit answers.
     pub answered: Vec<f64>,
-    /// Bytes per answer on each link between units (client link apart).
+    /// Bytes per answer on the client's link (0 without one).
+    pub client_bytes: f64,
+    /// Bytes per answer on each link between units.
     pub link_bytes: Vec<f64>,
     /// Share of inputs answered as exit 16 answers them.
     pub agreement: f64,
@@ -130,7 +132,8 @@ pub struct Prediction {
     pub accuracy: Option<f64>,
 }
 
-/// Every layout of `units` units: rising exit layers ending in 16.
+/// Every layout of `units` units: rising exit layers ending in 16 (one
+/// unit: the whole network).
 #[must_use]
 pub fn layouts(units: usize) -> Vec<Vec<usize>> {
     fn extend(prefix: &mut Vec<usize>, units: usize, out: &mut Vec<Vec<usize>>) {
@@ -206,6 +209,7 @@ pub fn predict(setting: &Setting, per_input: &PerInput, thresholds: &[f64], exit
         p50_ms: at(0.5),
         p90_ms: at(0.9),
         answered: answered.into_iter().map(share).collect(),
+        client_bytes: setting.client.map_or(0.0, |_| request_bytes(0, 4) as f64),
         link_bytes,
         agreement: share(agreeing),
         accuracy: per_input.correct.as_ref().map(|_| share(correct)),

@@ -10,6 +10,7 @@ use crate::call::{Outcome, Record};
 
 #[derive(Debug, Serialize, PartialEq)]
 pub struct Latency {
+    pub mean: f64,
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
@@ -155,8 +156,8 @@ impl Report {
         ));
         if let Some(l) = &self.latency_ms {
             line(format!(
-                "latency ms: p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
-                l.p50, l.p90, l.p99, l.max
+                "latency ms: mean {:.1}  p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
+                l.mean, l.p50, l.p90, l.p99, l.max
             ));
         }
         line(format!(
@@ -193,6 +194,7 @@ fn percentiles(mut values: Vec<f64>) -> Option<Latency> {
     values.sort_by(f64::total_cmp);
     let at = |q: f64| values[((values.len() as f64 * q).ceil() as usize).clamp(1, values.len()) - 1];
     Some(Latency {
+        mean: values.iter().sum::<f64>() / values.len() as f64,
         p50: at(0.50),
         p90: at(0.90),
         p99: at(0.99),
@@ -301,6 +303,7 @@ mod tests {
         assert_eq!(
             report.latency_ms,
             Some(Latency {
+                mean: 15.0,
                 p50: 10.0,
                 p90: 20.0,
                 p99: 20.0,

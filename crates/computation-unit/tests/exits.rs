@@ -42,7 +42,7 @@ fn kth_largest(values: &[f32], k: usize) -> f64 {
 
 /// The 15 thresholds, `at` (exit, threshold) pairs set, the rest 1.0.
 fn thresholds_with(at: &[(usize, f64)]) -> String {
-    let mut values = vec![1.0; 15];
+    let mut values = [1.0; 15];
     for &(exit, threshold) in at {
         values[exit - 1] = threshold;
     }

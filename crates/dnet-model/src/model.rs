@@ -182,7 +182,6 @@ impl MultiExitInception {
     }
 
     /// `x` in the dtype and memory layout the trunk computes in.
-    #[must_use]
     pub fn input(&self, x: &Tensor) -> Tensor {
         let x = x.to_kind(self.kind);
         if self.channels_last {
@@ -193,14 +192,12 @@ impl MultiExitInception {
     }
 
     /// Trunk layer `layer` (0..16) on the output of the one before (see [`Self::input`]).
-    #[must_use]
     pub fn layer(&self, layer: usize, x: &Tensor) -> Tensor {
         self.trunk[layer].forward(x)
     }
 
     /// The logits [N, 10] (F32) of exit `exit` (1..=16) on the output of
     /// trunk layer `exit - 1`; exit 16 is the network's final head.
-    #[must_use]
     pub fn head(&self, exit: usize, trunk: &Tensor) -> Tensor {
         if exit == TRUNK_LAYERS {
             // avg_pool k4 (stride 4): 5x5 -> 1x1; dropout is the identity at inference.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use dnet_common::duration::micros;
 use dnet_proto::{ComputationRequest, ComputationResponse, Data, HopRecord, StatusCode};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use crate::codec;
 use crate::decision::{decide, Decision, ExitRule};
@@ -74,8 +74,8 @@ pub struct Prepared {
     /// `x` came as the original DNet's pickle: the reply goes in its format too.
     pub pickled: bool,
     /// The request's own thresholds (checked against this unit's bounds),
-    /// handed on with it.
-    pub thresholds: Option<[f64; SIDE_EXITS]>,
+    /// handed on with it (boxed: most requests carry none).
+    pub thresholds: Option<Box<[f64; SIDE_EXITS]>>,
 }
 
 impl Prepared {
@@ -148,7 +148,7 @@ pub fn prepare_request(request: &ComputationRequest, settings: &UnitSettings) ->
         x,
         samples,
         pickled,
-        thresholds,
+        thresholds: thresholds.map(Box::new),
     })
 }
 
@@ -223,7 +223,11 @@ pub fn respond(
     trunk: Option<&Tensor>,
 ) -> Result<ComputationResponse, String> {
     let exit = settings.exit;
-    let thresholds = request.thresholds.unwrap_or_else(|| settings.thresholds.get());
+    let thresholds = request
+        .thresholds
+        .as_deref()
+        .copied()
+        .unwrap_or_else(|| settings.thresholds.get());
     let decision = decide(probs, (exit < TRUNK_LAYERS).then(|| thresholds[exit - 1]));
     let per_sample = settings.exit_rule == ExitRule::PerSample && !request.pickled;
     let mut response = ComputationResponse {
@@ -234,7 +238,7 @@ pub fn respond(
         let result = if request.pickled {
             codec::encode_pickle(&decision.category)
         } else {
-            codec::encode_result(&decision.category, probs, &exit_layers(&decision, exit, true))
+            codec::encode_result(&decision.category, probs, &exit_layers(&decision, exit))
         }
         .map_err(|e| e.to_string())?;
         response.status = StatusCode::Success as i32;
@@ -243,10 +247,14 @@ pub fn respond(
         return Ok(response);
     };
     let hand_on = if per_sample && !decision.none_confident() {
-        let pending = exit_layers(&decision, exit, false).eq(0).nonzero().squeeze_dim(1);
-        let answered = codec::encode_result(&decision.category, probs, &exit_layers(&decision, exit, false));
+        let answered = codec::encode_result(&decision.category, probs, &exit_layers(&decision, exit));
         response.answered = answered.map_err(|e| e.to_string())?.into();
-        trunk.index_select(0, &pending)
+        let pending: Vec<i64> = (0..)
+            .zip(&decision.confident)
+            .filter(|(_, &c)| !c)
+            .map(|(i, _)| i)
+            .collect();
+        trunk.index_select(0, &Tensor::from_slice(&pending))
     } else {
         trunk.shallow_clone()
     };
@@ -260,18 +268,18 @@ pub fn respond(
     response.data = Some(Data::NextRequest(ComputationRequest {
         start_layer: exit as u64,
         x: x.into(),
-        thresholds: request.thresholds.map(Vec::from).unwrap_or_default(),
+        thresholds: request.thresholds.as_deref().map(|t| t.to_vec()).unwrap_or_default(),
     }));
     Ok(response)
 }
 
-/// Each sample's exit layer, I64 [N]: `exit` where answered here (every
-/// sample when `all`, else the confident ones), 0 where handed on.
-fn exit_layers(decision: &Decision, exit: usize, all: bool) -> Tensor {
+/// Each sample's exit layer, I64 [N]: `exit` where confident (answered
+/// here), 0 where handed on.
+fn exit_layers(decision: &Decision, exit: usize) -> Tensor {
     let exits: Vec<i64> = decision
         .confident
         .iter()
-        .map(|&confident| if all || confident { exit as i64 } else { 0 })
+        .map(|&confident| if confident { exit as i64 } else { 0 })
         .collect();
-    Tensor::from_slice(&exits).to_kind(Kind::Int64)
+    Tensor::from_slice(&exits)
 }

@@ -65,9 +65,11 @@ mod tests {
         wanted[7] = 0.7;
         let bounds = Some(OverrideBounds { low: 0.5, high: 1.0 });
         assert_eq!(check_override(&wanted, 8, bounds), Ok(()));
-        assert!(check_override(&wanted, 7, bounds).unwrap_err().contains("outside"));
+        assert!(check_override(&wanted, 7, bounds)
+            .expect_err("refused")
+            .contains("outside"));
         assert!(check_override(&wanted, 8, None)
-            .unwrap_err()
+            .expect_err("refused")
             .contains("--allow-threshold-override"));
         assert_eq!(check_override(&wanted, 16, None), Ok(()), "exit 16 has no threshold");
     }

@@ -291,7 +291,7 @@ mod tests {
             },
             &[1],
         )
-        .unwrap_err();
+        .expect_err("exit 16 alone misses it");
         assert!(error.contains("lower the target"), "{error}");
     }
 }

@@ -220,7 +220,10 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<()> {
         .try_into()
         .map_err(|_| anyhow::anyhow!("{}: thresholds must hold 15 values", args.calibration.display()))?;
     if args.links.len() > 2 {
-        anyhow::bail!("--links: {} links; plan weighs 1, 2 or 3 units (0 to 2 links)", args.links.len());
+        anyhow::bail!(
+            "--links: {} links; plan weighs 1, 2 or 3 units (0 to 2 links)",
+            args.links.len()
+        );
     }
     let units = args.links.len() + 1;
     let setting = Setting {

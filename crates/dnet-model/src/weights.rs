@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
@@ -19,6 +20,9 @@ pub enum WeightSource {
     /// seed gives the same weights on every machine with libtorch 2.11.0.
     Random(u64),
 }
+
+/// Held while random weights are seeded and drawn.
+static RANDOM_INIT: Mutex<()> = Mutex::new(());
 
 /// Why the weights could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -54,11 +58,16 @@ pub fn load(source: &WeightSource, device: Device, precision: Precision) -> Resu
         }
     }
     let mut vars = VarStore::new(Device::Cpu);
+    // libtorch's generator is global: seeding and initialising hold one lock,
+    // so that models loaded at once in one process each get their seed's weights.
+    let seeded =
+        matches!(source, WeightSource::Random(_)).then(|| RANDOM_INIT.lock().unwrap_or_else(PoisonError::into_inner));
     if let WeightSource::Random(seed) = source {
         // The seed is an i64 in libtorch; reinterpreting the bits keeps every u64 usable.
         tch::manual_seed(*seed as i64);
     }
     let mut model = MultiExitInception::new(&vars.root());
+    drop(seeded);
     if let WeightSource::File(path) = source {
         copy_from_file(&vars, path)?;
     }

@@ -16,6 +16,10 @@ use safetensors::SafeTensors;
 use tch::{Device, Kind, Tensor};
 
 const EXIT: usize = 8;
+/// Random weights come from libtorch's global generator, which `randn` also
+/// draws from: tests of this file run one at a time, or one's draws between
+/// another's seeding and initialisation would give its engines other weights.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const SEED: u64 = 3;
 
 fn unit(threshold: f64) -> UnitSettings {
@@ -106,6 +110,7 @@ fn carried(answer: &ComputationResponse) -> Vec<f32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_answers_equal_unbatched_answers_request_by_request() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let requests = requests();
     // A threshold between the requests' confidences, so that both decisions occur.
     let (probe, _) = engine(0.0, 1, Duration::ZERO);
@@ -183,6 +188,7 @@ async fn batched_answers_equal_unbatched_answers_request_by_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_request_waits_the_batch_timeout_and_no_longer() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let timeout = Duration::from_millis(300);
     let (engine, _) = engine(1.0, 32, timeout);
     let x = Tensor::randn([1, 3, 32, 32], (Kind::Float, Device::Cpu));

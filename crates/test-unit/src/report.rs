@@ -303,7 +303,7 @@ mod tests {
         assert_eq!(
             report.latency_ms,
             Some(Latency {
-                mean: 15.0,
+                mean: 35.0 / 3.0,
                 p50: 10.0,
                 p90: 20.0,
                 p99: 20.0,

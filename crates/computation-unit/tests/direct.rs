@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use dnet_codec::XDtype;
 use dnet_proto::{ComputationResponse, Data, QstatusRequest, StatusCode};
-use dnet_testkit::{free_port, wait_for, Broker, ComputationUnit, TestQueue, TransmissionUnit};
-use support::{images, infer, request, result_tensors, thresholds};
+use dnet_testkit::{free_port, wait_for, Broker, TransmissionUnit};
+use support::{images, infer, request, result_tensors, thresholds, MixedCascade};
 use tonic::Code;
 
 const SEED: u64 = 11;
@@ -37,22 +37,11 @@ async fn a_mixed_direct_and_broker_cascade_answers_what_infer_gives() {
     let reference = infer(dir.path(), &x, SEED, 0, 16);
     let never = thresholds(1.0);
     let broker = Broker::local();
-    let queue = TestQueue::new(&broker);
     // direct 0->8, then a broker unit 8->12, then direct 12->16.
-    let last = direct(16, &["--timeout", "60s"]).await;
-    let _worker = ComputationUnit::start(&broker, queue.name(), 12, SEED, &["--thresholds", &never])
-        .await
-        .expect("worker starts");
-    let middle = TransmissionUnit::start(&broker, queue.name(), &["--timeout", "60s", "-n", &last.endpoint()])
-        .await
-        .expect("transmission unit starts");
-    let first = direct(
-        8,
-        &["--timeout", "60s", "--thresholds", &never, "-n", &middle.endpoint()],
-    )
-    .await;
+    let cascade = MixedCascade::start(&broker, SEED, &never).await;
+    let (first, middle, last) = (&cascade.first, &cascade.middle, &cascade.last);
 
-    let answer = call(&first, request(0, &x)).await.expect("answer");
+    let answer = call(first, request(0, &x)).await.expect("answer");
 
     assert_eq!((answer.status, answer.exit_layer), (StatusCode::Success as i32, 16));
     let hops: Vec<(&str, u64, u64)> = answer

@@ -7,8 +7,8 @@ mod support;
 use std::time::Duration;
 
 use dnet_proto::{ComputationRequest, ComputationResponse, Data, StatusCode};
-use dnet_testkit::{wait_for, Broker, ComputationUnit, TestQueue, TransmissionUnit};
-use support::{images, infer, request, result_tensors, thresholds};
+use dnet_testkit::{wait_for, Broker, TransmissionUnit};
+use support::{images, infer, request, result_tensors, thresholds, MixedCascade};
 use tch::Tensor;
 
 const SEED: u64 = 5;
@@ -68,21 +68,10 @@ async fn a_batch_answers_each_sample_at_its_own_exit_in_order_as_one_by_one() {
 
     // direct 0->8, broker 8->12, direct 12->16: both layouts merge answers.
     let broker = Broker::local();
-    let queue = TestQueue::new(&broker);
-    let last = direct(16, &["--timeout", "60s"]).await;
-    let _worker = ComputationUnit::start(&broker, queue.name(), 12, SEED, &["--thresholds", &chosen])
-        .await
-        .expect("worker starts");
-    let middle = TransmissionUnit::start(&broker, queue.name(), &["--timeout", "60s", "-n", &last.endpoint()])
-        .await
-        .expect("transmission unit starts");
-    let first = direct(
-        8,
-        &["--timeout", "60s", "--thresholds", &chosen, "-n", &middle.endpoint()],
-    )
-    .await;
+    let cascade = MixedCascade::start(&broker, SEED, &chosen).await;
+    let first = &cascade.first;
 
-    let batch = call(&first, request(0, &x)).await;
+    let batch = call(first, request(0, &x)).await;
     assert_eq!(batch.status, StatusCode::Success as i32, "{:?}", batch.data);
     let exits = exit_layers(&batch);
     let count = |e: i64| exits.iter().filter(|&&x| x == e).count();
@@ -93,7 +82,7 @@ async fn a_batch_answers_each_sample_at_its_own_exit_in_order_as_one_by_one() {
     let result = result_tensors(&batch);
 
     for i in 0..8_i64 {
-        let alone = call(&first, request(0, &x.narrow(0, i, 1))).await;
+        let alone = call(first, request(0, &x.narrow(0, i, 1))).await;
         assert_eq!(alone.status, StatusCode::Success as i32);
         let row = result_tensors(&alone);
         let at = usize::try_from(i).expect("index");

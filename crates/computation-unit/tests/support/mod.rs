@@ -64,3 +64,46 @@ pub fn infer(dir: &Path, x: &Tensor, seed: u64, start: usize, exit: u8) -> HashM
         .into_iter()
         .collect()
 }
+
+/// A cascade of both layouts: a direct unit 0->8, a broker unit 8->12 (a
+/// transmission unit and a worker on a queue of its own), a direct unit
+/// 12->16; random weights `seed`, `thresholds` at every unit, 60 s deadlines.
+/// Fields drop in order: the programs stop before their queue is deleted.
+pub struct MixedCascade {
+    pub first: dnet_testkit::TransmissionUnit,
+    pub middle: dnet_testkit::TransmissionUnit,
+    _worker: dnet_testkit::ComputationUnit,
+    pub last: dnet_testkit::TransmissionUnit,
+    _queue: dnet_testkit::TestQueue,
+}
+
+impl MixedCascade {
+    pub async fn start(broker: &dnet_testkit::Broker, seed: u64, thresholds: &str) -> MixedCascade {
+        use dnet_testkit::{ComputationUnit, TestQueue, TransmissionUnit};
+        let queue = TestQueue::new(broker);
+        let timeout = ["--timeout", "60s"];
+        let last = TransmissionUnit::direct(16, seed, &timeout)
+            .await
+            .expect("unit 16 starts");
+        let worker = ComputationUnit::start(broker, queue.name(), 12, seed, &["--thresholds", thresholds])
+            .await
+            .expect("worker starts");
+        let middle = TransmissionUnit::start(broker, queue.name(), &["--timeout", "60s", "-n", &last.endpoint()])
+            .await
+            .expect("transmission unit starts");
+        let first = TransmissionUnit::direct(
+            8,
+            seed,
+            &["--timeout", "60s", "--thresholds", thresholds, "-n", &middle.endpoint()],
+        )
+        .await
+        .expect("unit 8 starts");
+        MixedCascade {
+            first,
+            middle,
+            _worker: worker,
+            last,
+            _queue: queue,
+        }
+    }
+}

@@ -44,6 +44,48 @@ async fn counter(worker: &ComputationUnit, name: &str) -> anyhow::Result<f64> {
         .value(name)
 }
 
+/// The worker's forward passes so far (or between two reads): how many,
+/// their time, and when read.
+struct Forwards {
+    count: f64,
+    seconds: f64,
+    at: Instant,
+    /// Between two reads: the time between them.
+    over: Duration,
+}
+
+impl Forwards {
+    async fn read(worker: &ComputationUnit) -> anyhow::Result<Forwards> {
+        Ok(Forwards {
+            count: counter(worker, "dnet_compute_seconds_count").await?,
+            seconds: counter(worker, "dnet_compute_seconds_sum").await?,
+            at: Instant::now(),
+            over: Duration::ZERO,
+        })
+    }
+
+    fn since(&self, before: &Forwards) -> Forwards {
+        Forwards {
+            count: self.count - before.count,
+            seconds: self.seconds - before.seconds,
+            at: self.at,
+            over: self.at.duration_since(before.at),
+        }
+    }
+
+    /// Mean time per forward and the share of the time between the reads the
+    /// model computed: what tells a slower model (CPU taken by the rest) from
+    /// an idle one.
+    fn describe(&self) -> String {
+        format!(
+            "{:.0} of {:.1} ms, busy {:.0}%",
+            self.count,
+            1e3 * self.seconds / self.count.max(1.0),
+            100.0 * self.seconds / self.over.as_secs_f64().max(1e-9)
+        )
+    }
+}
+
 fn median(values: &[f64]) -> f64 {
     dnet_testkit::stats::Summary::of(values).median
 }
@@ -60,29 +102,39 @@ async fn overload(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
     let address = unit.endpoint();
     let generous = Duration::from_secs(5);
     let measure = (duration / 2).max(Duration::from_secs(4));
+    let forwards_before = Forwards::read(&worker).await?;
+    let started = Instant::now();
     let alone = closed_loop(&address, CAPACITY_CALLERS, measure, generous, PHASE).await?;
-    let capacity = alone.answered as f64 / measure.as_secs_f64();
+    let capacity = alone.rate_within(started, measure, generous);
+    let forward_alone = Forwards::read(&worker).await?.since(&forwards_before);
     let normal = closed_loop(&address, 1, Duration::from_secs(2), generous, 2 * PHASE).await?;
     let normal_ms = median(&normal.latencies_ms);
 
     let expired_before = counter(&worker, "dnet_expired_total").await?;
+    let forwards_before = Forwards::read(&worker).await?;
     let offered = 3.0 * capacity;
+    let started = Instant::now();
     let tally = open_loop(&address, offered, duration, OVERLOAD_DEADLINE, 0).await?;
     let expired = counter(&worker, "dnet_expired_total").await? - expired_before;
+    let forward_overloaded = Forwards::read(&worker).await?.since(&forwards_before);
     // The calls right after, once the overload has stopped (its calls have ended).
     let next = closed_loop(&address, 1, Duration::from_secs(1), generous, 3 * PHASE).await?;
     let next_ms = next.latencies_ms.first().copied().unwrap_or(f64::NAN);
     let then_ms = median(&next.latencies_ms);
 
-    let goodput = tally.in_time as f64 / duration.as_secs_f64();
+    // Both rates count the answers that came inside their own window.
+    let goodput = tally.rate_within(started, duration, OVERLOAD_DEADLINE);
     let refused = tally.errors.get("ResourceExhausted").copied().unwrap_or(0);
     let note = format!(
         "offered {offered:.0}/s, 3x the {capacity:.0}/s it serves alone; goodput (answers within the deadline) \
          {goodput:.0}/s = {:.2} of that (goal >= 0.9); {refused} refused at once; {expired:.0} expired jobs \
          skipped by the worker; the next call after: {next_ms:.1} ms ({:.1}x the {normal_ms:.1} ms of a call \
-         alone, goal <= 2), the median of the next second {then_ms:.1} ms",
+         alone, goal <= 2), the median of the next second {then_ms:.1} ms; the worker's forwards: {} alone, \
+         {} under overload",
         goodput / capacity,
-        next_ms / normal_ms
+        next_ms / normal_ms,
+        forward_alone.describe(),
+        forward_overloaded.describe(),
     );
     Ok(Row {
         name: "overload: 3x capacity, 500 ms deadlines".into(),

@@ -8,13 +8,11 @@
 //! requests of that start layer (0: it never waits). Requests of another
 //! start layer keep their place for a later batch.
 //!
-//! Deadlines: a batch only grows while the forward it makes ends before the
-//! earliest deadline in it, reckoning what forwards of that start layer have
-//! taken per sample lately plus four times how much that strayed (as TCP
-//! reckons a round trip); the requests left out wait for the next batch. A
-//! request that would miss its deadline even alone is not computed (nobody
-//! would read its answer), so the model's time goes to requests that can
-//! still be answered in time.
+//! Deadlines: a batch only grows while the forward it makes, as long as
+//! forwards of that start layer have taken per sample lately, ends before
+//! the earliest deadline in it; the requests left out wait for the next
+//! batch. A request that would miss its deadline even alone is not computed
+//! (nobody would read its answer).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -38,51 +36,33 @@ pub trait Batchable {
     fn deadline(&self) -> Option<Instant>;
 }
 
-/// What a forward costs, per start layer: running averages of the time per
-/// sample that forwards took and of how far they strayed from it (recent
-/// ones weigh more), as TCP estimates a round trip.
+/// What a forward costs, per start layer: a running average of the time per
+/// sample that forwards took (recent ones weigh more).
 #[derive(Debug, Default)]
 pub struct CostModel {
-    per_start: HashMap<usize, Cost>,
+    seconds_per_sample: HashMap<usize, f64>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Cost {
-    seconds_per_sample: f64,
-    deviation: f64,
-}
-
-/// Weight of the newest forward in the running averages.
+/// Weight of the newest forward in the running average.
 const COST_WEIGHT: f64 = 0.3;
-/// Deviations added to the mean when a deadline is at stake: a forward
-/// planned to end just in time ends late about half the time, and its
-/// answer still has the way back to travel.
-const DEVIATIONS: f64 = 4.0;
 
 impl CostModel {
     /// Records a forward of `samples` from `start` that took `took`.
     pub fn observe(&mut self, start: usize, samples: usize, took: Duration) {
         let per_sample = took.as_secs_f64() / samples.max(1) as f64;
-        self.per_start
+        self.seconds_per_sample
             .entry(start)
-            .and_modify(|cost| {
-                let error = per_sample - cost.seconds_per_sample;
-                cost.seconds_per_sample += COST_WEIGHT * error;
-                cost.deviation += COST_WEIGHT * (error.abs() - cost.deviation);
-            })
-            .or_insert(Cost {
-                seconds_per_sample: per_sample,
-                deviation: 0.0,
-            });
+            .and_modify(|average| *average += COST_WEIGHT * (per_sample - *average))
+            .or_insert(per_sample);
     }
 
-    /// How long a forward of `samples` from `start` may take: the mean plus
-    /// four deviations; zero before any forward of that start layer was measured.
+    /// The expected time of a forward of `samples` from `start`; zero before
+    /// any forward of that start layer was measured.
     #[must_use]
     pub fn estimate(&self, start: usize, samples: usize) -> Duration {
-        self.per_start.get(&start).map_or(Duration::ZERO, |cost| {
-            Duration::from_secs_f64((cost.seconds_per_sample + DEVIATIONS * cost.deviation) * samples as f64)
-        })
+        self.seconds_per_sample
+            .get(&start)
+            .map_or(Duration::ZERO, |s| Duration::from_secs_f64(s * samples as f64))
     }
 }
 
@@ -233,20 +213,6 @@ mod tests {
         assert_eq!(names(&fitted.run), ["a", "b", "e"]);
         assert_eq!(names(&fitted.later), ["c"]);
         assert_eq!(names(&fitted.hopeless), ["d"]);
-    }
-
-    #[test]
-    fn forwards_that_stray_leave_room_for_it() {
-        let mut cost = CostModel::default();
-        cost.observe(0, 1, Duration::from_millis(10));
-        assert_eq!(cost.estimate(0, 2), Duration::from_millis(20), "steady: the mean");
-        cost.observe(0, 1, Duration::from_millis(14));
-        // mean 10 + 0.3 * 4 = 11.2 ms, deviation 0.3 * 4 = 1.2 ms: 11.2 + 4 * 1.2 = 16 ms.
-        let estimate = cost.estimate(0, 1).as_secs_f64() * 1e3;
-        assert!((estimate - 16.0).abs() < 1e-9, "{estimate}");
-        let now = Instant::now();
-        let fitted = fit_deadlines(vec![Job(0, 1, "a", Some(now + Duration::from_millis(13)))], now, &cost);
-        assert_eq!(names(&fitted.hopeless), ["a"], "13 ms covers the mean, not the spread");
     }
 
     #[test]

@@ -37,8 +37,8 @@ pub struct BatchArgs {
     /// Most samples in one forward pass. When the model is free it takes the
     /// oldest waiting request and every later one with the same start layer
     /// while their samples fit, and while the forward, as long as recent ones
-    /// took with room for their spread, would end before the earliest
-    /// deadline among them; a larger request runs alone.
+    /// took, would end before the earliest deadline among them; a larger
+    /// request runs alone.
     #[arg(long, env = "DNET_MAX_BATCH_SIZE", default_value_t = 32, value_parser = at_least_one)]
     pub max_batch_size: usize,
 

@@ -12,7 +12,8 @@
 //! forwards of that start layer have taken per sample lately, ends before
 //! the earliest deadline in it; the requests left out wait for the next
 //! batch. A request that would miss its deadline even alone is not computed
-//! (nobody would read its answer).
+//! (nobody would read its answer). An estimate no forward has renewed for a
+//! second holds nothing back, so a stall cannot stop a unit for good.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -37,32 +38,56 @@ pub trait Batchable {
 }
 
 /// What a forward costs, per start layer: a running average of the time per
-/// sample that forwards took (recent ones weigh more).
+/// sample that forwards took (recent ones weigh more), trusted only while
+/// recent.
 #[derive(Debug, Default)]
 pub struct CostModel {
-    seconds_per_sample: HashMap<usize, f64>,
+    per_start: HashMap<usize, Cost>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Cost {
+    seconds_per_sample: f64,
+    /// When the last forward of this start layer ended.
+    observed: Instant,
 }
 
 /// Weight of the newest forward in the running average.
 const COST_WEIGHT: f64 = 0.3;
 
+/// How long an estimate is trusted without a forward to renew it. Estimates
+/// only change when something is computed: one forward slowed by a stall
+/// (SIGSTOP, swapping, a cold start) could otherwise make every request look
+/// hopeless, so that nothing is ever computed again to correct it.
+pub const TRUSTED_FOR: Duration = Duration::from_secs(1);
+
 impl CostModel {
-    /// Records a forward of `samples` from `start` that took `took`.
-    pub fn observe(&mut self, start: usize, samples: usize, took: Duration) {
+    /// Records a forward of `samples` from `start` that took `took` and ended `at`.
+    pub fn observe(&mut self, start: usize, samples: usize, took: Duration, at: Instant) {
         let per_sample = took.as_secs_f64() / samples.max(1) as f64;
-        self.seconds_per_sample
+        self.per_start
             .entry(start)
-            .and_modify(|average| *average += COST_WEIGHT * (per_sample - *average))
-            .or_insert(per_sample);
+            .and_modify(|cost| {
+                cost.seconds_per_sample += COST_WEIGHT * (per_sample - cost.seconds_per_sample);
+                cost.observed = at;
+            })
+            .or_insert(Cost {
+                seconds_per_sample: per_sample,
+                observed: at,
+            });
     }
 
-    /// The expected time of a forward of `samples` from `start`; zero before
-    /// any forward of that start layer was measured.
+    /// The expected time of a forward of `samples` from `start`, as of `now`;
+    /// zero when no forward of that start layer ended within [`TRUSTED_FOR`]
+    /// (nothing is held back, and the next forward measures again).
     #[must_use]
-    pub fn estimate(&self, start: usize, samples: usize) -> Duration {
-        self.seconds_per_sample
+    pub fn estimate(&self, start: usize, samples: usize, now: Instant) -> Duration {
+        self.per_start
             .get(&start)
-            .map_or(Duration::ZERO, |s| Duration::from_secs_f64(s * samples as f64))
+            .filter(|cost| now.saturating_duration_since(cost.observed) < TRUSTED_FOR)
+            .map_or(Duration::ZERO, |cost| {
+                Duration::from_secs_f64(cost.seconds_per_sample * samples as f64)
+            })
     }
 }
 
@@ -87,7 +112,7 @@ pub fn fit_deadlines<J: Batchable>(batch: Vec<J>, now: Instant, cost: &CostModel
     };
     let mut earliest: Option<Instant> = None;
     for job in batch {
-        let alone = now + cost.estimate(job.start(), job.samples());
+        let alone = now + cost.estimate(job.start(), job.samples(), now);
         if job.deadline().is_some_and(|d| d <= alone) {
             fitted.hopeless.push(job);
             continue;
@@ -96,7 +121,7 @@ pub fn fit_deadlines<J: Batchable>(batch: Vec<J>, now: Instant, cost: &CostModel
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let ends = now + cost.estimate(job.start(), samples(&fitted.run) + job.samples());
+        let ends = now + cost.estimate(job.start(), samples(&fitted.run) + job.samples(), now);
         if !fitted.run.is_empty() && earliest_with.is_some_and(|d| ends > d) {
             fitted.later.push(job);
         } else {
@@ -198,7 +223,7 @@ mod tests {
     fn a_batch_grows_only_while_it_ends_before_its_earliest_deadline() {
         let now = Instant::now();
         let mut cost = CostModel::default();
-        cost.observe(0, 1, Duration::from_millis(10));
+        cost.observe(0, 1, Duration::from_millis(10), now);
         let due = |ms| Some(now + Duration::from_millis(ms));
         let batch = vec![
             Job(0, 1, "a", due(35)),
@@ -213,6 +238,19 @@ mod tests {
         assert_eq!(names(&fitted.run), ["a", "b", "e"]);
         assert_eq!(names(&fitted.later), ["c"]);
         assert_eq!(names(&fitted.hopeless), ["d"]);
+    }
+
+    #[test]
+    fn an_estimate_no_forward_renewed_holds_nothing_back() {
+        // A forward stalled for 3 s makes a 100 ms request hopeless at once;
+        // a second later, with nothing computed since, it runs and measures again.
+        let stalled = Instant::now();
+        let mut cost = CostModel::default();
+        cost.observe(0, 1, Duration::from_secs(3), stalled);
+        let job = |now: Instant| vec![Job(0, 1, "a", Some(now + Duration::from_millis(100)))];
+        assert_eq!(names(&fit_deadlines(job(stalled), stalled, &cost).hopeless), ["a"]);
+        let later = stalled + TRUSTED_FOR;
+        assert_eq!(names(&fit_deadlines(job(later), later, &cost).run), ["a"]);
     }
 
     #[test]

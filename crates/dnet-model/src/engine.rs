@@ -263,7 +263,7 @@ impl Worker {
             Err(format!("internal error while computing: {message}"))
         });
         let compute = started.elapsed();
-        self.cost.observe(start, samples, compute);
+        self.cost.observe(start, samples, compute, Instant::now());
         self.metrics.batch_size.observe(samples as f64);
         self.metrics.compute_seconds.observe(compute.as_secs_f64());
         let replies = replies.unwrap_or_else(|message| vec![Err(message); batch.len()]);

@@ -223,7 +223,7 @@ pub struct CalibrateArgs {
     pub write_thresholds: Option<PathBuf>,
 
     /// Write the report as JSON (thresholds, exit_share, agreement, accuracy,
-    /// per_exit, per_input: what `plan --calibration` reads).
+    /// per_exit, and every exit's answers per input: what `plan --calibration` reads).
     #[arg(long)]
     pub json: Option<PathBuf>,
 }

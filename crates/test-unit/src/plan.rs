@@ -2,8 +2,8 @@
 //! docs/calibrate-and-plan.md).
 //!
 //! A layout is the exit layers of the units in order, the last 16. An input
-//! is answered by the first unit whose exit it is confident at (per-input
-//! confidences under the calibrated thresholds, from `calibrate`'s report).
+//! is answered by the first unit whose exit it is confident at (its
+//! confidences in `calibrate`'s report, under the layout's thresholds).
 //! Its latency is the client's link (if any), then for each unit it reaches:
 //! that unit's compute from its start layer to its exit, and, to reach the
 //! next unit, the link's round trip, the handed-on tensor's bytes over the
@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use dnet_model::model::{BOUNDARY_SHAPES, TRUNK_LAYERS};
 
+use crate::calibrate::{matches, Cascade, Reference};
+use crate::exit_table::ExitTable;
 use crate::profile::LayerTimes;
 
 /// A network link between two sites.
@@ -61,27 +63,6 @@ pub fn parse_link(text: &str) -> Result<Link, String> {
     }
     let rtt = dnet_common::duration::parse_duration(rtt.trim())?;
     Ok(Link { bits_per_second, rtt })
-}
-
-/// Per input, bit `e - 1` set where it is confident at exit `e` (`calibrate`'s report).
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PerInput {
-    /// Confident at exits 1..=15 under the thresholds (bit 15, exit 16, always set).
-    pub confident: Vec<u16>,
-    /// Its answer at exit `e` is exit 16's.
-    pub agrees: Vec<u16>,
-    /// Its answer at exit `e` is its label (labelled data only).
-    pub correct: Option<Vec<u16>>,
-}
-
-impl PerInput {
-    /// The unit (index into `exits`) that answers input `i`.
-    fn answering_unit(&self, i: usize, exits: &[usize]) -> usize {
-        exits
-            .iter()
-            .position(|&e| self.confident[i] & (1 << (e - 1)) != 0)
-            .unwrap_or(exits.len() - 1)
-    }
 }
 
 /// What a plan is computed from.
@@ -155,11 +136,12 @@ pub fn layouts(units: usize) -> Vec<Vec<usize>> {
     out
 }
 
-/// Predicts `exits` (one per unit of `setting`, rising, 16 last), inputs
-/// exiting as `per_input` says under `thresholds`.
+/// Predicts the layout of `cascade`'s exits and 16 (one unit each, as many
+/// as `setting` has), each input of `table` exiting where `cascade` says.
 #[must_use]
-pub fn predict(setting: &Setting, per_input: &PerInput, thresholds: &[f64], exits: &[usize]) -> Prediction {
-    let inputs = per_input.confident.len();
+pub fn predict(setting: &Setting, table: &ExitTable, cascade: &Cascade) -> Prediction {
+    let exits: Vec<usize> = cascade.exits.iter().copied().chain([TRUNK_LAYERS]).collect();
+    let inputs = table.len();
     let overhead_ms = setting.hop_overhead.as_secs_f64() * 1e3;
     let client_ms = setting
         .client
@@ -181,14 +163,12 @@ pub fn predict(setting: &Setting, per_input: &PerInput, thresholds: &[f64], exit
     let mut agreeing = 0;
     let mut correct = 0;
     for i in 0..inputs {
-        let unit = per_input.answering_unit(i, exits);
+        let exit = cascade.exit_of(table, i);
+        let unit = exits.iter().position(|&e| e == exit).unwrap_or(exits.len() - 1);
         answered[unit] += 1;
         latencies.push(client_ms + compute[..=unit].iter().sum::<f64>() + hop[..unit].iter().sum::<f64>());
-        let bit = 1 << (exits[unit] - 1);
-        agreeing += usize::from(per_input.agrees[i] & bit != 0);
-        if let Some(labels) = &per_input.correct {
-            correct += usize::from(labels[i] & bit != 0);
-        }
+        agreeing += usize::from(matches(table, Reference::FinalExit, i, exit));
+        correct += usize::from(matches(table, Reference::Labels, i, exit));
     }
     let share = |count: usize| count as f64 / inputs.max(1) as f64;
     // Inputs that cross link k: those answered after unit k.
@@ -203,8 +183,7 @@ pub fn predict(setting: &Setting, per_input: &PerInput, thresholds: &[f64], exit
             .unwrap_or(0.0)
     };
     Prediction {
-        exits: exits.to_vec(),
-        thresholds: thresholds.to_vec(),
+        thresholds: cascade.thresholds.to_vec(),
         mean_ms: latencies.iter().sum::<f64>() / inputs.max(1) as f64,
         p50_ms: at(0.5),
         p90_ms: at(0.9),
@@ -212,7 +191,8 @@ pub fn predict(setting: &Setting, per_input: &PerInput, thresholds: &[f64], exit
         client_bytes: setting.client.map_or(0.0, |_| request_bytes(0, 4) as f64),
         link_bytes,
         agreement: share(agreeing),
-        accuracy: per_input.correct.as_ref().map(|_| share(correct)),
+        accuracy: table.label.as_ref().map(|_| share(correct)),
+        exits,
     }
 }
 
@@ -259,12 +239,19 @@ mod tests {
             wire_bytes: 4,
             hop_overhead: Duration::ZERO,
         };
-        let per_input = PerInput {
-            confident: vec![1 << 7 | 1 << 15, 1 << 15],
-            agrees: vec![1 << 7 | 1 << 15, 1 << 15],
-            correct: None,
+        let mut table = ExitTable::default();
+        for confidence_at_8 in [0.9, 0.1] {
+            let mut confidence = [0.1; 16];
+            confidence[7] = confidence_at_8;
+            table.confidence.push(confidence);
+            table.answer.push([3; 16]);
+        }
+        let cascade = Cascade {
+            thresholds: [0.5; 15],
+            exits: vec![8],
         };
-        let p = predict(&setting, &per_input, &[0.5; 15], &[8, 16]);
+        let p = predict(&setting, &table, &cascade);
+        assert_eq!(p.exits, vec![8, 16]);
         let bytes = request_bytes(8, 4) as f64;
         let second = 8.0 + 10.0 + bytes / 1e3 + 8.0 * 0.5;
         assert_eq!(p.answered, vec![0.5, 0.5]);

@@ -14,7 +14,7 @@ use crate::calibrate::{choose, evaluate, Cascade, Evaluation, Reference, Target}
 use crate::config::{CalibrateArgs, ModelFlags, PlanArgs, ProfileArgs};
 use crate::exit_table::ExitTable;
 use crate::inputs::Inputs;
-use crate::plan::{self, PerInput, Prediction, Setting};
+use crate::plan::{self, Prediction, Setting};
 use crate::profile::{self, LayerTimes};
 
 /// `calibrate`'s JSON report.
@@ -138,28 +138,6 @@ fn calibration_text(data: &str, goal: &str, cascade: &Cascade, evaluation: &Eval
     text
 }
 
-/// Per input, the exits it is confident at and where its answer matches.
-fn per_input(table: &ExitTable, cascade: &Cascade) -> PerInput {
-    let bits = |f: &dyn Fn(usize) -> bool| {
-        (1..=TRUNK_LAYERS)
-            .filter(|&e| f(e))
-            .fold(0_u16, |m, e| m | 1 << (e - 1))
-    };
-    let n = table.len();
-    PerInput {
-        confident: (0..n)
-            .map(|i| bits(&|e| e == TRUNK_LAYERS || f64::from(table.confidence[i][e - 1]) >= cascade.thresholds[e - 1]))
-            .collect(),
-        agrees: (0..n)
-            .map(|i| bits(&|e| table.answer[i][e - 1] == table.answer[i][TRUNK_LAYERS - 1]))
-            .collect(),
-        correct: table
-            .label
-            .as_ref()
-            .map(|labels| (0..n).map(|i| bits(&|e| table.answer[i][e - 1] == labels[i])).collect()),
-    }
-}
-
 /// `test-unit profile`.
 ///
 /// # Errors
@@ -254,8 +232,7 @@ pub fn plan(args: &PlanArgs) -> anyhow::Result<()> {
                 exits: side.to_vec(),
             },
         };
-        let per_input = per_input(table, &cascade);
-        predictions.push(plan::predict(&setting, &per_input, &cascade.thresholds, &exits));
+        predictions.push(plan::predict(&setting, table, &cascade));
     }
     predictions.sort_by(|a, b| a.mean_ms.total_cmp(&b.mean_ms));
     let goal = calibration

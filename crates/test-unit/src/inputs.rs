@@ -22,10 +22,9 @@ pub struct Sample {
 /// Where the images come from.
 #[derive(Debug)]
 pub enum Inputs {
-    /// Records of a CIFAR-10 binary file, used in order and cycled.
-    Dataset(Vec<u8>),
-    /// Images without labels (3072 bytes each, CIFAR-10's planes), in order and cycled.
-    Unlabelled(Vec<u8>),
+    /// Records of a CIFAR-10 binary file, used in order and cycled; without
+    /// labels, each record is an image's 3072 bytes alone.
+    Dataset { bytes: Vec<u8>, labelled: bool },
     /// Pseudo-random pixels from a seed.
     Synthetic(u64),
 }
@@ -46,7 +45,7 @@ impl Inputs {
     /// An unreadable or empty file, or one whose size is not a multiple of the record size.
     pub fn open(path: &Path, labelled: bool) -> anyhow::Result<Inputs> {
         let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        let record = if labelled { RECORD_BYTES } else { PIXELS };
+        let record = record_bytes(labelled);
         if bytes.is_empty() || bytes.len() % record != 0 {
             anyhow::bail!(
                 "{} is not a CIFAR-10 binary file{}: {} bytes is not a whole number of {record}-byte records",
@@ -55,25 +54,20 @@ impl Inputs {
                 bytes.len()
             );
         }
-        Ok(if labelled {
-            Inputs::Dataset(bytes)
-        } else {
-            Inputs::Unlabelled(bytes)
-        })
+        Ok(Inputs::Dataset { bytes, labelled })
     }
 
     /// Whether samples carry labels.
     #[must_use]
     pub fn labelled(&self) -> bool {
-        matches!(self, Inputs::Dataset(_))
+        matches!(self, Inputs::Dataset { labelled: true, .. })
     }
 
     /// Images in a file; `None` for synthetic ones (endless).
     #[must_use]
     pub fn records(&self) -> Option<u64> {
         match self {
-            Inputs::Dataset(bytes) => Some((bytes.len() / RECORD_BYTES) as u64),
-            Inputs::Unlabelled(bytes) => Some((bytes.len() / PIXELS) as u64),
+            Inputs::Dataset { bytes, labelled } => Some((bytes.len() / record_bytes(*labelled)) as u64),
             Inputs::Synthetic(_) => None,
         }
     }
@@ -82,21 +76,17 @@ impl Inputs {
     #[must_use]
     pub fn get(&self, i: u64) -> Sample {
         match self {
-            Inputs::Dataset(bytes) => {
-                let records = (bytes.len() / RECORD_BYTES) as u64;
-                let start = (i % records) as usize * RECORD_BYTES;
-                let record = &bytes[start..start + RECORD_BYTES];
+            Inputs::Dataset { bytes, labelled } => {
+                let size = record_bytes(*labelled);
+                let start = (i % (bytes.len() / size) as u64) as usize * size;
+                let record = &bytes[start..start + size];
+                let (label, pixels) = match record.split_first() {
+                    Some((&label, pixels)) if *labelled => (Some(label), pixels),
+                    _ => (None, record),
+                };
                 Sample {
-                    image: normalise(&record[1..]),
-                    label: Some(record[0]),
-                }
-            }
-            Inputs::Unlabelled(bytes) => {
-                let records = (bytes.len() / PIXELS) as u64;
-                let start = (i % records) as usize * PIXELS;
-                Sample {
-                    image: normalise(&bytes[start..start + PIXELS]),
-                    label: None,
+                    image: normalise(pixels),
+                    label,
                 }
             }
             Inputs::Synthetic(seed) => {
@@ -108,6 +98,15 @@ impl Inputs {
                 }
             }
         }
+    }
+}
+
+/// Bytes per record of a file with or without label bytes.
+fn record_bytes(labelled: bool) -> usize {
+    if labelled {
+        RECORD_BYTES
+    } else {
+        PIXELS
     }
 }
 

@@ -44,14 +44,11 @@ async fn counter(worker: &ComputationUnit, name: &str) -> anyhow::Result<f64> {
         .value(name)
 }
 
-/// The worker's forward passes so far (or between two reads): how many,
-/// their time, and when read.
+/// The worker's forward passes so far: how many, their time, and when read.
 struct Forwards {
     count: f64,
     seconds: f64,
     at: Instant,
-    /// Between two reads: the time between them.
-    over: Duration,
 }
 
 impl Forwards {
@@ -60,28 +57,19 @@ impl Forwards {
             count: counter(worker, "dnet_compute_seconds_count").await?,
             seconds: counter(worker, "dnet_compute_seconds_sum").await?,
             at: Instant::now(),
-            over: Duration::ZERO,
         })
     }
 
-    fn since(&self, before: &Forwards) -> Forwards {
-        Forwards {
-            count: self.count - before.count,
-            seconds: self.seconds - before.seconds,
-            at: self.at,
-            over: self.at.duration_since(before.at),
-        }
-    }
-
-    /// Mean time per forward and the share of the time between the reads the
-    /// model computed: what tells a slower model (CPU taken by the rest) from
-    /// an idle one.
-    fn describe(&self) -> String {
+    /// The forwards since `before`: how many, their mean time, and the share
+    /// of the time between the reads the model computed (what tells a slower
+    /// model, CPU taken by the rest, from an idle one).
+    fn since(&self, before: &Forwards) -> String {
+        let (count, seconds) = (self.count - before.count, self.seconds - before.seconds);
+        let over = self.at.duration_since(before.at).as_secs_f64().max(1e-9);
         format!(
-            "{:.0} of {:.1} ms, busy {:.0}%",
-            self.count,
-            1e3 * self.seconds / self.count.max(1.0),
-            100.0 * self.seconds / self.over.as_secs_f64().max(1e-9)
+            "{count:.0} of {:.1} ms, busy {:.0}%",
+            1e3 * seconds / count.max(1.0),
+            100.0 * seconds / over
         )
     }
 }
@@ -129,12 +117,10 @@ async fn overload(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
         "offered {offered:.0}/s, 3x the {capacity:.0}/s it serves alone; goodput (answers within the deadline) \
          {goodput:.0}/s = {:.2} of that (goal >= 0.9); {refused} refused at once; {expired:.0} expired jobs \
          skipped by the worker; the next call after: {next_ms:.1} ms ({:.1}x the {normal_ms:.1} ms of a call \
-         alone, goal <= 2), the median of the next second {then_ms:.1} ms; the worker's forwards: {} alone, \
-         {} under overload",
+         alone, goal <= 2), the median of the next second {then_ms:.1} ms; the worker's forwards: {forward_alone} \
+         alone, {forward_overloaded} under overload",
         goodput / capacity,
         next_ms / normal_ms,
-        forward_alone.describe(),
-        forward_overloaded.describe(),
     );
     Ok(Row {
         name: "overload: 3x capacity, 500 ms deadlines".into(),

@@ -4,7 +4,7 @@
 //! the caller gets every sample's answer in its order.
 
 use dnet_codec::Answers;
-use dnet_proto::{ComputationResponse, Data, StatusCode};
+use dnet_proto::{Bytes, ComputationResponse, Data, StatusCode};
 
 use crate::error::Error;
 
@@ -15,12 +15,12 @@ use crate::error::Error;
 ///
 /// # Errors
 /// The rows do not fit together: a unit on the way broke the contract.
-pub fn merge(answered: &[u8], mut answer: ComputationResponse) -> Result<ComputationResponse, Error> {
+pub fn merge(answered: Bytes, mut answer: ComputationResponse) -> Result<ComputationResponse, Error> {
     if answered.is_empty() {
         return Ok(answer);
     }
     let bad = |e: String| Error::BadReply(format!("cannot merge the next unit's answer with this unit's: {e}"));
-    let ours = Answers::parse(answered, 0).map_err(bad)?;
+    let ours = Answers::parse(&answered, 0).map_err(bad)?;
     match (StatusCode::try_from(answer.status), &answer.data) {
         (Ok(StatusCode::Success), Some(Data::Result(result))) => {
             let rest = Answers::parse(result, answer.exit_layer).map_err(bad)?;
@@ -29,7 +29,7 @@ pub fn merge(answered: &[u8], mut answer: ComputationResponse) -> Result<Computa
             answer.confidence = merged.min_confidence();
             answer.data = Some(Data::Result(merged.encode().map_err(bad)?.into()));
         }
-        (Ok(StatusCode::NotSuccess), _) if answer.answered.is_empty() => answer.answered = answered.to_vec().into(),
+        (Ok(StatusCode::NotSuccess), _) if answer.answered.is_empty() => answer.answered = answered,
         (Ok(StatusCode::NotSuccess), _) => {
             let rest = Answers::parse(&answer.answered, 0).map_err(bad)?;
             answer.answered = ours.merge(&rest).map_err(bad)?.encode().map_err(bad)?.into();

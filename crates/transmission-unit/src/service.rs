@@ -120,7 +120,7 @@ impl<B: Backend> UnitService<B> {
                 if !self.settings.forward_delay.is_zero() {
                     tokio::time::sleep(self.settings.forward_delay).await;
                 }
-                answered::merge(&answered_here, answer)?
+                answered::merge(answered_here, answer)?
             }
         };
         this_hop.total_us = hop::micros(received.elapsed());

@@ -96,12 +96,7 @@ else
 fi
 say "namespaces $DEV, $EDGE, $CLOUD; LAN $LAN_RATE ${LAN_RTT_MS} ms RTT, WAN $WAN_RATE ${WAN_RTT_MS} ms RTT"
 
-thresholds() { # EXIT VALUE [EXIT VALUE ...]: those values at those exits, 1.0 at the others
-  local out=() e
-  for e in $(seq 1 15); do out+=(1.0); done
-  while [ $# -gt 1 ]; do out[$(($1 - 1))]=$2; shift 2; done
-  (IFS=,; echo "${out[*]}")
-}
+source scripts/thresholds.sh # (the working folder is the repository's, above)
 
 # unit NS NAME EXIT RTT_MS [more flags]: a direct unit on NS's loopback, behind
 # a delay line of half RTT_MS each way on every address of NS, port LINE_PORT.

@@ -30,13 +30,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-thresholds() { # "EXIT VALUE" pairs: that value at each EXIT, 1.0 at the others
-  local -A at=()
-  while [ $# -gt 0 ]; do at[$1]=$2; shift 2; done
-  local out=() e
-  for e in $(seq 1 15); do out+=("${at[$e]:-1.0}"); done
-  (IFS=,; echo "${out[*]}")
-}
+source "$(dirname "${BASH_SOURCE[0]}")/thresholds.sh"
 
 start_unit() { # exit port next thresholds
   local exit=$1 port=$2 next=$3 queue="dnet-demo-$1"

@@ -66,6 +66,29 @@ pub fn binary(bin_dir: &std::path::Path, name: &str) -> anyhow::Result<PathBuf> 
     Ok(path)
 }
 
+/// Runs `computation-unit infer` with random weights `seed` and one thread,
+/// from `start` to `exit`, on the safetensors `input`, writing `output`.
+///
+/// # Errors
+/// The program is not built, cannot run, or fails.
+pub fn infer(input: &Path, output: &Path, seed: u64, start: usize, exit: usize) -> anyhow::Result<()> {
+    let status = std::process::Command::new(binary(&bin_dir(), "computation-unit")?)
+        .args(["infer", "--random-weights", &seed.to_string(), "--threads", "1"])
+        .args(["--start-layer", &start.to_string(), "--exit-layer", &exit.to_string()])
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .status()?;
+    if !status.success() {
+        bail!(
+            "computation-unit infer {start}->{exit} on {} failed: {status}",
+            input.display()
+        );
+    }
+    Ok(())
+}
+
 /// `defaults` followed by `extra`, leaving out each default flag that `extra` sets itself.
 fn arguments(defaults: &[(&str, String)], extra: &[&str]) -> Vec<String> {
     let mut args = Vec::new();

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use dnet_model::codec;
 use dnet_model::options::parse_thresholds_file;
-use dnet_testkit::programs::{bin_dir, binary};
+use dnet_testkit::programs::infer;
 use serde_json::Value;
 use tch::Tensor;
 use test_unit::inputs::{splitmix64, Inputs, PIXELS};
@@ -25,9 +25,8 @@ struct Reference {
 }
 
 impl Reference {
-    /// Runs `infer` layer by layer: start e-1 to exit e, on the `x` the last one handed on.
+    /// Runs `computation-unit infer` layer by layer: start e-1 to exit e, on the `x` the last one handed on.
     fn compute(dir: &Path, images: &Tensor) -> Reference {
-        let infer = binary(&bin_dir(), "computation-unit").expect("computation-unit is built");
         let mut reference = Reference {
             confidence: vec![[0.0; EXITS]; INPUTS],
             category: vec![[0; EXITS]; INPUTS],
@@ -36,21 +35,7 @@ impl Reference {
         for exit in 1..=EXITS {
             let (input, output) = (dir.join("in.safetensors"), dir.join("out.safetensors"));
             std::fs::write(&input, codec::encode_x(&x).expect("encode")).expect("write");
-            let status = Command::new(&infer)
-                .args(["infer", "--random-weights", &SEED.to_string()])
-                .args([
-                    "--start-layer",
-                    &(exit - 1).to_string(),
-                    "--exit-layer",
-                    &exit.to_string(),
-                ])
-                .arg("--input")
-                .arg(&input)
-                .arg("--output")
-                .arg(&output)
-                .status()
-                .expect("run infer");
-            assert!(status.success());
+            infer(&input, &output, SEED, exit - 1, exit).expect("infer runs");
             let tensors: std::collections::HashMap<String, Tensor> =
                 Tensor::read_safetensors(&output).expect("read").into_iter().collect();
             let confidence = Vec::<f32>::try_from(&tensors["confidence"]).expect("f32");

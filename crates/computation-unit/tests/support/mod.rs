@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
 
 use dnet_model::codec;
 use dnet_proto::{ComputationRequest, ComputationResponse, Data};
@@ -49,16 +48,7 @@ pub fn infer(dir: &Path, x: &Tensor, seed: u64, start: usize, exit: u8) -> HashM
     let input = dir.join(format!("in-{start}-{exit}.safetensors"));
     let output = dir.join(format!("out-{start}-{exit}.safetensors"));
     std::fs::write(&input, codec::encode_x(x).expect("encode")).expect("write input");
-    let status = Command::new(env!("CARGO_BIN_EXE_computation-unit"))
-        .args(["infer", "--random-weights", &seed.to_string(), "--threads", "1"])
-        .args(["--start-layer", &start.to_string(), "--exit-layer", &exit.to_string()])
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(&output)
-        .status()
-        .expect("run infer");
-    assert!(status.success());
+    dnet_testkit::programs::infer(&input, &output, seed, start, usize::from(exit)).expect("infer runs");
     Tensor::read_safetensors(&output)
         .expect("read output")
         .into_iter()

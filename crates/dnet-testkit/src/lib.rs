@@ -13,6 +13,8 @@
 //! - `grpc`: clients, health and queue status of a unit.
 //! - `wait`: waiting for a condition, failing with what never came.
 //! - `stats`: median and spread of repeated measurements, for benchmarks.
+//! - `hostile`: hostile forms of the original's tensor pickle (deep, huge,
+//!   memo-doubling, nested storages), as bytes a reader must refuse briefly.
 //!
 //! Everything a test starts is owned by a value whose `Drop` cleans up, so a
 //! failing test leaves no process or queue behind. Declare the queue before
@@ -21,6 +23,7 @@
 
 pub mod broker;
 pub mod grpc;
+pub mod hostile;
 pub mod metrics;
 pub mod process;
 pub mod programs;

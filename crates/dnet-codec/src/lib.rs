@@ -7,8 +7,10 @@
 //! - `pickle`: the original DNet's tensor pickles, read and written without executing them.
 //! - `request`: decoding a `ComputationRequest`, checking its start layer for a unit of exit E and its own thresholds.
 //! - `answers`: the rows of a `result`; merging a unit's `answered` with the next unit's `result`.
+//! - `echo`: input-derived text in error messages, cut to a bounded length.
 
 pub mod answers;
+mod echo;
 pub mod pickle;
 pub mod request;
 pub mod shapes;

@@ -5,6 +5,7 @@
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 
+use crate::echo;
 use crate::pickle::{self, PickleDtype, PickledTensor};
 use crate::shapes::BOUNDARY_SHAPES;
 
@@ -19,11 +20,12 @@ pub enum CodecError {
     BadPickle(String),
     #[error("x is not a valid safetensors buffer ({0}); expected one F32 tensor named \"x\"")]
     NotSafetensors(String),
-    #[error("x holds tensors {0:?}; expected exactly one tensor named \"x\"")]
-    WrongNames(Vec<String>),
+    /// `names`: the first few (each cut), so the message stays short.
+    #[error("x holds {count} tensor(s) {names}; expected exactly one tensor named \"x\"")]
+    WrongNames { names: String, count: usize },
     #[error("x has dtype {0}; expected F32 (or F16/BF16)")]
     WrongDtype(String),
-    #[error("x has rank {rank} (shape {shape:?}); expected rank 4: [N, {c}, {h}, {w}] for start_layer {start}", c = .expected[0], h = .expected[1], w = .expected[2])]
+    #[error("x has rank {rank} (shape {}); expected rank 4: [N, {c}, {h}, {w}] for start_layer {start}", echo::list(.shape), c = .expected[0], h = .expected[1], w = .expected[2])]
     WrongRank {
         rank: usize,
         shape: Vec<usize>,
@@ -75,14 +77,15 @@ pub fn parse_x(bytes: &[u8], start_layer: usize, max_batch: usize) -> Result<XVi
     let expected = *BOUNDARY_SHAPES
         .get(start_layer)
         .ok_or(CodecError::BadStartLayer(start_layer))?;
-    let buffer = SafeTensors::deserialize(bytes).map_err(|e| CodecError::NotSafetensors(e.to_string()))?;
-    let names: Vec<String> = buffer.names().into_iter().map(str::to_owned).collect();
+    let buffer = SafeTensors::deserialize(bytes).map_err(not_safetensors)?;
+    let names = buffer.names();
     if names != ["x"] {
-        return Err(CodecError::WrongNames(names));
+        return Err(CodecError::WrongNames {
+            names: echo::list(&names),
+            count: names.len(),
+        });
     }
-    let view = buffer
-        .tensor("x")
-        .map_err(|e| CodecError::NotSafetensors(e.to_string()))?;
+    let view = buffer.tensor("x").map_err(not_safetensors)?;
     let dtype = match view.dtype() {
         Dtype::F32 => XDtype::F32,
         Dtype::F16 => XDtype::F16,
@@ -99,6 +102,12 @@ pub fn parse_x(bytes: &[u8], start_layer: usize, max_batch: usize) -> Result<XVi
         shape: shape4,
         data,
     })
+}
+
+/// Why safetensors refused a buffer, cut: its messages may name what the
+/// buffer holds.
+fn not_safetensors(error: safetensors::SafeTensorError) -> CodecError {
+    CodecError::NotSafetensors(echo::cut(&error.to_string()))
 }
 
 /// Checks a pickled `x` (the original DNet's format, read with
@@ -209,7 +218,10 @@ mod tests {
             Err(CodecError::TooLarge { batch: 1, max: 0 })
         ));
         let renamed = buffer("y", Dtype::F32, &[1, 3, 32, 32], &image);
-        assert!(matches!(parse_x(&renamed, 0, 4), Err(CodecError::WrongNames(_))));
+        assert!(matches!(
+            parse_x(&renamed, 0, 4),
+            Err(CodecError::WrongNames { count: 1, .. })
+        ));
         let rank3 = buffer("x", Dtype::F32, &[3, 32, 32], &image);
         assert!(matches!(
             parse_x(&rank3, 0, 4),
@@ -230,5 +242,25 @@ mod tests {
             parse_x(&buffer("x", Dtype::F16, &[1, 3, 32, 32], &half_inf), 0, 4),
             Err(CodecError::NotFinite)
         );
+    }
+
+    #[test]
+    fn messages_that_echo_the_input_stay_short() {
+        let names: Vec<String> = (0..10_000).map(|i| format!("tensor-{i}-{}", "n".repeat(100))).collect();
+        let views: Vec<(&str, TensorView<'_>)> = names
+            .iter()
+            .map(|name| (name.as_str(), TensorView::new(Dtype::F32, vec![0], &[]).expect("view")))
+            .collect();
+        let many = safetensors::serialize(views, None).expect("serialize");
+        let error = parse_x(&many, 0, 4).expect_err("refused");
+        assert!(matches!(error, CodecError::WrongNames { count: 10_000, .. }));
+        let rank = vec![1; 5000];
+        let deep = buffer("x", Dtype::F32, &rank, &floats(&[0.5]));
+        let error = parse_x(&deep, 0, 4).expect_err("refused");
+        assert!(matches!(error, CodecError::WrongRank { rank: 5000, .. }));
+        for error in [parse_x(&many, 0, 4), parse_x(&deep, 0, 4)] {
+            let message = error.expect_err("refused").to_string();
+            assert!(message.len() <= 512, "{} bytes: {message}", message.len());
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! Layout:
 //! - `shapes`: the tensor shape at each trunk boundary (the `start_layer` contract).
 //! - `x`: checking a safetensors `x` buffer (name, dtype, rank, shape, size, finite values).
-//! - `pickle`: the original DNet's tensor pickles, read and written without executing them.
+//! - `pickle`: the original DNet's tensor pickles, read (bounded by the caller's element count and fixed caps) and written without executing them.
 //! - `request`: decoding a `ComputationRequest`, checking its start layer for a unit of exit E and its own thresholds.
 //! - `answers`: the rows of a `result`; merging a unit's `answered` with the next unit's `result`.
 //! - `echo`: input-derived text in error messages, cut to a bounded length.

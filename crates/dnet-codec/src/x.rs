@@ -112,7 +112,9 @@ fn not_safetensors(error: safetensors::SafeTensorError) -> CodecError {
 
 /// Checks a pickled `x` (the original DNet's format, read with
 /// `--legacy-pickle`) as [`parse_x`] checks a safetensors one: F32, shaped
-/// for `start_layer`, at most `max_batch` samples, finite.
+/// for `start_layer`, at most `max_batch` samples, finite. The pickle reader
+/// is told the most elements such an `x` has, so a larger tensor is refused
+/// before it is copied.
 ///
 /// # Errors
 /// Not a tensor pickle this crate reads, or not such a tensor.
@@ -120,7 +122,8 @@ pub fn parse_pickled_x(bytes: &[u8], start_layer: usize, max_batch: usize) -> Re
     let expected = *BOUNDARY_SHAPES
         .get(start_layer)
         .ok_or(CodecError::BadStartLayer(start_layer))?;
-    let tensor = pickle::read(bytes).map_err(|e| CodecError::BadPickle(e.to_string()))?;
+    let max_elements = expected.iter().product::<usize>().saturating_mul(max_batch);
+    let tensor = pickle::read(bytes, max_elements).map_err(|e| CodecError::BadPickle(e.to_string()))?;
     if tensor.dtype != PickleDtype::F32 {
         return Err(CodecError::WrongDtype(format!("{:?}", tensor.dtype)));
     }
@@ -262,5 +265,17 @@ mod tests {
             let message = error.expect_err("refused").to_string();
             assert!(message.len() <= 512, "{} bytes: {message}", message.len());
         }
+    }
+
+    #[test]
+    fn a_pickled_x_is_bounded_by_its_start_layer_and_batch() {
+        let image = floats(&vec![0.5; 2 * 3 * 32 * 32]);
+        let two = pickle::write(PickleDtype::F32, &[2, 3, 32, 32], &image);
+        assert_eq!(parse_pickled_x(&two, 0, 2).expect("fits").shape, [2, 3, 32, 32]);
+        // One sample too many: refused by the reader before its copy, not after.
+        assert!(matches!(
+            parse_pickled_x(&two, 0, 1),
+            Err(CodecError::BadPickle(m)) if m.contains("more than the 3072 elements")
+        ));
     }
 }

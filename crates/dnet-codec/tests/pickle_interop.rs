@@ -10,9 +10,9 @@ use dnet_codec::BOUNDARY_SHAPES;
 use dnet_testkit::venv_python;
 
 /// Writes, for every case `name shape dtype`, `name.pkl` (`pickle.dumps` of a
-/// random tensor, with strides other than contiguous for every other case,
-/// pickle protocol 3 for every third) and `name.raw` (its values, contiguous,
-/// little-endian).
+/// random tensor, with strides other than contiguous for every other case:
+/// transposed, or its first row expanded with stride 0; pickle protocol 3 for
+/// every third) and `name.raw` (its values, contiguous, little-endian).
 const MAKE_FIXTURES: &str = r#"
 import pickle, sys, torch
 out = sys.argv[1]
@@ -24,8 +24,10 @@ for i, line in enumerate(open(out + "/cases.txt")):
         t = torch.randn(shape)
     else:
         t = torch.randint(0, 10, shape, dtype=torch.int64)
-    if i % 2 and t.dim() > 1:
+    if i % 4 == 1 and t.dim() > 1:
         t = t.transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides
+    elif i % 4 == 3 and t.dim() > 1:
+        t = t[:1].expand(t.shape)  # stride 0: each row reads the first
     # Protocol 3 is what torch 1.7's Python (3.6, 3.7) wrote by default; 4 today's.
     open(f"{out}/{name}.pkl", "wb").write(pickle.dumps(t, protocol=3 if i % 3 == 0 else 4))
     open(f"{out}/{name}.raw", "wb").write(t.contiguous().numpy().tobytes())
@@ -85,8 +87,9 @@ fn pickles_of_every_boundary_shape_round_trip_with_torch() {
     for (name, shape, dtype) in &cases {
         let pickled = std::fs::read(dir.path().join(format!("{name}.pkl"))).expect("fixture");
         let raw = std::fs::read(dir.path().join(format!("{name}.raw"))).expect("values");
-        let tensor = read(&pickled).unwrap_or_else(|e| panic!("{name}: {e}"));
         let want_shape: Vec<usize> = shape.split(',').map(|d| d.parse().expect("dim")).collect();
+        let elements = want_shape.iter().product();
+        let tensor = read(&pickled, elements).unwrap_or_else(|e| panic!("{name}: {e}"));
         let want_dtype = if *dtype == "f32" {
             PickleDtype::F32
         } else {

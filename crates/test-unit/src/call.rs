@@ -183,12 +183,20 @@ mod result {
 
     use dnet_codec::pickle::{self, PickleDtype};
 
+    /// The most categories a pickled `result` may hold: each request carries
+    /// one image, so its result holds one category; 64 (a unit's default
+    /// `--max-request-samples`) leaves room, and bounds what a reply can make
+    /// this client copy to 512 bytes.
+    const MAX_RESULT_CATEGORIES: usize = 64;
+
     /// The first sample's category from a `result` buffer: safetensors, or
     /// the original DNet's pickled categories.
     pub fn category_of(result: &[u8]) -> Option<i64> {
         let first = |data: &[u8]| Some(i64::from_le_bytes(data.get(..8)?.try_into().ok()?));
         if pickle::looks_like_pickle(result) {
-            let tensor = pickle::read(result).ok().filter(|t| t.dtype == PickleDtype::I64)?;
+            let tensor = pickle::read(result, MAX_RESULT_CATEGORIES)
+                .ok()
+                .filter(|t| t.dtype == PickleDtype::I64)?;
             return first(&tensor.data);
         }
         let tensors = SafeTensors::deserialize(result).ok()?;

@@ -14,8 +14,11 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(DNET_VENV)/bin:$(HOME)/.cargo/bin:$(PATH)
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 export DNET_BIN_DIR := $(TARGET_DIR)/release
+# make fuzz-long FUZZ_SECONDS=600 FUZZ_TARGET=pickle (no FUZZ_TARGET: every target).
+FUZZ_SECONDS ?= 600
+FUZZ_TARGET ?=
 
-.PHONY: help setup build test demo bench bench-link chaos soak
+.PHONY: help setup build test demo bench bench-link chaos soak fuzz-long
 
 help:
 	@echo "make demo   run a local cascade (starts RabbitMQ if needed; DNET_LAYOUT=direct: no broker)"
@@ -25,6 +28,7 @@ help:
 	@echo "make bench-link  the cascade across a shaped slow link (root: network namespaces, tc netem); its BENCHMARKS.md section"
 	@echo "make chaos  fault injection under load (a private RabbitMQ node is restarted), rewrites RELIABILITY.md"
 	@echo "make soak   10 minutes at ~80% load, memory and fds per process, rewrites RELIABILITY.md"
+	@echo "make fuzz-long  each fuzz target (or FUZZ_TARGET) for FUZZ_SECONDS (600): runs, crashes, OOMs, coverage; minimises fuzz/corpus"
 
 setup:
 	@scripts/setup.sh all
@@ -49,3 +53,7 @@ chaos: build
 
 soak: build
 	@scripts/reliability.sh soak
+
+fuzz-long:
+	@scripts/setup.sh rust
+	@scripts/fuzz.sh --long $(FUZZ_SECONDS) $(FUZZ_TARGET)

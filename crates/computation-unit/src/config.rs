@@ -11,9 +11,10 @@ use dnet_model::options::{
     parse_device, parse_override_bounds, parse_thresholds, BatchArgs, ComputeArgs, ExitRule, OverrideBounds,
     Thresholds, WireDtype,
 };
-use dnet_model::request::UnitSettings;
+use dnet_model::request::{largest_message, UnitSettings};
 use dnet_model::thresholds::LiveThresholds;
 use dnet_model::weights::WeightSource;
+use transmission_unit::config::DEFAULT_MAX_MESSAGE_BYTES;
 
 /// A DNet computation unit: consumes a RabbitMQ queue and runs the
 /// multi-exit Inception-v3 from each request's start layer to this unit's
@@ -152,6 +153,18 @@ pub struct UnitArgs {
     /// globals are accepted. Safetensors requests keep safetensors replies.
     #[arg(long, env = "DNET_LEGACY_PICKLE")]
     pub legacy_pickle: bool,
+
+    /// Units a request may stop (crash, kill, out of memory) before it is
+    /// answered ERROR instead of being computed again (a poison request);
+    /// the count travels with the request from unit to unit.
+    #[arg(long, env = "DNET_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+
+    /// Test only: abort the process on a request of this start layer, as a
+    /// unit killed by its request would. Refused by release builds unless
+    /// DNET_ALLOW_TEST_TRIGGERS=1.
+    #[arg(long, hide = true)]
+    pub test_exit_on_start_layer: Option<u64>,
 }
 
 impl UnitArgs {
@@ -169,20 +182,63 @@ impl UnitArgs {
     /// The unit's settings, with the message limit and name of the program around it.
     ///
     /// # Errors
-    /// See [`Self::thresholds`].
+    /// See [`Self::thresholds`]; requests of `--max-request-samples` whose
+    /// messages would not fit `max_message_bytes`.
     pub fn settings(&self, max_message_bytes: usize, unit_name: String) -> anyhow::Result<UnitSettings> {
+        self.check_message_limit(max_message_bytes)?;
         Ok(UnitSettings {
             exit: usize::from(self.exit_layer),
             thresholds: LiveThresholds::new(self.thresholds()?),
             exit_rule: self.exit_rule,
             allow_threshold_override: self.allow_threshold_override,
             max_request_samples: self.max_request_samples,
+            max_attempts: self.max_attempts,
             max_message_bytes,
             unit_name,
             device: self.model.device,
             wire_dtype: self.wire_dtype,
             legacy_pickle: self.legacy_pickle,
         })
+    }
+
+    /// Requests of `--max-request-samples` must fit `max_message_bytes` both
+    /// ways (an `x` of any start layer this unit accepts, and its reply):
+    /// else some requests the unit accepts would be refused for their size.
+    ///
+    /// # Errors
+    /// Names both flags and the values that would fit.
+    pub fn check_message_limit(&self, max_message_bytes: usize) -> anyhow::Result<()> {
+        let exit = usize::from(self.exit_layer);
+        let needed = largest_message(exit, self.max_request_samples);
+        if needed <= max_message_bytes {
+            return Ok(());
+        }
+        let fits = (1..self.max_request_samples)
+            .rev()
+            .find(|&n| largest_message(exit, n) <= max_message_bytes)
+            .unwrap_or(0);
+        anyhow::bail!(
+            "--max-request-samples {} needs messages of up to {needed} bytes at exit {exit}, more than \
+             --max-message-bytes {max_message_bytes}: raise --max-message-bytes to {needed} or more (and the \
+             transmission units' and RabbitMQ's limits with it), or lower --max-request-samples to {fits}",
+            self.max_request_samples
+        )
+    }
+
+    /// The test trigger, when allowed in this build.
+    ///
+    /// # Errors
+    /// A release build without DNET_ALLOW_TEST_TRIGGERS=1.
+    pub fn test_exit_on_start_layer(&self) -> Result<Option<u64>, String> {
+        let allowed = cfg!(debug_assertions) || std::env::var("DNET_ALLOW_TEST_TRIGGERS").is_ok_and(|v| v == "1");
+        match self.test_exit_on_start_layer {
+            Some(_) if !allowed => Err(
+                "--test-exit-on-start-layer makes the unit exit on purpose: a release build takes it only \
+                 with DNET_ALLOW_TEST_TRIGGERS=1"
+                    .to_owned(),
+            ),
+            trigger => Ok(trigger),
+        }
     }
 }
 
@@ -219,19 +275,8 @@ pub struct WorkerArgs {
     /// Largest message this unit sends, in bytes: a request whose tensor for
     /// the next unit would not fit is refused (ERROR) before it is computed.
     /// Match the transmission units' --max-message-bytes.
-    #[arg(long, env = "DNET_MAX_MESSAGE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    #[arg(long, env = "DNET_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
-
-    /// Workers a request may stop (crash, kill, out of memory) before it is
-    /// answered ERROR instead of being computed again (a poison message).
-    #[arg(long, env = "DNET_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_attempts: u32,
-
-    /// Test only: abort the process on a request of this start layer, as a
-    /// worker killed by its request would. Refused by release builds unless
-    /// DNET_ALLOW_TEST_TRIGGERS=1.
-    #[arg(long, hide = true)]
-    pub test_exit_on_start_layer: Option<u64>,
 
     #[command(flatten)]
     pub observability: ObservabilityArgs,
@@ -257,22 +302,6 @@ impl WorkerArgs {
         self.amqp_credentials
             .apply(&uri)
             .map_err(|e| format!("-a/--address: {e}"))
-    }
-
-    /// The test trigger, when allowed in this build.
-    ///
-    /// # Errors
-    /// A release build without DNET_ALLOW_TEST_TRIGGERS=1.
-    pub fn test_exit_on_start_layer(&self) -> Result<Option<u64>, String> {
-        let allowed = cfg!(debug_assertions) || std::env::var("DNET_ALLOW_TEST_TRIGGERS").is_ok_and(|v| v == "1");
-        match self.test_exit_on_start_layer {
-            Some(_) if !allowed => Err(
-                "--test-exit-on-start-layer makes the worker exit on purpose: a release build takes it only \
-                 with DNET_ALLOW_TEST_TRIGGERS=1"
-                    .to_owned(),
-            ),
-            trigger => Ok(trigger),
-        }
     }
 
     /// `--prefetch`, else twice the batch size (at most u16::MAX).
@@ -325,5 +354,27 @@ mod tests {
         let cli = Cli::try_parse_from(["computation-unit", "-e", "8", "--random-weights", "3"]).expect("valid");
         assert_eq!(cli.worker.unit.model.source(), WeightSource::Random(3));
         assert!(Cli::try_parse_from(["computation-unit", "-e", "17", "--random-weights", "3"]).is_err());
+    }
+
+    #[test]
+    fn the_default_message_limit_holds_the_default_request_at_every_exit() {
+        for exit in 1..=16 {
+            let exit = exit.to_string();
+            let cli = Cli::try_parse_from(["computation-unit", "-e", &exit, "--random-weights", "1"]).expect("valid");
+            assert!(
+                cli.worker
+                    .unit
+                    .check_message_limit(cli.worker.max_message_bytes)
+                    .is_ok(),
+                "exit {exit}"
+            );
+        }
+        // The limit before: 32 MiB held 50 samples of layers 6-8, not 64.
+        let cli = Cli::try_parse_from(["computation-unit", "-e", "8", "--random-weights", "1"]).expect("valid");
+        let error = cli.worker.unit.check_message_limit(32 << 20).expect_err("too small");
+        assert!(
+            error.to_string().contains("lower --max-request-samples to 50"),
+            "{error}"
+        );
     }
 }

@@ -2,57 +2,113 @@
 //! edge (`transmission_unit::server`) in front of this process's own engine
 //! instead of a queue. No broker: a request goes from the gRPC handler to
 //! the model thread and back through channels.
+//!
+//! The edge serves while the model loads: `/livez` answers, readiness and
+//! grpc.health of `unit.DNet` say NOT_SERVING until the engine is in
+//! [`EngineSlot`], so no balancer sends calls to a unit still loading.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use dnet_model::engine::{Engine, Job, Outcome};
-use dnet_model::request::{prepare_request, refusal, UnitSettings};
+use dnet_model::engine::{EncodedJob, Engine, Outcome};
 use dnet_proto::{ComputationRequest, ComputationResponse};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
+use tracing::error;
 use transmission_unit::backend::Backend;
 use transmission_unit::error::Error;
 use transmission_unit::queue_client::QueueStatus;
 
-/// The engine as a unit's backend.
-pub struct EngineBackend {
-    engine: Arc<Engine>,
-    unit: UnitSettings,
-    /// Always true: the model is loaded before the unit serves.
+use crate::refusals::Refusals;
+
+/// The engine once it has loaded, and the readiness that follows it.
+#[derive(Debug)]
+pub struct EngineSlot {
+    engine: Mutex<Option<Arc<Engine>>>,
     ready: watch::Sender<bool>,
 }
 
-impl EngineBackend {
-    #[must_use]
-    pub fn new(engine: Arc<Engine>, unit: UnitSettings) -> Self {
+impl EngineSlot {
+    fn new() -> Self {
         Self {
-            engine,
-            unit,
-            ready: watch::Sender::new(true),
+            engine: Mutex::new(None),
+            ready: watch::Sender::new(false),
         }
+    }
+
+    /// The engine has loaded: the unit is ready.
+    pub fn fill(&self, engine: Arc<Engine>) {
+        *self.engine.lock().unwrap_or_else(PoisonError::into_inner) = Some(engine);
+        self.ready.send_replace(true);
+    }
+
+    /// Takes the engine out (to join its thread once the edge has stopped).
+    pub fn take(&self) -> Option<Arc<Engine>> {
+        self.ready.send_replace(false);
+        self.engine.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    /// Requests waiting for the model (0 while it loads).
+    #[must_use]
+    pub fn waiting(&self) -> usize {
+        self.get().map_or(0, |engine| engine.waiting())
+    }
+
+    fn get(&self) -> Option<Arc<Engine>> {
+        self.engine.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// The engine as a unit's backend.
+pub struct EngineBackend {
+    slot: Arc<EngineSlot>,
+    refusals: Refusals,
+    /// Test only: exit the process on a request of this start layer.
+    exit_on_start_layer: Option<u64>,
+}
+
+impl EngineBackend {
+    /// A backend whose engine is still loading: fill the returned slot when it has.
+    #[must_use]
+    pub fn loading(exit_on_start_layer: Option<u64>) -> (Self, Arc<EngineSlot>) {
+        let slot = Arc::new(EngineSlot::new());
+        let backend = Self {
+            slot: Arc::clone(&slot),
+            refusals: Refusals::default(),
+            exit_on_start_layer,
+        };
+        (backend, slot)
     }
 }
 
 impl Backend for EngineBackend {
-    /// Checks and decodes the request here, on the gRPC side; the model
-    /// thread batches it with others of its start layer. A request refused
-    /// by the checks is answered ERROR, as a worker does.
+    /// The model thread checks and decodes the request (in arrival order,
+    /// off this runtime's thread, which serves every other call, health and
+    /// shutdown), then batches it with others of its start layer. A request
+    /// refused by the checks is answered ERROR, as a worker does.
     async fn compute(&self, request: &ComputationRequest, deadline: Instant) -> Result<ComputationResponse, Error> {
+        let engine = self.slot.get().ok_or(Error::Loading)?;
+        if self.exit_on_start_layer == Some(request.start_layer) {
+            error!(
+                start_layer = request.start_layer,
+                "test trigger: exiting as a unit killed by its request"
+            );
+            std::process::exit(3);
+        }
         let received = std::time::Instant::now();
-        let prepared = match prepare_request(request, &self.unit) {
-            Ok(prepared) => prepared,
-            Err(refused) => return Ok(refusal(&self.unit, refused, received.elapsed())),
-        };
         let (done, outcome) = oneshot::channel();
-        let job = Job {
-            request: prepared,
+        let job = EncodedJob {
+            request: request.clone(),
+            attempts: 0,
             received,
             deadline: Some(deadline.into_std()),
             done,
         };
-        self.engine.submit(job).map_err(|_| Error::Stopping)?;
+        engine.submit_encoded(job).map_err(|_| Error::Stopping)?;
         match outcome.await {
-            Ok(Outcome::Reply(reply)) => Ok(reply),
+            Ok(Outcome::Reply(reply)) => {
+                self.refusals.log_if_error(&reply, None);
+                Ok(reply)
+            }
             Ok(Outcome::Expired) => Err(Error::Expired(format!(
                 "the model could not finish it in time ({} ms since it arrived)",
                 received.elapsed().as_millis()
@@ -62,19 +118,26 @@ impl Backend for EngineBackend {
     }
 
     fn waiting(&self) -> u64 {
-        self.engine.waiting() as u64
+        self.slot.waiting() as u64
     }
 
     async fn status(&self) -> Result<QueueStatus, Error> {
         Ok(QueueStatus {
-            messages: u32::try_from(self.engine.waiting()).unwrap_or(u32::MAX),
-            consumers: 1,
+            messages: u32::try_from(self.waiting()).unwrap_or(u32::MAX),
+            consumers: u32::from(self.slot.get().is_some()),
         })
     }
 
     fn ready(&self) -> watch::Receiver<bool> {
-        self.ready.subscribe()
+        self.slot.ready.subscribe()
     }
 
-    async fn close(&self) {}
+    /// The edge has drained (or given up on) its calls: requests still
+    /// waiting for the model have nobody to answer, so the model thread
+    /// ends after the forward it is in.
+    async fn close(&self) {
+        if let Some(engine) = self.slot.get() {
+            engine.stop_taking_new();
+        }
+    }
 }

@@ -33,7 +33,7 @@ pub fn run(args: &InferArgs) -> anyhow::Result<InferSummary> {
     let output = loaded
         .model
         .forward(&x.to_device(args.model.device), args.start_layer, exit)?;
-    let decision = decide(&output.probs, None);
+    let decision = decide(&output.probs, None).map_err(anyhow::Error::msg)?;
     let mut tensors: Vec<(&str, &Tensor)> = vec![
         ("probs", &output.probs),
         ("logits", &output.logits),

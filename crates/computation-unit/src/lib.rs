@@ -8,6 +8,8 @@
 //! - `delivery`: one delivery: deadline, attempts, compute, reply, acknowledgement.
 //! - `direct`: the engine as the backend of a direct unit (`serve`): the
 //!   transmission unit's gRPC edge, no broker.
+//! - `returned`: requests this worker returned to the queue alive (not deaths).
+//! - `refusals`: ERROR answers logged with their reason, a few per second.
 //! - `metrics`: the worker's Prometheus metrics.
 //! - `thresholds_file`: `--thresholds-file`, read again while the unit runs.
 //! - `infer`: the offline `computation-unit infer` command.
@@ -17,5 +19,7 @@ pub mod delivery;
 pub mod direct;
 pub mod infer;
 pub mod metrics;
+pub mod refusals;
+pub mod returned;
 pub mod thresholds_file;
 pub mod worker;

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use computation_unit::config::{Cli, Command, ServeArgs, WorkerArgs};
-use computation_unit::direct::EngineBackend;
+use computation_unit::direct::{EngineBackend, EngineSlot};
 use computation_unit::metrics::WorkerMetrics;
 use computation_unit::thresholds_file;
 use computation_unit::worker::{self, WorkerSettings};
@@ -47,9 +47,11 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// `computation-unit serve`: the gRPC edge and the engine in one process.
+/// The edge serves from the start, NOT_SERVING while the model loads.
 fn serve_direct(args: ServeArgs) -> anyhow::Result<()> {
     dnet_common::telemetry::init(args.edge.observability.log_format);
-    let engine = runtime()?.block_on(async {
+    let exit_on_start_layer = args.unit.test_exit_on_start_layer().map_err(anyhow::Error::msg)?;
+    let slot = runtime()?.block_on(async {
         let (listener, metrics_listener) = transmission_unit::server::bind(&args.edge).await?;
         let unit_name = args.edge.unit_name(listener.local_addr()?.port());
         let settings = args.unit.settings(args.edge.max_message_bytes, unit_name.clone())?;
@@ -60,52 +62,84 @@ fn serve_direct(args: ServeArgs) -> anyhow::Result<()> {
             settings.exit,
             &mut registry,
         );
-        let engine = Arc::new(Engine::start(
-            args.unit.model.source(),
-            settings.clone(),
-            engine_settings(&args.unit.model.compute, &args.unit.batch),
-            Arc::new(EngineMetrics::register(&mut registry)),
-        )?);
+        let engine_metrics = Arc::new(EngineMetrics::register(&mut registry));
         let metrics = Arc::new(transmission_unit::metrics::Metrics::register(&mut registry));
-        tokio::spawn(export_waiting(Arc::clone(&engine), metrics.queue_waiting.clone()));
+        let (backend, slot) = EngineBackend::loading(exit_on_start_layer);
+        tokio::spawn(export_waiting(Arc::clone(&slot), metrics.queue_waiting.clone()));
+        let loading = load_engine(
+            args.unit.model.source(),
+            settings,
+            engine_settings(&args.unit.model.compute, &args.unit.batch),
+            engine_metrics,
+            Arc::clone(&slot),
+        );
+        let failed = std::sync::Mutex::new(None);
+        let shutdown = async {
+            tokio::select! {
+                () = dnet_common::shutdown::signal() => {}
+                error = loading => {
+                    *failed.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error);
+                }
+            }
+        };
         let edge = Edge {
             metrics,
             args: args.edge,
             unit_name,
             registry,
         };
-        let backend = EngineBackend::new(Arc::clone(&engine), settings);
-        transmission_unit::server::serve(
-            listener,
-            metrics_listener,
-            edge,
-            backend,
-            dnet_common::shutdown::signal(),
-        )
-        .await?;
-        anyhow::Ok(engine)
+        transmission_unit::server::serve(listener, metrics_listener, edge, backend, shutdown).await?;
+        match failed.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            Some(error) => Err(error),
+            None => anyhow::Ok(slot),
+        }
     })?;
-    // The server has drained: every call it took has its answer.
-    if let Ok(engine) = Arc::try_unwrap(engine) {
+    // The server has drained and the engine stopped taking new jobs: it ends
+    // after the forward it is in.
+    if let Some(engine) = slot.take().and_then(|engine| Arc::try_unwrap(engine).ok()) {
+        let waited = std::time::Instant::now();
+        tracing::info!("waiting for the model thread to end its forward");
         engine.join();
+        tracing::info!(waited_ms = waited.elapsed().as_millis() as u64, "model thread ended");
     }
     Ok(())
 }
 
+/// Loads the model on a blocking thread and puts the engine in `slot`;
+/// completes only if loading fails (with why), else stays pending.
+async fn load_engine(
+    source: dnet_model::weights::WeightSource,
+    settings: dnet_model::request::UnitSettings,
+    engine_settings: dnet_model::engine::EngineSettings,
+    metrics: Arc<EngineMetrics>,
+    slot: Arc<EngineSlot>,
+) -> anyhow::Error {
+    let loaded = tokio::task::spawn_blocking(move || Engine::start(source, settings, engine_settings, metrics)).await;
+    match loaded {
+        Ok(Ok(engine)) => {
+            slot.fill(Arc::new(engine));
+            std::future::pending().await
+        }
+        Ok(Err(error)) => anyhow::Error::from(error).context("cannot load the model"),
+        Err(panicked) => anyhow::anyhow!("the model failed to load: {panicked}"),
+    }
+}
+
 /// Keeps `dnet_queue_waiting` at the requests waiting for the model, read
 /// every 250 ms as a transmission unit reads its queue.
-async fn export_waiting(engine: Arc<Engine>, gauge: prometheus_client::metrics::gauge::Gauge) {
+async fn export_waiting(slot: Arc<EngineSlot>, gauge: prometheus_client::metrics::gauge::Gauge) {
     let mut every = tokio::time::interval(std::time::Duration::from_millis(250));
     loop {
         every.tick().await;
-        gauge.set(i64::try_from(engine.waiting()).unwrap_or(i64::MAX));
+        gauge.set(i64::try_from(slot.waiting()).unwrap_or(i64::MAX));
     }
 }
 
 /// The queue worker.
 fn consume(args: WorkerArgs) -> anyhow::Result<()> {
     dnet_common::telemetry::init(args.observability.log_format);
-    let exit_on_start_layer = args.test_exit_on_start_layer().map_err(anyhow::Error::msg)?;
+    args.amqp_credentials.warn_if_password_on_command_line();
+    let exit_on_start_layer = args.unit.test_exit_on_start_layer().map_err(anyhow::Error::msg)?;
     let settings = args.unit.settings(args.max_message_bytes, args.unit_name())?;
     let mut registry = Registry::default();
     let engine_metrics = Arc::new(EngineMetrics::register(&mut registry));
@@ -143,7 +177,6 @@ fn consume(args: WorkerArgs) -> anyhow::Result<()> {
             amqp_uri: args.amqp_uri().map_err(anyhow::Error::msg)?,
             queue: args.queue_name.clone(),
             prefetch: args.prefetch(),
-            max_attempts: args.max_attempts,
             exit_on_start_layer,
             unit: settings,
             connection_name: format!("computation-unit {}", args.unit_name()),
@@ -166,7 +199,10 @@ fn consume(args: WorkerArgs) -> anyhow::Result<()> {
         anyhow::Ok(metrics)
     })?;
     if let Ok(engine) = Arc::try_unwrap(engine) {
+        let waited = std::time::Instant::now();
+        tracing::info!("waiting for the model thread to end its forward");
         engine.join();
+        tracing::info!(waited_ms = waited.elapsed().as_millis() as u64, "model thread ended");
     }
     let (published, requeued) = metrics.totals();
     tracing::info!(published, requeued, "computation unit stopped");

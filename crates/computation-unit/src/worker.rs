@@ -19,6 +19,8 @@ use tracing::{info, warn};
 
 use crate::delivery::{self, Context};
 use crate::metrics::WorkerMetrics;
+use crate::refusals::Refusals;
+use crate::returned::Returned;
 
 /// On shutdown, how long deliveries already sent by the broker may take to arrive.
 const DRAIN_DELIVERIES: std::time::Duration = std::time::Duration::from_secs(5);
@@ -31,8 +33,6 @@ pub struct WorkerSettings {
     pub prefetch: u16,
     /// What this unit accepts and how it answers.
     pub unit: UnitSettings,
-    /// Workers a request may stop before it is answered ERROR.
-    pub max_attempts: u32,
     /// Test only: exit the process on a request of this start layer.
     pub exit_on_start_layer: Option<u64>,
     /// Connection name shown by the broker.
@@ -54,6 +54,9 @@ pub async fn run(
 ) {
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let unit = Arc::new(settings.unit.clone());
+    let returned = Arc::new(Returned::default());
+    let refusals = Arc::new(Refusals::default());
     tokio::pin!(shutdown);
     loop {
         let connecting = connect_with_backoff(
@@ -79,10 +82,11 @@ pub async fn run(
         let context = Arc::new(Context {
             channel: channel.clone(),
             queue: settings.queue.clone(),
-            unit: settings.unit.clone(),
+            unit: Arc::clone(&unit),
             engine: Arc::clone(&engine),
             metrics: Arc::clone(&metrics),
-            max_attempts: settings.max_attempts,
+            returned: Arc::clone(&returned),
+            refusals: Arc::clone(&refusals),
             exit_on_start_layer: settings.exit_on_start_layer,
         });
         info!(queue = %settings.queue, prefetch = settings.prefetch, "consuming");
@@ -93,6 +97,8 @@ pub async fn run(
         tokio::select! {
             () = &mut consuming => {
                 ready.send_replace(false);
+                // What it held goes back to the queue, redelivered: not a death.
+                returned.session_lost();
                 warn!(broker = %redact(&settings.amqp_uri), "consumer ended (connection lost or queue deleted), reconnecting");
             }
             () = &mut shutdown => {
@@ -135,12 +141,19 @@ async fn open(connection: &Connection, settings: &WorkerSettings) -> lapin::Resu
     Ok((channel, consumer))
 }
 
-/// Hands every delivery to a task of its own until the consumer ends.
+/// Hands every delivery to a task of its own until the consumer ends. Each
+/// is marked held as it arrives, before its task runs: if the session ends
+/// now, the broker returns it to the queue though this worker lives.
 async fn consume(mut consumer: Consumer, context: &Arc<Context>, tracker: &TaskTracker) {
     while let Some(delivery) = consumer.next().await {
         match delivery {
             Ok(delivery) => {
-                tracker.spawn(delivery::serve(delivery, Arc::clone(context)));
+                let held = delivery
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .map(|id| context.returned.hold(id.as_str()));
+                tracker.spawn(delivery::serve(delivery, Arc::clone(context), held));
             }
             Err(error) => {
                 warn!(%error, "consumer failed");

@@ -159,7 +159,20 @@ async fn next_unit_down_gives_unavailable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_answers_the_calls_in_flight_then_exits_zero() {
-    let mut unit = direct(16, &["--timeout", "120s", "--max-batch-size", "48"]).await;
+    // The grace this test relies on, stated: three forwards of 48 images on
+    // one thread, on a machine that may be slow and busy with other tests.
+    let mut unit = direct(
+        16,
+        &[
+            "--timeout",
+            "120s",
+            "--shutdown-grace",
+            "120s",
+            "--max-batch-size",
+            "48",
+        ],
+    )
+    .await;
     let client = unit.client().await.expect("client");
     // Three forward passes long enough to stop in the middle of.
     let calls: Vec<_> = (0..3)

@@ -15,8 +15,11 @@ const SEED: u64 = 5;
 /// How long a test waits for a state it needs before it fails.
 const PATIENCE: Duration = Duration::from_secs(60);
 
+/// Every unit here gives its calls 60 s (the default deadline is 30 s):
+/// computing a few images takes well under a second, even on a busy machine.
 async fn direct(exit: u8, extra: &[&str]) -> TransmissionUnit {
-    TransmissionUnit::direct(exit, SEED, extra)
+    let extra = [&["--timeout", "60s"][..], extra].concat();
+    TransmissionUnit::direct(exit, SEED, &extra)
         .await
         .expect("direct unit starts")
 }
@@ -105,7 +108,7 @@ async fn the_whole_request_rule_hands_on_every_sample_unless_all_are_confident()
     let x = images(4, 22);
     let t8 = kth_largest(&confidences(&infer(dir.path(), &x, SEED, 0, 8)), 2);
     let chosen = thresholds_with(&[(8, t8)]);
-    let last = direct(16, &["--timeout", "60s"]).await;
+    let last = direct(16, &[]).await;
     let per_sample = direct(8, &["--thresholds", &chosen, "-n", &last.endpoint()]).await;
     let whole = direct(
         8,

@@ -71,9 +71,13 @@ async fn the_original_clients_pickles_get_the_answers_safetensors_get() {
     .await
     .expect("unit 8 starts");
     // Answers at exit 8 (every confidence reaches 0): a pickled result from the first unit.
-    let early = TransmissionUnit::direct(8, SEED, &["--legacy-pickle", "--thresholds", &thresholds(0.0)])
-        .await
-        .expect("early unit 8 starts");
+    let early = TransmissionUnit::direct(
+        8,
+        SEED,
+        &["--legacy-pickle", "--timeout", "60s", "--thresholds", &thresholds(0.0)],
+    )
+    .await
+    .expect("early unit 8 starts");
 
     for (unit, exit) in [(&first, 16), (&early, 8)] {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -97,7 +101,7 @@ async fn the_original_clients_pickles_get_the_answers_safetensors_get() {
     }
 
     // Without the flag, the pickle is refused with the way to accept it.
-    let plain = TransmissionUnit::direct(16, SEED, &[])
+    let plain = TransmissionUnit::direct(16, SEED, &["--timeout", "60s"])
         .await
         .expect("plain unit starts");
     let dir = tempfile::tempdir().expect("temp dir");

@@ -817,34 +817,24 @@ async fn a_request_that_stops_max_attempts_workers_is_answered_error_and_the_oth
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_whose_handed_on_tensor_would_not_fit_is_refused_before_computing() {
+async fn a_unit_whose_message_limit_cannot_hold_its_largest_request_does_not_start() {
     let broker = Broker::local();
     let queue = TestQueue::new(&broker);
-    let unit = unit(&broker, &queue, &[]).await;
-    // 663,552 bytes per sample at exit 8: two samples do not fit 1 MB.
-    let worker = worker(&broker, &queue, 8, &["--max-message-bytes", "1000000"]).await;
-    let answer = unit
-        .client()
+    // 663,552 bytes per sample at exit 8: 64 samples (the default
+    // --max-request-samples) do not fit 1 MB; one does.
+    let mut refused = ComputationUnit::launch(&broker, queue.name(), 8, SEED, &["--max-message-bytes", "1000000"])
         .await
-        .expect("client")
-        .compute(request(0, &images(2, 50)))
-        .await
-        .expect("answered")
-        .into_inner();
-    assert_eq!(answer.status, StatusCode::Error as i32);
-    let Some(Data::ErrorMessage(message)) = &answer.data else {
-        panic!("no message")
-    };
+        .map(|unit| unit.process)
+        .err()
+        .map(|error| error.to_string())
+        .expect("does not start");
+    refused.truncate(4000);
     assert!(
-        message.contains("--max-message-bytes") && message.contains("1000000"),
-        "{message}"
+        refused.contains("--max-request-samples 64") && refused.contains("lower --max-request-samples to 1"),
+        "names both flags and what fits: {refused}"
     );
-    let metrics = worker.metrics().await.expect("metrics");
-    assert_eq!(
-        metrics.value("dnet_batch_size_count").expect("batches"),
-        0.0,
-        "not computed"
-    );
+    let fits = ["--max-message-bytes", "1000000", "--max-request-samples", "1"];
+    let _worker = worker(&broker, &queue, 8, &fits).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,29 +1,41 @@
-//! Spreading gRPC calls over every address of a target: a comma list of
-//! `host:port`, each name resolved (a Kubernetes headless Service resolves to
-//! every ready pod) and resolved again every [`REFRESH`]. An address is used
-//! while it accepts TCP connections (checked at each refresh), so a replica
-//! that died is dropped within a refresh and taken back once it answers again.
-//! Calls go to the less loaded of two random live addresses: tower's
-//! power-of-two-choices balancer, through tonic's `balance_channel`.
+//! Spreading gRPC calls over every serving address of a target: a comma
+//! list of `host:port`, each name resolved (a Kubernetes headless Service
+//! resolves to every ready pod) and resolved again every [`REFRESH`].
+//!
+//! An address receives calls while its grpc.health.v1 status of `unit.DNet`
+//! is SERVING (Envoy, Linkerd and grpc-go's client-side health checking):
+//! each address is watched (`Watch`) over a connection of its own, so a unit
+//! whose broker is down, or that is still loading its model, gets no calls,
+//! and NOT_SERVING or a broken watch takes it out at once. A server without
+//! the health service (the original DNet) counts as serving while it accepts
+//! connections. Calls go to the less loaded of two random serving addresses:
+//! tower's power-of-two-choices balancer, through tonic's `balance_channel`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::{lookup_host, TcpStream};
-use tokio::sync::mpsc::Sender;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tonic::transport::channel::Change;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
-
-use tracing::{info, warn};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tracing::{debug, info, warn};
 
 use crate::http2;
 
-/// How often names are resolved again and addresses checked.
+/// How often names are resolved again, and a lost watch is tried again.
 pub const REFRESH: Duration = Duration::from_secs(1);
-/// How long an address may take to accept a connection before it counts as down.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long [`Balanced::start`] waits for the first health answers.
+const FIRST_ANSWERS: Duration = Duration::from_millis(500);
+/// The health entry of a unit's readiness (its `unit.DNet` service).
+pub const HEALTH_SERVICE: &str = "unit.DNet";
 
 /// Builds the endpoint of one address (scheme, TLS, HTTP/2 settings).
 pub type MakeEndpoint = Box<dyn Fn(SocketAddr) -> Result<Endpoint, String> + Send + Sync>;
@@ -31,7 +43,7 @@ pub type MakeEndpoint = Box<dyn Fn(SocketAddr) -> Result<Endpoint, String> + Sen
 /// How long connecting to an address may take before the call fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A channel whose calls spread over the live addresses of a target.
+/// A channel whose calls spread over the serving addresses of a target.
 #[derive(Clone, Debug)]
 pub struct Balanced {
     pub channel: Channel,
@@ -39,30 +51,36 @@ pub struct Balanced {
 }
 
 impl Balanced {
-    /// Resolves and checks `targets` (`host:port[,host:port...]`, each may
-    /// start with `http://` or `https://`) once, then keeps following them
-    /// in a task that ends when the last clone of the channel is dropped.
-    /// `live` counts the addresses in use (e.g. a metric).
+    /// Resolves `targets` (`host:port[,host:port...]`, each may start with
+    /// `http://` or `https://`), starts watching every address, waits briefly
+    /// for their first answers, then keeps following them in a task that
+    /// ends when the last clone of the channel is dropped. `live` counts the
+    /// serving addresses (e.g. a metric).
     ///
     /// # Errors
     /// `targets` is not a comma list of `host:port`.
     pub async fn start(targets: &str, endpoint: MakeEndpoint, live: Gauge) -> Result<Self, String> {
         let hosts = parse(targets)?;
         let (channel, changes) = Channel::balance_channel::<SocketAddr>(64);
+        let (events, health) = mpsc::channel(64);
         let mut follower = Follower {
             hosts,
-            endpoint,
+            endpoint: Arc::new(endpoint),
             changes,
             live: live.clone(),
-            current: HashSet::new(),
+            watchers: HashMap::new(),
+            serving: HashSet::new(),
+            events,
         };
-        if follower.refresh().await {
-            tokio::spawn(follower.run());
+        let mut health = health;
+        follower.resolve().await;
+        if follower.first_answers(&mut health).await {
+            tokio::spawn(follower.run(health));
         }
         Ok(Self { channel, live })
     }
 
-    /// Addresses that accepted a connection at the last refresh.
+    /// Addresses whose health is SERVING now.
     #[must_use]
     pub fn live(&self) -> usize {
         usize::try_from(self.live.get()).unwrap_or_default()
@@ -121,56 +139,67 @@ fn parse(targets: &str) -> Result<Vec<(String, u16)>, String> {
     Ok(hosts)
 }
 
+/// What a watcher tells the follower: an address is serving, or not.
+type Health = (SocketAddr, bool);
+
+/// Stops a watcher's task when the address leaves the resolved set.
+struct Watcher(JoinHandle<()>);
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 struct Follower {
     hosts: Vec<(String, u16)>,
-    endpoint: MakeEndpoint,
-    changes: Sender<Change<SocketAddr, Endpoint>>,
+    endpoint: Arc<MakeEndpoint>,
+    changes: mpsc::Sender<Change<SocketAddr, Endpoint>>,
     live: Gauge,
-    /// Addresses the balancer has now.
-    current: HashSet<SocketAddr>,
+    /// One watcher per resolved address.
+    watchers: HashMap<SocketAddr, Watcher>,
+    /// Addresses the balancer has now (their health is SERVING).
+    serving: HashSet<SocketAddr>,
+    events: mpsc::Sender<Health>,
 }
 
 impl Follower {
-    async fn run(mut self) {
+    async fn run(mut self, mut health: mpsc::Receiver<Health>) {
+        let mut resolve = tokio::time::interval(REFRESH);
         loop {
-            tokio::select! {
-                () = tokio::time::sleep(REFRESH) => {}
-                () = self.changes.closed() => return,
-            }
-            if !self.refresh().await {
+            let alive = tokio::select! {
+                _ = resolve.tick() => { self.resolve().await; true }
+                Some((address, serving)) = health.recv() => self.apply(address, serving).await,
+                () = self.changes.closed() => false,
+            };
+            if !alive {
                 return;
             }
         }
     }
 
-    /// Resolves, checks, and tells the balancer what changed; false once
-    /// the balancer is gone.
-    async fn refresh(&mut self) -> bool {
-        let up = self.live_addresses().await;
-        for gone in self.current.difference(&up) {
-            info!(address = %gone, "next address down or gone: no more calls to it");
-            if self.changes.send(Change::Remove(*gone)).await.is_err() {
-                return false;
-            }
-        }
-        for new in up.difference(&self.current) {
-            match (self.endpoint)(*new) {
-                Ok(endpoint) => {
-                    info!(address = %new, "next address up: calls go to it");
-                    if self.changes.send(Change::Insert(*new, endpoint)).await.is_err() {
+    /// Applies health answers until every address has answered once, or
+    /// [`FIRST_ANSWERS`] has passed; false once the balancer is gone.
+    async fn first_answers(&mut self, health: &mut mpsc::Receiver<Health>) -> bool {
+        let mut answered = HashSet::new();
+        let until = tokio::time::Instant::now() + FIRST_ANSWERS;
+        while answered.len() < self.watchers.len() {
+            match tokio::time::timeout_at(until, health.recv()).await {
+                Ok(Some((address, serving))) => {
+                    answered.insert(address);
+                    if !self.apply(address, serving).await {
                         return false;
                     }
                 }
-                Err(error) => warn!(address = %new, %error, "cannot call this address"),
+                Ok(None) | Err(_) => break,
             }
         }
-        self.live.set(i64::try_from(up.len()).unwrap_or(i64::MAX));
-        self.current = up;
         true
     }
 
-    /// Every address the hosts resolve to that accepts a TCP connection now.
-    async fn live_addresses(&self) -> HashSet<SocketAddr> {
+    /// Resolves the hosts again: a watcher for each new address, none for
+    /// those gone.
+    async fn resolve(&mut self) {
         let mut resolved = HashSet::new();
         for (host, port) in &self.hosts {
             match lookup_host((host.as_str(), *port)).await {
@@ -178,11 +207,101 @@ impl Follower {
                 Err(error) => warn!(host, %error, "cannot resolve"),
             }
         }
-        let probes = resolved.into_iter().map(|address| async move {
-            let connected = tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(address)).await;
-            matches!(connected, Ok(Ok(_))).then_some(address)
-        });
-        futures::future::join_all(probes).await.into_iter().flatten().collect()
+        let gone: Vec<SocketAddr> = self
+            .watchers
+            .keys()
+            .filter(|a| !resolved.contains(a))
+            .copied()
+            .collect();
+        for address in gone {
+            self.watchers.remove(&address);
+            self.apply(address, false).await;
+        }
+        for address in resolved {
+            self.watchers.entry(address).or_insert_with(|| {
+                let task = watch(address, Arc::clone(&self.endpoint), self.events.clone());
+                Watcher(tokio::spawn(task))
+            });
+        }
+    }
+
+    /// Tells the balancer that `address` is serving or not; false once the
+    /// balancer is gone.
+    async fn apply(&mut self, address: SocketAddr, serving: bool) -> bool {
+        // An answer may arrive from a watcher just stopped: only watched addresses serve.
+        let serving = serving && self.watchers.contains_key(&address);
+        let change = match (serving, self.serving.contains(&address)) {
+            (true, false) => match (self.endpoint)(address) {
+                Ok(endpoint) => {
+                    info!(%address, "next address serving: calls go to it");
+                    self.serving.insert(address);
+                    Change::Insert(address, endpoint)
+                }
+                Err(error) => {
+                    warn!(%address, %error, "cannot call this address");
+                    return true;
+                }
+            },
+            (false, true) => {
+                info!(%address, "next address not serving or gone: no more calls to it");
+                self.serving.remove(&address);
+                Change::Remove(address)
+            }
+            _ => return true,
+        };
+        self.live.set(i64::try_from(self.serving.len()).unwrap_or(i64::MAX));
+        self.changes.send(change).await.is_ok()
+    }
+}
+
+/// Watches the health of `address` until the task is aborted: each answer
+/// goes to `events`; a watch that cannot start or breaks counts as not
+/// serving, and is tried again after [`REFRESH`].
+async fn watch(address: SocketAddr, endpoint: Arc<MakeEndpoint>, events: mpsc::Sender<Health>) {
+    loop {
+        if let Err(why) = watch_once(address, &endpoint, &events).await {
+            debug!(%address, why, "no health watch");
+        }
+        if events.send((address, false)).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(REFRESH).await;
+    }
+}
+
+/// One health watch of `address`, until it ends.
+async fn watch_once(address: SocketAddr, endpoint: &MakeEndpoint, events: &mpsc::Sender<Health>) -> Result<(), String> {
+    let channel = endpoint(address)?.connect().await.map_err(|e| e.to_string())?;
+    let request = HealthCheckRequest {
+        service: HEALTH_SERVICE.to_owned(),
+    };
+    let mut stream = match HealthClient::new(channel).watch(request).await {
+        Ok(stream) => stream.into_inner(),
+        Err(status) if status.code() == Code::Unimplemented => return serving_while_it_accepts(address, events).await,
+        Err(status) => return Err(status.to_string()),
+    };
+    while let Some(answer) = stream.message().await.map_err(|e| e.to_string())? {
+        let serving = answer.status == ServingStatus::Serving as i32;
+        if events.send((address, serving)).await.is_err() {
+            return Ok(());
+        }
+    }
+    Err("the health watch ended".to_owned())
+}
+
+/// A server without grpc.health (the original DNet): serving while it
+/// accepts TCP connections, checked every [`REFRESH`].
+async fn serving_while_it_accepts(address: SocketAddr, events: &mpsc::Sender<Health>) -> Result<(), String> {
+    loop {
+        if events.send((address, true)).await.is_err() {
+            return Ok(());
+        }
+        tokio::time::sleep(REFRESH).await;
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return Err(error.to_string()),
+            Err(_) => return Err("connect timed out".to_owned()),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! Layout:
 //! - `balance`: gRPC calls spread over every live address of a comma list or DNS name.
 //! - `duration`: parsing `500ms` / `30s` / `2m` durations from flags and env.
+//! - `log_limit`: logging what callers trigger, a few lines per second at most.
 //! - `http2`: flow-control windows and frame size of every gRPC server and client.
 //! - `metrics_http`: the Prometheus `/metrics` endpoint.
 //! - `resources`: the memory this process may use (cgroup-aware).
@@ -12,6 +13,7 @@
 pub mod balance;
 pub mod duration;
 pub mod http2;
+pub mod log_limit;
 pub mod metrics_http;
 pub mod resources;
 pub mod shutdown;

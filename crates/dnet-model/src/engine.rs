@@ -11,7 +11,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use dnet_proto::ComputationResponse;
+use dnet_proto::{ComputationRequest, ComputationResponse};
 use tch::Tensor;
 use tokio::sync::oneshot;
 use tracing::{error, info};
@@ -20,7 +20,7 @@ use crate::batch::{self, BatchPolicy, Batchable, CostModel};
 use crate::metrics::EngineMetrics;
 use crate::model::MultiExitInception;
 use crate::options::Precision;
-use crate::request::{error_response, hop_record, respond, Prepared, UnitSettings};
+use crate::request::{error_response, hop_record, prepare_request, refusal, respond, Prepared, UnitSettings};
 use crate::weights::{load, WeightSource, WeightsError};
 
 /// A request waiting for the model.
@@ -45,6 +45,35 @@ impl Batchable for Job {
     fn deadline(&self) -> Option<Instant> {
         self.deadline
     }
+}
+
+/// A request the model thread checks and decodes itself, on arrival and in
+/// arrival order: off the callers' threads (a large or hostile request must
+/// not hold up the runtime that serves gRPC or the broker session), and in
+/// the order requests came, which batching follows.
+#[derive(Debug)]
+pub struct EncodedJob {
+    pub request: ComputationRequest,
+    /// Units that ended holding it, as its carrier counted (the queue's
+    /// redeliveries); the larger of this and the request's own is kept.
+    pub attempts: u32,
+    /// When the request reached the engine's caller.
+    pub received: Instant,
+    pub deadline: Option<Instant>,
+    /// Where the outcome goes: a refusal (ERROR) if it does not pass the checks.
+    pub done: oneshot::Sender<Outcome>,
+}
+
+/// The model thread has ended: nothing more is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the model thread has ended")]
+pub struct Stopped;
+
+/// What goes to the model thread.
+#[derive(Debug)]
+enum Incoming {
+    Decoded(Job),
+    Encoded(EncodedJob),
 }
 
 /// What became of a job.
@@ -72,7 +101,7 @@ pub struct EngineSettings {
 /// Handle to the compute thread.
 #[derive(Debug)]
 pub struct Engine {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Incoming>,
     stopping: Arc<AtomicBool>,
     /// Jobs submitted and not yet taken into a forward or settled otherwise.
     waiting: Arc<AtomicUsize>,
@@ -89,6 +118,10 @@ struct Worker {
     waiting: Arc<AtomicUsize>,
     /// What forwards took lately, to fit batches to deadlines.
     cost: CostModel,
+    /// Forward passes run, and jobs given back uncomputed because the
+    /// engine was stopping: the last log line says both.
+    forwards: u64,
+    given_back: u64,
 }
 
 impl Engine {
@@ -103,7 +136,7 @@ impl Engine {
         settings: EngineSettings,
         metrics: Arc<EngineMetrics>,
     ) -> Result<Engine, WeightsError> {
-        let (jobs, queue) = mpsc::channel::<Job>();
+        let (jobs, queue) = mpsc::channel::<Incoming>();
         let (ready_tx, ready_rx) = mpsc::channel();
         let stopping = Arc::new(AtomicBool::new(false));
         let stop_flag = Arc::clone(&stopping);
@@ -135,6 +168,8 @@ impl Engine {
                     stopping: stop_flag,
                     waiting: waiting_count,
                     cost: CostModel::default(),
+                    forwards: 0,
+                    given_back: 0,
                 }
                 .run(&queue);
             })
@@ -157,15 +192,28 @@ impl Engine {
         }
     }
 
-    /// Queues a job; `Err` gives it back if the thread has ended.
+    /// Queues a job.
     ///
     /// # Errors
     /// The compute thread is gone.
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
+    pub fn submit(&self, job: Job) -> Result<(), Stopped> {
+        self.send(Incoming::Decoded(job))
+    }
+
+    /// Queues a request for the model thread to check and decode (see
+    /// [`EncodedJob`]).
+    ///
+    /// # Errors
+    /// The compute thread is gone.
+    pub fn submit_encoded(&self, job: EncodedJob) -> Result<(), Stopped> {
+        self.send(Incoming::Encoded(job))
+    }
+
+    fn send(&self, incoming: Incoming) -> Result<(), Stopped> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
-        self.jobs.send(job).map_err(|e| {
+        self.jobs.send(incoming).map_err(|_| {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
-            e.0
+            Stopped
         })
     }
 
@@ -192,16 +240,25 @@ impl Engine {
 
 impl Worker {
     /// Forms and computes batches until every sender is gone.
-    fn run(mut self, queue: &mpsc::Receiver<Job>) {
+    fn run(mut self, queue: &mpsc::Receiver<Incoming>) {
         let mut waiting = VecDeque::new();
         loop {
             if waiting.is_empty() {
                 match queue.recv() {
-                    Ok(job) => waiting.push_back(job),
-                    Err(_) => return,
+                    Ok(incoming) => waiting.extend(self.intake(incoming)),
+                    Err(_) => {
+                        info!(
+                            forwards = self.forwards,
+                            given_back = self.given_back,
+                            "model thread stopped"
+                        );
+                        return;
+                    }
                 }
             }
-            waiting.extend(queue.try_iter());
+            for incoming in queue.try_iter() {
+                waiting.extend(self.intake(incoming));
+            }
             let mut batch = batch::take(&mut waiting, self.batching.max_samples);
             self.wait_for_more(queue, &mut batch, &mut waiting);
             if self.stopping.load(Ordering::SeqCst) {
@@ -225,29 +282,60 @@ impl Worker {
 
     /// Lets a batch that is not full wait up to the batch timeout for more
     /// jobs of its start layer; jobs of other start layers queue up.
-    fn wait_for_more(&self, queue: &mpsc::Receiver<Job>, batch: &mut Vec<Job>, waiting: &mut VecDeque<Job>) {
+    fn wait_for_more(&mut self, queue: &mpsc::Receiver<Incoming>, batch: &mut Vec<Job>, waiting: &mut VecDeque<Job>) {
         if self.batching.timeout.is_zero() {
             return;
         }
         let until = Instant::now() + self.batching.timeout;
         while batch::samples(batch) < self.batching.max_samples {
             let left = until.saturating_duration_since(Instant::now());
-            match queue.recv_timeout(left) {
-                Ok(job) if batch::fits(batch, &job, self.batching.max_samples) => batch.push(job),
-                Ok(job) => waiting.push_back(job),
+            match queue.recv_timeout(left).map(|incoming| self.intake(incoming)) {
+                Ok(Some(job)) if batch::fits(batch, &job, self.batching.max_samples) => batch.push(job),
+                Ok(Some(job)) => waiting.push_back(job),
+                Ok(None) => {}
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
             }
         }
     }
 
+    /// A job ready to wait for a batch, or `None` when the request did not
+    /// pass the checks (answered ERROR here).
+    fn intake(&mut self, incoming: Incoming) -> Option<Job> {
+        let encoded = match incoming {
+            Incoming::Decoded(job) => return Some(job),
+            Incoming::Encoded(encoded) => encoded,
+        };
+        match prepare_request(&encoded.request, &self.unit) {
+            Ok(mut request) => {
+                request.attempts = request.attempts.max(encoded.attempts);
+                Some(Job {
+                    request,
+                    received: encoded.received,
+                    deadline: encoded.deadline,
+                    done: encoded.done,
+                })
+            }
+            Err(refused) => {
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                let reply = refusal(&self.unit, refused, encoded.received.elapsed());
+                let _ = encoded.done.send(Outcome::Reply(reply));
+                None
+            }
+        }
+    }
+
     /// Ends a job without computing it.
-    fn settle(&self, job: Job, outcome: Outcome) {
+    fn settle(&mut self, job: Job, outcome: Outcome) {
+        if matches!(outcome, Outcome::Requeue) {
+            self.given_back += 1;
+        }
         self.waiting.fetch_sub(1, Ordering::Relaxed);
         let _ = job.done.send(outcome);
     }
 
     /// One forward pass over `batch`; every job gets its reply.
     fn compute(&mut self, batch: Vec<Job>) {
+        self.forwards += 1;
         self.waiting.fetch_sub(batch.len(), Ordering::Relaxed);
         let started = Instant::now();
         let samples = batch::samples(&batch);
@@ -263,7 +351,12 @@ impl Worker {
             Err(format!("internal error while computing: {message}"))
         });
         let compute = started.elapsed();
-        self.cost.observe(start, samples, compute, Instant::now());
+        if replies.is_ok() {
+            // A failed forward says nothing of what a forward costs: one that
+            // failed at once would make hopeless requests look feasible, one
+            // that failed slowly would make every request look hopeless.
+            self.cost.observe(start, samples, compute, Instant::now());
+        }
         self.metrics.batch_size.observe(samples as f64);
         self.metrics.compute_seconds.observe(compute.as_secs_f64());
         let replies = replies.unwrap_or_else(|message| vec![Err(message); batch.len()]);
@@ -305,5 +398,75 @@ impl Worker {
                 reply
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use dnet_proto::StatusCode;
+    use tch::{Device, Kind};
+
+    use super::*;
+    use crate::model::DEFAULT_THRESHOLDS;
+    use crate::weights::WeightSource;
+
+    fn job(x: Tensor) -> (Job, oneshot::Receiver<Outcome>) {
+        let (done, outcome) = oneshot::channel();
+        let job = Job {
+            request: Prepared::new(0, x),
+            received: Instant::now(),
+            deadline: None,
+            done,
+        };
+        (job, outcome)
+    }
+
+    fn status(outcome: oneshot::Receiver<Outcome>) -> i32 {
+        match outcome.blocking_recv() {
+            Ok(Outcome::Reply(reply)) => reply.status,
+            other => panic!("a reply expected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_forward_teaches_the_cost_model_nothing() {
+        let model = load(&WeightSource::Random(1), Device::Cpu, Precision::F32)
+            .expect("random weights")
+            .model;
+        let _no_grad = tch::no_grad_guard();
+        let mut worker = Worker {
+            model,
+            unit: UnitSettings::new(16, DEFAULT_THRESHOLDS, "engine-test"),
+            batching: BatchPolicy {
+                max_samples: 8,
+                timeout: Duration::ZERO,
+            },
+            metrics: Arc::new(EngineMetrics::default()),
+            stopping: Arc::new(AtomicBool::new(false)),
+            waiting: Arc::new(AtomicUsize::new(2)),
+            cost: CostModel::default(),
+            forwards: 0,
+            given_back: 0,
+        };
+
+        // Images far too small for the network: the forward fails.
+        let (bad, outcome) = job(Tensor::zeros([1, 3, 2, 2], (Kind::Float, Device::Cpu)));
+        worker.compute(vec![bad]);
+        assert_eq!(status(outcome), StatusCode::Error as i32);
+        assert_eq!(
+            worker.cost.estimate(0, 1, Instant::now()),
+            Duration::ZERO,
+            "nothing learnt"
+        );
+
+        let (good, outcome) = job(Tensor::zeros([1, 3, 32, 32], (Kind::Float, Device::Cpu)));
+        worker.compute(vec![good]);
+        assert_eq!(status(outcome), StatusCode::Success as i32);
+        assert!(
+            worker.cost.estimate(0, 1, Instant::now()) > Duration::ZERO,
+            "a forward that worked teaches it"
+        );
     }
 }

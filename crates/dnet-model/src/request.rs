@@ -28,6 +28,9 @@ pub struct UnitSettings {
     pub allow_threshold_override: Option<OverrideBounds>,
     /// Most samples accepted in one request.
     pub max_request_samples: usize,
+    /// Units a request may have ended (died holding it) before it is
+    /// answered ERROR instead of computed (a poison request).
+    pub max_attempts: u32,
     /// Largest message this unit may send: a request whose tensor for the
     /// next unit would not fit is refused before it is computed.
     pub max_message_bytes: usize,
@@ -53,6 +56,7 @@ impl UnitSettings {
             exit_rule: ExitRule::PerSample,
             allow_threshold_override: None,
             max_request_samples: 64,
+            max_attempts: 3,
             max_message_bytes: 64 << 20,
             unit_name: unit_name.to_owned(),
             device: Device::Cpu,
@@ -76,6 +80,8 @@ pub struct Prepared {
     /// The request's own thresholds (checked against this unit's bounds),
     /// handed on with it (boxed: most requests carry none).
     pub thresholds: Option<Box<[f64; SIDE_EXITS]>>,
+    /// Units that ended holding it so far; handed on with it.
+    pub attempts: u32,
 }
 
 impl Prepared {
@@ -89,6 +95,7 @@ impl Prepared {
             samples,
             pickled: false,
             thresholds: None,
+            attempts: 0,
         }
     }
 }
@@ -123,6 +130,9 @@ pub fn prepare_request(request: &ComputationRequest, settings: &UnitSettings) ->
         start_layer: request.start_layer,
         message,
     };
+    if request.attempts >= settings.max_attempts {
+        return Err(refused(poisoned_message(request.attempts, settings.max_attempts)));
+    }
     let start = dnet_codec::check_start_layer(request.start_layer, settings.exit).map_err(refused)?;
     let thresholds = dnet_codec::check_thresholds(&request.thresholds).map_err(refused)?;
     if let Some(thresholds) = &thresholds {
@@ -136,7 +146,7 @@ pub fn prepare_request(request: &ComputationRequest, settings: &UnitSettings) ->
     }
     .map_err(|e| refused(e.to_string()))?;
     let samples = usize::try_from(x.size()[0]).map_err(|e| refused(e.to_string()))?;
-    if let Some(bytes) = hand_on_bytes(settings.exit, samples).filter(|&b| b > settings.max_message_bytes) {
+    if let Some(bytes) = reply_bytes(settings.exit, samples).filter(|&b| b > settings.max_message_bytes) {
         return Err(refused(format!(
             "x of {samples} samples would hand on {bytes} bytes at exit {} if not confident, over the message \
              limit of {} bytes (--max-message-bytes): send fewer samples per request",
@@ -149,22 +159,50 @@ pub fn prepare_request(request: &ComputationRequest, settings: &UnitSettings) ->
         samples,
         pickled,
         thresholds: thresholds.map(Box::new),
+        attempts: request.attempts,
     })
+}
+
+/// The ERROR message of a request that `attempts` units ended holding.
+#[must_use]
+pub fn poisoned_message(attempts: u32, max_attempts: u32) -> String {
+    format!("this request stopped {attempts} workers (--max-attempts {max_attempts}): it is not computed again")
 }
 
 /// Room a handed-on `x` takes besides its values: the safetensors header and
 /// the `ComputationResponse` around it.
 const HAND_ON_OVERHEAD: usize = 1024;
+/// Bytes per sample of a reply's answer rows (`answered`): category (I64),
+/// ten probabilities (F32) and the exit layer (I64).
+const ANSWER_ROW_BYTES: usize = 8 + 10 * 4 + 8;
+/// The safetensors header of the answer rows.
+const ANSWER_HEADER: usize = 256;
 
-/// Bytes of the reply that hands `samples` on at `exit` (F32), or `None` at
-/// exit 16, which never hands on.
-fn hand_on_bytes(exit: usize, samples: usize) -> Option<usize> {
+/// Bytes of the largest reply to `samples` at `exit`: the tensor handed on
+/// (F32) and the answer rows of the samples answered here (per-sample exits
+/// send both), or `None` at exit 16, which never hands on.
+#[must_use]
+pub fn reply_bytes(exit: usize, samples: usize) -> Option<usize> {
     let shape = dnet_codec::BOUNDARY_SHAPES.get(exit)?;
+    let per_sample = shape.iter().product::<usize>() * 4 + ANSWER_ROW_BYTES;
     Some(
         samples
-            .saturating_mul(shape.iter().product::<usize>() * 4)
-            .saturating_add(HAND_ON_OVERHEAD),
+            .saturating_mul(per_sample)
+            .saturating_add(HAND_ON_OVERHEAD + ANSWER_HEADER),
     )
+}
+
+/// The largest message a unit of `exit` may have to read or send for
+/// requests of `samples`: an `x` at any start layer it accepts (0..exit),
+/// or its reply.
+#[must_use]
+pub fn largest_message(exit: usize, samples: usize) -> usize {
+    let incoming = dnet_codec::BOUNDARY_SHAPES[..exit.min(dnet_codec::BOUNDARY_SHAPES.len())]
+        .iter()
+        .map(|shape| samples.saturating_mul(shape.iter().product::<usize>() * 4) + HAND_ON_OVERHEAD)
+        .max()
+        .unwrap_or(0);
+    incoming.max(reply_bytes(exit, samples).unwrap_or(0))
 }
 
 /// This unit's hop record for a request that started at `start_layer`,
@@ -228,7 +266,7 @@ pub fn respond(
         .as_deref()
         .copied()
         .unwrap_or_else(|| settings.thresholds.get());
-    let decision = decide(probs, (exit < TRUNK_LAYERS).then(|| thresholds[exit - 1]));
+    let decision = decide(probs, (exit < TRUNK_LAYERS).then(|| thresholds[exit - 1]))?;
     let per_sample = settings.exit_rule == ExitRule::PerSample && !request.pickled;
     let mut response = ComputationResponse {
         confidence: decision.min_confidence,
@@ -269,6 +307,7 @@ pub fn respond(
         start_layer: exit as u64,
         x: x.into(),
         thresholds: request.thresholds.as_deref().map(|t| t.to_vec()).unwrap_or_default(),
+        attempts: request.attempts,
     }));
     Ok(response)
 }
@@ -282,4 +321,31 @@ fn exit_layers(decision: &Decision, exit: usize) -> Tensor {
         .map(|&confident| if confident { exit as i64 } else { 0 })
         .collect();
     Tensor::from_slice(&exits)
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::{Device, Kind};
+
+    use super::*;
+    use crate::model::DEFAULT_THRESHOLDS;
+
+    #[test]
+    fn the_reply_size_check_counts_the_answer_rows_too() {
+        // At exit 8 a sample handed on is 288 x 24 x 24 F32; with per-sample
+        // exits the reply also carries every sample's answer row.
+        let samples = 64;
+        let handed_on_only = samples * 288 * 24 * 24 * 4 + HAND_ON_OVERHEAD;
+        let mut settings = UnitSettings::new(8, DEFAULT_THRESHOLDS, "request-test");
+        settings.max_message_bytes = handed_on_only;
+        let x = Tensor::zeros([samples as i64, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let request = ComputationRequest {
+            x: codec::encode_x(&x).expect("encodes").into(),
+            ..ComputationRequest::default()
+        };
+        let refused = prepare_request(&request, &settings).expect_err("the answer rows do not fit");
+        assert!(refused.message.contains("--max-message-bytes"), "{}", refused.message);
+        settings.max_message_bytes = reply_bytes(8, samples).expect("exit 8 hands on");
+        assert!(prepare_request(&request, &settings).is_ok());
+    }
 }

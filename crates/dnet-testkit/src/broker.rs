@@ -160,6 +160,15 @@ impl PrivateBroker {
     /// # Errors
     /// rabbitmq-server is missing, or the node does not come up.
     pub fn start() -> anyhow::Result<PrivateBroker> {
+        PrivateBroker::start_with_config("")
+    }
+
+    /// [`PrivateBroker::start`] with more `rabbitmq.conf` lines (e.g.
+    /// `max_message_size = 1048576`).
+    ///
+    /// # Errors
+    /// rabbitmq-server is missing, or the node does not come up.
+    pub fn start_with_config(config: &str) -> anyhow::Result<PrivateBroker> {
         static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let count = STARTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let node = format!("dnet-test-{}-{count}@localhost", std::process::id());
@@ -169,7 +178,7 @@ impl PrivateBroker {
         // Our own config file, so the machine's (which names port 5672) is not read.
         std::fs::write(
             path.join("rabbitmq.conf"),
-            format!("listeners.tcp.1 = 127.0.0.1:{amqp_port}\n"),
+            format!("listeners.tcp.1 = 127.0.0.1:{amqp_port}\n{config}\n"),
         )?;
         std::fs::write(path.join("enabled_plugins"), "[].\n")?;
         let private = PrivateBroker {

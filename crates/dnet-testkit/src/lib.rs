@@ -11,6 +11,7 @@
 //!   processes, ready when they say so, with their addresses read from their logs.
 //! - `metrics`: reading a program's `/metrics`.
 //! - `grpc`: clients, health and queue status of a unit.
+//! - `flood`: many large calls at once over raw HTTP/2, and a process's peak memory.
 //! - `wait`: waiting for a condition, failing with what never came.
 //! - `stats`: median and spread of repeated measurements, for benchmarks.
 //! - `hostile`: hostile forms of the original's tensor pickle (deep, huge,
@@ -22,6 +23,7 @@
 //! stop before their queue is deleted (a consumer would declare it again).
 
 pub mod broker;
+pub mod flood;
 pub mod grpc;
 pub mod hostile;
 pub mod metrics;

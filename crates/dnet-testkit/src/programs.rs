@@ -179,11 +179,31 @@ impl TransmissionUnit {
         extra: &[&str],
         hosts: Option<&Path>,
     ) -> anyhow::Result<TransmissionUnit> {
-        let model_flags = [
-            ("-e", exit.to_string()),
-            ("--random-weights", seed.to_string()),
-            ("--threads", "1".to_owned()),
-        ];
+        let mut unit = TransmissionUnit::launch_direct_unit(exit, seed, extra, hosts).await?;
+        unit.process.wait_for_event("model ready", READY_WITHIN).await?;
+        Ok(unit)
+    }
+
+    /// Starts a direct unit and waits only until it serves gRPC: its model
+    /// may still be loading (its health says NOT_SERVING until it is ready).
+    ///
+    /// # Errors
+    /// It does not start.
+    pub async fn launch_direct(exit: u8, seed: u64, extra: &[&str]) -> anyhow::Result<TransmissionUnit> {
+        TransmissionUnit::launch_direct_unit(exit, seed, extra, None).await
+    }
+
+    async fn launch_direct_unit(
+        exit: u8,
+        seed: u64,
+        extra: &[&str],
+        hosts: Option<&Path>,
+    ) -> anyhow::Result<TransmissionUnit> {
+        let mut model_flags = vec![("-e", exit.to_string()), ("--threads", "1".to_owned())];
+        // Random weights unless the test gives a weights file.
+        if !extra.contains(&"--weights") {
+            model_flags.push(("--random-weights", seed.to_string()));
+        }
         TransmissionUnit::spawn("computation-unit", &["serve"], "du", &model_flags, extra, hosts).await
     }
 

@@ -100,7 +100,7 @@ pub async fn run(sample: Sample, context: &Context) -> Record {
         x.map(|x| ComputationRequest {
             start_layer: 0,
             x: x.into(),
-            thresholds: Vec::new(),
+            ..ComputationRequest::default()
         })
         .map_err(|_| failed("ENCODE", false))
     };

@@ -110,7 +110,7 @@ async fn main() {
                 move || {
                     let (bare, body) = (bare.clone(), body.clone());
                     async move {
-                        bare.call(&body, tokio::time::Instant::now() + Duration::from_secs(30))
+                        bare.call(&body, 0, tokio::time::Instant::now() + Duration::from_secs(30))
                             .await
                             .expect("reply");
                     }

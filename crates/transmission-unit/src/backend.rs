@@ -42,7 +42,7 @@ pub trait Backend: Send + Sync + 'static {
 /// down to its fields; tensors stay bytes, sliced from the reply's buffer.
 impl Backend for QueueClient {
     async fn compute(&self, request: &ComputationRequest, deadline: Instant) -> Result<ComputationResponse, Error> {
-        let reply = self.call(&request.encode_to_vec(), deadline).await?;
+        let reply = self.call(&request.encode_to_vec(), request.attempts, deadline).await?;
         ComputationResponse::decode(Bytes::from(reply))
             .map_err(|e| Error::BadReply(format!("not a ComputationResponse ({e})")))
     }

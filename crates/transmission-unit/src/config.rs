@@ -43,18 +43,47 @@ pub struct AmqpCredentials {
     #[arg(long, env = "DNET_AMQP_USER")]
     pub amqp_user: Option<String>,
 
-    /// RabbitMQ password, replacing the one in the broker address.
+    /// RabbitMQ password, replacing the one in the broker address. Pass it
+    /// as DNET_AMQP_PASSWORD or in --amqp-password-file: on the command line
+    /// every user of the machine sees it (`ps`).
     #[arg(long, env = "DNET_AMQP_PASSWORD", hide_env_values = true)]
     pub amqp_password: Option<String>,
+
+    /// File holding the RabbitMQ password (e.g. a mounted Secret; one
+    /// trailing newline is ignored), replacing the one in the broker address.
+    #[arg(long, env = "DNET_AMQP_PASSWORD_FILE", conflicts_with = "amqp_password")]
+    pub amqp_password_file: Option<PathBuf>,
 }
 
 impl AmqpCredentials {
     /// `uri` with these credentials in it.
     ///
     /// # Errors
-    /// `uri` is not an amqp:// or amqps:// URI.
+    /// `uri` is not an amqp:// or amqps:// URI; the password file cannot be read.
     pub fn apply(&self, uri: &str) -> Result<String, String> {
-        dnet_amqp::with_credentials(uri, self.amqp_user.as_deref(), self.amqp_password.as_deref())
+        let from_file = match &self.amqp_password_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map(|text| text.strip_suffix('\n').unwrap_or(&text).to_owned())
+                    .map_err(|e| format!("--amqp-password-file {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        let password = from_file.as_deref().or(self.amqp_password.as_deref());
+        dnet_amqp::with_credentials(uri, self.amqp_user.as_deref(), password)
+    }
+
+    /// Warns when the password was given as `--amqp-password` on the command
+    /// line (not from DNET_AMQP_PASSWORD), where `ps` shows it.
+    pub fn warn_if_password_on_command_line(&self) {
+        let on_command_line =
+            std::env::args().any(|arg| arg == "--amqp-password" || arg.starts_with("--amqp-password="));
+        if on_command_line {
+            tracing::warn!(
+                "--amqp-password on the command line is visible to every user of this machine (ps); \
+                 set DNET_AMQP_PASSWORD or --amqp-password-file instead"
+            );
+        }
     }
 }
 
@@ -83,6 +112,12 @@ pub struct EdgeArgs {
     #[arg(long, env = "DNET_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub timeout: Duration,
 
+    /// Longest deadline a call may have: a caller's longer `grpc-timeout` is
+    /// cut to it (counted in dnet_deadline_clamped_total). Deadlines travel
+    /// as AMQP expirations, which brokers bound (2^32 - 1 ms at most).
+    #[arg(long, env = "DNET_MAX_DEADLINE", default_value = "5m", value_parser = parse_duration)]
+    pub max_deadline: Duration,
+
     #[command(flatten)]
     pub observability: ObservabilityArgs,
 
@@ -91,8 +126,9 @@ pub struct EdgeArgs {
     pub unit_name: Option<String>,
 
     /// Largest message accepted or sent, in bytes: gRPC calls and, in a
-    /// transmission unit, its queue's messages.
-    #[arg(long, env = "DNET_MAX_MESSAGE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    /// transmission unit, its queue's messages. The default holds 64 samples
+    /// at the largest boundary (layers 7-8: 648 KiB per sample).
+    #[arg(long, env = "DNET_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
 
     /// Serve gRPC over TLS with this certificate chain (PEM); needs --tls-key.
@@ -123,12 +159,25 @@ pub struct EdgeArgs {
     #[arg(long, env = "DNET_NEXT_TLS_KEY", requires = "next_tls_cert")]
     pub next_tls_key: Option<PathBuf>,
 
-    /// Calls handled at once; more get RESOURCE_EXHAUSTED at once [default:
-    /// as many as fit half the memory this process may use (cgroup limit, else
-    /// the machine's) with a request and a reply of --max-message-bytes each,
-    /// at most 1024].
+    /// Calls handled at once; more get RESOURCE_EXHAUSTED at once, before
+    /// their message is read [default: as many as fit three quarters of the
+    /// memory budget (half of what this process may use: the cgroup limit,
+    /// else the machine's) with a request and a reply of --max-message-bytes
+    /// each, at most 1024].
     #[arg(long, env = "DNET_MAX_IN_FLIGHT", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: Option<u32>,
+
+    /// Calls one connection may have in flight; more get RESOURCE_EXHAUSTED
+    /// at once [default: --max-in-flight, so that one caller (the previous
+    /// unit) can use the whole unit; lower it to share the unit fairly].
+    #[arg(long, env = "DNET_MAX_CALLS_PER_CONNECTION", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_calls_per_connection: Option<u32>,
+
+    /// Open gRPC connections; more are closed as they arrive (each may
+    /// buffer up to 16 MiB of HTTP/2 flow-control window) [default: as many
+    /// as fit a quarter of the memory budget, 8..1024].
+    #[arg(long, env = "DNET_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
 
     /// Requests waiting to be computed (in the queue, read every 250 ms; in
     /// a direct unit, for its model) above which calls get RESOURCE_EXHAUSTED
@@ -157,19 +206,71 @@ pub struct EdgeArgs {
     pub shutdown_grace: Duration,
 }
 
-/// The most calls a transmission unit takes by default.
-const MAX_IN_FLIGHT_CAP: u64 = 1024;
+/// The default `--max-message-bytes`: 64 samples at the largest boundary
+/// (288 x 24 x 24 F32, 648 KiB each), their answer rows and room to spare.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 48 << 20;
+/// The most calls, and the most connections, a unit takes by default.
+const DEFAULT_CAP: u64 = 1024;
+/// The fewest connections a unit takes by default.
+const MIN_CONNECTIONS: u64 = 8;
 
 impl EdgeArgs {
-    /// `--max-in-flight`, else what fits half the memory this process may
-    /// use with two messages of `--max-message-bytes` per call.
+    /// Memory this unit's limits are sized to by default: half of what the
+    /// process may use (cgroup limit, else the machine's; 1 GiB if unknown).
+    fn memory_budget() -> u64 {
+        dnet_common::resources::memory_limit_bytes().unwrap_or(1 << 30) / 2
+    }
+
+    /// `--max-in-flight`, else what fits three quarters of the memory
+    /// budget with two messages of `--max-message-bytes` per call.
     #[must_use]
     pub fn max_in_flight(&self) -> u32 {
         self.max_in_flight.unwrap_or_else(|| {
             let per_call = 2 * self.max_message_bytes.max(1) as u64;
-            let budget = dnet_common::resources::memory_limit_bytes().unwrap_or(1 << 30) / 2;
-            u32::try_from((budget / per_call).clamp(1, MAX_IN_FLIGHT_CAP)).unwrap_or(1)
+            let calls = (Self::memory_budget() / 4 * 3 / per_call).clamp(1, DEFAULT_CAP);
+            u32::try_from(calls).unwrap_or(1)
         })
+    }
+
+    /// `--max-calls-per-connection`, else `--max-in-flight`.
+    #[must_use]
+    pub fn max_calls_per_connection(&self) -> u32 {
+        self.max_calls_per_connection.unwrap_or_else(|| self.max_in_flight())
+    }
+
+    /// `--max-connections`, else what fits a quarter of the memory budget
+    /// with a full HTTP/2 connection window each.
+    #[must_use]
+    pub fn max_connections(&self) -> u32 {
+        self.max_connections.unwrap_or_else(|| {
+            let per_connection = u64::from(dnet_common::http2::CONNECTION_WINDOW);
+            let connections = (Self::memory_budget() / 4 / per_connection).clamp(MIN_CONNECTIONS, DEFAULT_CAP);
+            u32::try_from(connections).unwrap_or(u32::MAX)
+        })
+    }
+
+    /// The most memory the unit's calls and connections may hold: a request
+    /// and a reply of `--max-message-bytes` per call in flight, and a full
+    /// connection window per connection (docs/architecture.md, "Admission").
+    #[must_use]
+    pub fn memory_bound(&self) -> u64 {
+        let calls = u64::from(self.max_in_flight()) * 2 * self.max_message_bytes as u64;
+        let connections = u64::from(self.max_connections()) * u64::from(dnet_common::http2::CONNECTION_WINDOW);
+        calls + connections
+    }
+
+    /// Settings that contradict each other.
+    ///
+    /// # Errors
+    /// A message naming the flags.
+    pub fn check(&self) -> Result<(), String> {
+        if self.timeout > self.max_deadline {
+            return Err(format!(
+                "--timeout {:?} is longer than --max-deadline {:?}: raise --max-deadline or lower --timeout",
+                self.timeout, self.max_deadline
+            ));
+        }
+        Ok(())
     }
 
     /// The unit name for hop records: `--unit-name`, else `HOSTNAME:port`.

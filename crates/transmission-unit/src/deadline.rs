@@ -1,4 +1,5 @@
-//! The deadline of a call: the caller's `grpc-timeout` header, else a default.
+//! The deadline of a call: the caller's `grpc-timeout` header, else a
+//! default, never more than `--max-deadline` (docs/architecture.md, "Deadlines").
 
 use std::time::Duration;
 
@@ -9,15 +10,30 @@ use tonic::metadata::MetadataMap;
 /// caller's transport cancels; 20 ms covers the answer's way back on a busy host.
 const MARGIN: Duration = Duration::from_millis(20);
 
+/// How long a call may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub time: Duration,
+    /// The caller asked for more than the unit allows (`--max-deadline`).
+    pub clamped: bool,
+}
+
 /// How long this call may take: the caller's `grpc-timeout` (less a small
-/// margin) when set and valid, else `default`.
+/// margin) when set and valid, else `default`; at most `max`. A caller's
+/// deadline is a header it controls: `grpc-timeout: 99999999H` (11,000
+/// years) would otherwise become an AMQP expiration that newer brokers
+/// refuse by closing the publish channel.
 #[must_use]
-pub fn budget(metadata: &MetadataMap, default: Duration) -> Duration {
-    metadata
+pub fn budget(metadata: &MetadataMap, default: Duration, max: Duration) -> Budget {
+    let asked = metadata
         .get("grpc-timeout")
         .and_then(|value| value.to_str().ok())
         .and_then(parse_grpc_timeout)
-        .map_or(default, |timeout| timeout.saturating_sub(MARGIN.min(timeout / 10)))
+        .map_or(default, |timeout| timeout.saturating_sub(MARGIN.min(timeout / 10)));
+    Budget {
+        time: asked.min(max),
+        clamped: asked > max,
+    }
 }
 
 /// Parses a `grpc-timeout` value: up to 8 digits and a unit (H M S m u n).
@@ -62,9 +78,30 @@ mod tests {
 
     #[test]
     fn budget_falls_back_to_default_and_keeps_a_margin() {
+        let max = Duration::from_secs(60);
         let mut metadata = MetadataMap::new();
-        assert_eq!(budget(&metadata, Duration::from_secs(3)), Duration::from_secs(3));
+        assert_eq!(
+            budget(&metadata, Duration::from_secs(3), max).time,
+            Duration::from_secs(3)
+        );
         metadata.insert("grpc-timeout", "1000m".parse().expect("valid header"));
-        assert_eq!(budget(&metadata, Duration::from_secs(3)), Duration::from_millis(980));
+        let budget = budget(&metadata, Duration::from_secs(3), max);
+        assert_eq!(budget.time, Duration::from_millis(980));
+        assert!(!budget.clamped);
+    }
+
+    #[test]
+    fn a_deadline_longer_than_the_maximum_is_clamped() {
+        let max = Duration::from_secs(300);
+        let mut metadata = MetadataMap::new();
+        // 50 days: more than an AMQP expiration may hold (2^32 - 1 ms).
+        metadata.insert("grpc-timeout", "1200H".parse().expect("valid header"));
+        assert_eq!(
+            budget(&metadata, Duration::from_secs(3), max),
+            Budget {
+                time: max,
+                clamped: true
+            }
+        );
     }
 }

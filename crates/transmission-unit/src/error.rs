@@ -20,6 +20,13 @@ pub enum QueueError {
     /// The broker refused the message (negative publisher confirm).
     #[error("RabbitMQ refused the request for queue '{queue}'")]
     Refused { queue: String },
+    /// The broker closed the publish channel while this call published on
+    /// it (a message it refuses: over its `max_message_size`, an expiration
+    /// it does not accept, a permission it lacks). The unit reopens the
+    /// channel; the call is tried once more (another call's message may
+    /// have been the cause), then answered with this.
+    #[error("RabbitMQ closed the channel publishing to queue '{queue}': {text} (AMQP {code})")]
+    ChannelClosed { queue: String, code: u16, text: String },
     /// The AMQP operation itself failed (channel or connection error).
     #[error("RabbitMQ operation on queue '{queue}' failed: {source}")]
     Amqp {
@@ -41,12 +48,23 @@ pub enum Error {
     /// A direct unit's own model could not compute the request before its deadline.
     #[error("not computed before the deadline: {0}")]
     Expired(String),
+    /// A direct unit's own model is still loading (its health says NOT_SERVING).
+    #[error("this unit is still loading its model")]
+    Loading,
     /// A direct unit's own model has stopped taking requests.
     #[error("this unit is stopping and computes no more requests")]
     Stopping,
-    /// The next unit cannot be reached.
+    /// None of the next unit's addresses is serving (grpc.health): it is
+    /// down, and waiting for it is no use to the caller.
+    #[error("next unit {address} is unavailable: none of its addresses is serving")]
+    NextDown { address: String },
+    /// The call could not be sent to the next unit: nothing reached it.
     #[error("next unit {address} is unavailable: {message}")]
-    NextUnavailable { address: String, message: String },
+    NextNotSent { address: String, message: String },
+    /// The call broke after it was sent: the next unit may have computed it
+    /// (or died of it), so it is not sent again.
+    #[error("next unit {address} failed during the call (not retried: it may have been computed): {message}")]
+    NextBroken { address: String, message: String },
     /// The next unit did not answer within the remaining deadline.
     #[error("next unit {address} did not answer before the deadline")]
     NextDeadline { address: String },
@@ -68,7 +86,17 @@ impl Error {
                 Code::DeadlineExceeded
             }
             Error::Queue(QueueError::TooLarge { .. }) => Code::ResourceExhausted,
-            Error::Queue(_) | Error::NextUnavailable { .. } | Error::Stopping => Code::Unavailable,
+            Error::Queue(QueueError::ChannelClosed { code, .. }) => match *code {
+                403 => Code::PermissionDenied,
+                406 => Code::FailedPrecondition,
+                _ => Code::Unavailable,
+            },
+            Error::Queue(_)
+            | Error::NextDown { .. }
+            | Error::NextNotSent { .. }
+            | Error::NextBroken { .. }
+            | Error::Loading
+            | Error::Stopping => Code::Unavailable,
             Error::BadReply(_) => Code::Internal,
             Error::Next { code, .. } => *code,
         }

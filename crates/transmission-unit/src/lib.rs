@@ -11,6 +11,8 @@
 //! - `queue_unit`: `run(listener, config, shutdown)`: the transmission unit.
 //! - `server`: `serve`: gRPC, health, reflection, metrics, admission, drain,
 //!   for any `Backend` (shared with `computation-unit serve`).
+//! - `admission`: call slots taken before a call's message is read.
+//! - `connections`: the cap on open gRPC connections.
 //! - `backend`: what computes a unit's exit; the queue is one backend.
 //! - `service`: the `unit.DNet` handlers (`Compute`, `Qstatus`).
 //! - `queue_client`: AMQP RPC with many calls in flight, reconnecting on loss.
@@ -23,9 +25,11 @@
 //! - `retry`: retries of UNAVAILABLE within the deadline (full jitter, budget).
 //! - `tls`: TLS settings of the server and of the client to the next unit.
 
+pub mod admission;
 pub mod answered;
 pub mod backend;
 pub mod config;
+pub mod connections;
 pub mod deadline;
 pub mod error;
 pub mod hop;

@@ -8,6 +8,7 @@ use transmission_unit::config::Config;
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     dnet_common::telemetry::init(config.edge.observability.log_format);
+    config.amqp_credentials.warn_if_password_on_command_line();
     let (listener, metrics_listener) = transmission_unit::server::bind(&config.edge).await?;
     transmission_unit::queue_unit::run(listener, metrics_listener, config, dnet_common::shutdown::signal()).await?;
     Ok(())

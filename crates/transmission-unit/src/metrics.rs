@@ -35,6 +35,12 @@ pub struct Metrics {
     pub next_addresses: Gauge,
     /// Attempts repeated after UNAVAILABLE, by what was retried (queue, next).
     pub retries: Family<TargetLabel, Counter>,
+    /// Calls whose caller asked for a deadline past `--max-deadline`.
+    pub deadline_clamped: Counter,
+    /// gRPC connections open now.
+    pub connections: Gauge,
+    /// gRPC connections closed on arrival: `--max-connections` were open.
+    pub connections_refused: Counter,
 }
 
 /// Label of `dnet_retries`: what was tried again.
@@ -57,6 +63,9 @@ impl Metrics {
             queue_waiting: Gauge::default(),
             next_addresses: Gauge::default(),
             retries: Family::default(),
+            deadline_clamped: Counter::default(),
+            connections: Gauge::default(),
+            connections_refused: Counter::default(),
         };
         registry.register(
             "dnet_requests",
@@ -95,13 +104,24 @@ impl Metrics {
         );
         registry.register(
             "dnet_next_addresses",
-            "Addresses of the next unit calls are spread over (those that accepted a connection at the last check, every second)",
+            "Addresses of the next unit calls are spread over (those whose grpc.health says SERVING)",
             metrics.next_addresses.clone(),
         );
         registry.register(
             "dnet_retries",
             "Attempts repeated after UNAVAILABLE within the call's deadline, by target (queue, next)",
             metrics.retries.clone(),
+        );
+        registry.register(
+            "dnet_deadline_clamped",
+            "Calls whose caller's deadline was cut to --max-deadline",
+            metrics.deadline_clamped.clone(),
+        );
+        registry.register("dnet_connections", "gRPC connections open", metrics.connections.clone());
+        registry.register(
+            "dnet_connections_refused",
+            "gRPC connections closed on arrival because --max-connections were open",
+            metrics.connections_refused.clone(),
         );
         metrics
     }

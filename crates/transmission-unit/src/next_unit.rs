@@ -6,7 +6,7 @@ use dnet_proto::{ComputationRequest, ComputationResponse, DNetClient};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 use tonic::transport::{Channel, ClientTlsConfig};
-use tonic::Code;
+use tonic::{Code, Status};
 
 use crate::error::Error;
 
@@ -54,40 +54,145 @@ impl NextUnit {
     /// Calls the next unit's `Compute`, passing on the remaining deadline.
     ///
     /// # Errors
-    /// `NextUnavailable` when it cannot be reached, `NextDeadline` when it does
-    /// not answer by `deadline`, `Next` with its code for any other error.
+    /// `NextDown` when none of its addresses is serving, `NextNotSent` when
+    /// the call could not be sent (nothing reached it: safe to try again),
+    /// `NextBroken` when the call broke after it was sent (it may have been
+    /// computed), `NextDeadline` when it does not answer by `deadline`, and
+    /// `Next` with its code for any error it answered itself.
     pub async fn compute(&self, request: ComputationRequest, deadline: Instant) -> Result<ComputationResponse, Error> {
+        let address = self.address.clone();
         if self.balanced.live() == 0 {
             // With no address to call, the balancer would wait until the deadline.
-            return Err(Error::NextUnavailable {
-                address: self.address.clone(),
-                message: "none of its addresses accepts connections".to_owned(),
-            });
+            return Err(Error::NextDown { address });
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         let mut request = tonic::Request::new(request);
         request.set_timeout(remaining);
         let mut client = self.client.clone();
-        let answer = tokio::time::timeout_at(deadline, client.compute(request)).await;
-        let address = self.address.clone();
-        match answer {
+        match tokio::time::timeout_at(deadline, client.compute(request)).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Err(_) => Err(Error::NextDeadline { address }),
-            Ok(Err(status)) => Err(match status.code() {
-                // The client's own timer, or a transport failure (refused, reset).
-                Code::Cancelled | Code::DeadlineExceeded if Instant::now() >= deadline => {
-                    Error::NextDeadline { address }
-                }
-                Code::Unavailable | Code::Unknown => Error::NextUnavailable {
-                    address,
-                    message: status.message().to_owned(),
-                },
-                code => Error::Next {
-                    address,
-                    code,
-                    message: status.message().to_owned(),
-                },
-            }),
+            Ok(Err(status)) => Err(classify(address, &status, deadline)),
         }
+    }
+}
+
+/// How far a failed call got (gRPC's retry design, gRFC A6): a status the
+/// next unit sent is its answer; a transport failure either stopped the
+/// call before anything was sent, or broke it after the unit may have
+/// started computing.
+fn classify(address: String, status: &Status, deadline: Instant) -> Error {
+    let message = status.message().to_owned();
+    if status.code() == Code::DeadlineExceeded && Instant::now() >= deadline {
+        return Error::NextDeadline { address };
+    }
+    let Some(source) = std::error::Error::source(status) else {
+        return Error::Next {
+            address,
+            code: status.code(),
+            message,
+        };
+    };
+    if never_sent(source) {
+        Error::NextNotSent { address, message }
+    } else {
+        Error::NextBroken { address, message }
+    }
+}
+
+/// Whether a transport error means that the request never reached the
+/// server: the connection could not be made, or HTTP/2 says the server did
+/// not process the stream (REFUSED_STREAM, or a GOAWAY that excludes it).
+fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<tonic::ConnectError>() {
+            return true;
+        }
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM) || (h2.is_go_away() && h2.is_remote());
+        }
+        cause = error.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use dnet_proto::{DNet, DNetServer, QstatusRequest, QstatusResponse};
+    use tokio::net::TcpListener;
+    use tonic::transport::Server;
+
+    use super::*;
+
+    /// How a call to `address` failed, as `NextUnit::compute` sees it.
+    async fn failure(address: std::net::SocketAddr) -> Error {
+        let channel = Channel::from_shared(format!("http://{address}"))
+            .expect("uri")
+            .connect_lazy();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = DNetClient::new(channel)
+            .compute(ComputationRequest::default())
+            .await
+            .expect_err("the call fails");
+        classify(address.to_string(), &status, deadline)
+    }
+
+    #[tokio::test]
+    async fn a_connection_refused_was_never_sent() {
+        let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = closed.local_addr().expect("address");
+        drop(closed);
+        assert!(matches!(failure(address).await, Error::NextNotSent { .. }));
+    }
+
+    struct Unavailable;
+
+    #[tonic::async_trait]
+    impl DNet for Unavailable {
+        async fn compute(
+            &self,
+            _: tonic::Request<ComputationRequest>,
+        ) -> Result<tonic::Response<ComputationResponse>, Status> {
+            Err(Status::unavailable("next unit c:1 is unavailable"))
+        }
+
+        async fn qstatus(&self, _: tonic::Request<QstatusRequest>) -> Result<tonic::Response<QstatusResponse>, Status> {
+            Err(Status::unimplemented("not here"))
+        }
+    }
+
+    #[tokio::test]
+    async fn unavailable_answered_by_the_next_unit_is_its_answer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        tokio::spawn(
+            Server::builder()
+                .add_service(DNetServer::new(Unavailable))
+                .serve_with_incoming(incoming),
+        );
+        match failure(address).await {
+            Error::Next { code, message, .. } => {
+                assert_eq!(code, Code::Unavailable);
+                assert!(message.contains("c:1"), "{message}");
+            }
+            other => panic!("answered by the next unit, not {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_breaks_after_the_request_may_have_reached_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        // A server that takes the request, then dies without answering.
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.expect("accept");
+            let mut connection = h2::server::handshake(socket).await.expect("handshake");
+            let _request = connection.accept().await;
+        });
+        assert!(matches!(failure(address).await, Error::NextBroken { .. }));
     }
 }

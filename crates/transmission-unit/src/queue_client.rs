@@ -22,11 +22,12 @@ use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use dnet_amqp::attempts::with_attempts;
 use dnet_amqp::deadline::with_deadline;
 use dnet_amqp::{computation_queue_arguments, computation_queue_options, connect_with_backoff, redact};
 
@@ -83,6 +84,10 @@ struct Inner {
     connected: watch::Sender<bool>,
     /// Ends the supervisor and closes the connection.
     stop: CancellationToken,
+    /// Tells the supervisor that the broker closed the publish channel.
+    publish_closed: Notify,
+    /// The supervisor task, awaited on close.
+    supervisor: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Messages waiting in the computation queue, as last read.
     waiting: AtomicU64,
 }
@@ -91,10 +96,19 @@ struct Session {
     /// Distinguishes this session's calls from those of earlier ones.
     generation: u64,
     connection: Connection,
-    /// Channel with publisher confirms on, used for every request.
-    publish: Channel,
+    /// Channel with publisher confirms on, used for every request; replaced
+    /// when the broker closes it (a message it refuses closes the channel).
+    publish: RwLock<Channel>,
     /// This client's exclusive, server-named reply queue.
     reply_to: ShortString,
+    /// The channel its replies are consumed on.
+    replies: Channel,
+}
+
+impl Session {
+    fn publish_channel(&self) -> Channel {
+        self.publish.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
 }
 
 struct Pending {
@@ -127,9 +141,12 @@ impl QueueClient {
             pending: Mutex::new(HashMap::new()),
             connected,
             stop: CancellationToken::new(),
+            publish_closed: Notify::new(),
+            supervisor: Mutex::new(None),
             waiting: AtomicU64::new(0),
         });
-        tokio::spawn(supervise(Arc::clone(&inner)));
+        let supervisor = tokio::spawn(supervise(Arc::clone(&inner)));
+        *inner.supervisor.lock().unwrap_or_else(PoisonError::into_inner) = Some(supervisor);
         Self { inner }
     }
 
@@ -151,13 +168,15 @@ impl QueueClient {
         self.inner.pending().len()
     }
 
-    /// Publishes `body` and waits for the matching reply until `deadline`.
+    /// Publishes `body` (a request that `attempts` units have already ended
+    /// holding) and waits for the matching reply until `deadline`.
     ///
     /// # Errors
     /// `NotConnected` while reconnecting, `ConnectionLost` if the session
     /// dies while waiting, `Timeout` past the deadline, `TooLarge` over the
-    /// message limit, `Refused`/`Amqp` when the broker rejects the publish.
-    pub async fn call(&self, body: &[u8], deadline: Instant) -> Result<Vec<u8>, QueueError> {
+    /// message limit, `Refused`/`Amqp` when the broker rejects the publish,
+    /// `ChannelClosed` when it closes the publish channel.
+    pub async fn call(&self, body: &[u8], attempts: u32, deadline: Instant) -> Result<Vec<u8>, QueueError> {
         let settings = &self.inner.settings;
         if body.len() > settings.max_message_bytes {
             return Err(QueueError::TooLarge {
@@ -187,29 +206,8 @@ impl QueueClient {
             let properties = BasicProperties::default()
                 .with_correlation_id(correlation_id.as_str().into())
                 .with_reply_to(session.reply_to.clone());
-            let properties = with_deadline(properties, deadline.into_std());
-            let amqp_error = |source| QueueError::Amqp {
-                queue: settings.queue.clone(),
-                source,
-            };
-            let confirm = session
-                .publish
-                .basic_publish(
-                    ShortString::from(""),
-                    settings.queue.as_str().into(),
-                    BasicPublishOptions::default(),
-                    body,
-                    properties,
-                )
-                .await
-                .map_err(amqp_error)?
-                .await
-                .map_err(amqp_error)?;
-            if let Confirmation::Nack(_) = confirm {
-                return Err(QueueError::Refused {
-                    queue: settings.queue.clone(),
-                });
-            }
+            let properties = with_attempts(with_deadline(properties, deadline.into_std()), attempts);
+            self.publish(&session, body, properties).await?;
             reply_rx.await.unwrap_or(Err(QueueError::ConnectionLost))
         };
         match tokio::time::timeout_at(deadline, exchange).await {
@@ -218,6 +216,54 @@ impl QueueClient {
                 queue: settings.queue.clone(),
                 waited_ms: started.elapsed().as_millis(),
             }),
+        }
+    }
+
+    /// Publishes one request on the session's publish channel and waits
+    /// for the broker's confirm.
+    async fn publish(&self, session: &Session, body: &[u8], properties: BasicProperties) -> Result<(), QueueError> {
+        let queue = &self.inner.settings.queue;
+        let channel = session.publish_channel();
+        if !channel.status().connected() {
+            return Err(QueueError::NotConnected {
+                broker: "the publish channel is being reopened".to_owned(),
+            });
+        }
+        let published = channel
+            .basic_publish(
+                ShortString::from(""),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await;
+        let confirm = match published {
+            Ok(confirm) => confirm.await,
+            Err(error) => Err(error),
+        };
+        match confirm {
+            Ok(Confirmation::Nack(_)) => Err(QueueError::Refused { queue: queue.clone() }),
+            Ok(_) => Ok(()),
+            Err(error) => Err(self.publish_failed(&channel, error)),
+        }
+    }
+
+    /// What a failed publish means: a channel the broker closed (reopened
+    /// by the supervisor), or another AMQP failure.
+    fn publish_failed(&self, channel: &Channel, error: lapin::Error) -> QueueError {
+        let queue = self.inner.settings.queue.clone();
+        if channel.status().connected() {
+            return QueueError::Amqp { queue, source: error };
+        }
+        self.inner.publish_closed.notify_one();
+        match error.kind() {
+            lapin::ErrorKind::ProtocolError(amqp) => QueueError::ChannelClosed {
+                queue,
+                code: amqp.get_id(),
+                text: amqp.get_message().to_string(),
+            },
+            _ => QueueError::Amqp { queue, source: error },
         }
     }
 
@@ -255,10 +301,30 @@ impl QueueClient {
         })
     }
 
-    /// Stops reconnecting and closes the broker connection.
+    /// Stops reconnecting and closes the broker connection: first the
+    /// tasks that use it, then each channel, then the connection, so that
+    /// nothing is still using a channel being closed (lapin logs that as an
+    /// error, and a planned close is not one).
     pub async fn close(&self) {
         self.inner.stop.cancel();
+        let supervisor = self
+            .inner
+            .supervisor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(supervisor) = supervisor {
+            let _ = supervisor.await;
+        }
         if let Some(session) = self.inner.take_session() {
+            let _ = session
+                .replies
+                .close(200, "transmission unit shutting down".into())
+                .await;
+            let _ = session
+                .publish_channel()
+                .close(200, "transmission unit shutting down".into())
+                .await;
             dnet_amqp::close(&session.connection, 200, "transmission unit shutting down").await;
         }
     }
@@ -350,8 +416,7 @@ async fn declare_computation_queue(channel: &Channel, queue: &str) -> lapin::Res
 /// Opens the publish channel (confirms on), declares the computation queue,
 /// and starts consuming an exclusive reply queue.
 async fn open_session(connection: Connection, generation: u64, queue: &str) -> lapin::Result<(Session, Consumer)> {
-    let publish = connection.create_channel().await?;
-    publish.confirm_select(ConfirmSelectOptions::default()).await?;
+    let publish = open_publish_channel(&connection).await?;
     declare_computation_queue(&publish, queue).await?;
     let replies = connection.create_channel().await?;
     let reply_queue = replies
@@ -381,11 +446,37 @@ async fn open_session(connection: Connection, generation: u64, queue: &str) -> l
         Session {
             generation,
             connection,
-            publish,
+            publish: RwLock::new(publish),
             reply_to,
+            replies,
         },
         consumer,
     ))
+}
+
+/// A channel with publisher confirms on.
+async fn open_publish_channel(connection: &Connection) -> lapin::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(channel)
+}
+
+/// Replaces a publish channel the broker closed; the unit is not ready
+/// (health NOT_SERVING) until it is open again.
+///
+/// # Errors
+/// The connection cannot open a channel: the session is lost.
+async fn reopen_publish_channel(inner: &Inner, session: &Session) -> lapin::Result<()> {
+    if session.publish_channel().status().connected() {
+        return Ok(()); // reopened already, for an earlier call that saw it closed
+    }
+    inner.connected.send_replace(false);
+    warn!(queue = %inner.settings.queue, "RabbitMQ closed the publish channel; reopening it");
+    let channel = open_publish_channel(&session.connection).await?;
+    *session.publish.write().unwrap_or_else(PoisonError::into_inner) = channel;
+    inner.connected.send_replace(true);
+    info!(queue = %inner.settings.queue, "publish channel reopened: publishing again");
+    Ok(())
 }
 
 /// Keeps one broker session alive until `stop`.
@@ -416,15 +507,32 @@ async fn supervise(inner: Arc<Inner>) {
         info!(queue = %settings.queue, reply_to = %session.reply_to, "ready: publishing to the computation queue");
         let session = Arc::new(session);
         inner.set_session(Arc::clone(&session));
-        let poller = tokio::spawn(poll_queue(Arc::clone(&inner), session));
+        let stop_polling = CancellationToken::new();
+        let poller = tokio::spawn(poll_queue(
+            Arc::clone(&inner),
+            Arc::clone(&session),
+            stop_polling.clone(),
+        ));
 
-        tokio::select! {
-            () = consume_replies(&inner, consumer) => {}
-            () = wait_for_connection_error(events) => {}
-            () = inner.stop.cancelled() => {
-                poller.abort();
-                inner.fail_session_calls(generation);
-                return;
+        let replies = consume_replies(&inner, consumer);
+        let connection_lost = wait_for_connection_error(events);
+        tokio::pin!(replies, connection_lost);
+        loop {
+            tokio::select! {
+                () = &mut replies => break,
+                () = &mut connection_lost => break,
+                () = inner.publish_closed.notified() => {
+                    if let Err(error) = reopen_publish_channel(&inner, &session).await {
+                        warn!(%error, "cannot reopen the publish channel");
+                        break;
+                    }
+                }
+                () = inner.stop.cancelled() => {
+                    stop_polling.cancel();
+                    let _ = poller.await;
+                    inner.fail_session_calls(generation);
+                    return;
+                }
             }
         }
         poller.abort();
@@ -438,7 +546,7 @@ async fn supervise(inner: Arc<Inner>) {
 
 /// Reads the computation queue's waiting messages every QUEUE_POLL with a
 /// passive declare on a channel of its own, until the session ends.
-async fn poll_queue(inner: Arc<Inner>, session: Arc<Session>) {
+async fn poll_queue(inner: Arc<Inner>, session: Arc<Session>, stop: CancellationToken) {
     let queue = inner.settings.queue.as_str();
     loop {
         let channel = match session.connection.create_channel().await {
@@ -472,9 +580,18 @@ async fn poll_queue(inner: Arc<Inner>, session: Arc<Session>) {
                     break;
                 }
             }
-            tokio::time::sleep(QUEUE_POLL).await;
+            tokio::select! {
+                () = tokio::time::sleep(QUEUE_POLL) => {}
+                () = stop.cancelled() => {
+                    let _ = channel.close(200, "stopping".into()).await;
+                    return;
+                }
+            }
         }
-        tokio::time::sleep(QUEUE_POLL).await;
+        tokio::select! {
+            () = tokio::time::sleep(QUEUE_POLL) => {}
+            () = stop.cancelled() => return,
+        }
     }
 }
 

@@ -1,8 +1,12 @@
-//! Retries of UNAVAILABLE within a call's deadline: full-jitter backoff
-//! (AWS architecture blog, "Exponential Backoff and Jitter") and a retry
-//! budget (Finagle, Linkerd: retries capped at a share of calls), so that a
-//! broker restart or a next unit's restart costs callers little, and an
-//! outage does not multiply the load.
+//! Retries within a call's deadline of what provably did not get through:
+//! full-jitter backoff (AWS architecture blog, "Exponential Backoff and
+//! Jitter") and a retry budget (Finagle, Linkerd: retries capped at a share
+//! of calls, credited once per call), so that a broker restart or a next
+//! unit's replica dying costs callers little, and an outage does not
+//! multiply the load. What the next unit answered itself (even UNAVAILABLE,
+//! which names a unit further down) and a call that broke after it was sent
+//! are never retried: the first is final, the second may have been
+//! computed (or have killed the unit it reached).
 
 use std::future::Future;
 use std::time::Duration;
@@ -34,6 +38,14 @@ impl RetryPolicy {
         Self { budget }
     }
 
+    /// Credits the budget with one call (once per call, however many
+    /// attempts of it the unit makes, at its queue and at the next unit).
+    pub fn deposit(&self) {
+        if let Some(budget) = &self.budget {
+            budget.deposit();
+        }
+    }
+
     /// Runs `attempt` until it succeeds, fails in a way a retry cannot mend,
     /// the budget is spent, or the next wait would end past `deadline`.
     /// `retried` is told of each retry.
@@ -48,12 +60,13 @@ impl RetryPolicy {
         let Some(budget) = &self.budget else {
             return attempt().await;
         };
-        budget.deposit();
         let mut ceiling = FIRST_BACKOFF;
+        let mut tries = 0_u32;
         loop {
+            tries += 1;
             let error = match attempt().await {
                 Ok(value) => return Ok(value),
-                Err(error) if retryable(&error) => error,
+                Err(error) if retryable(&error, tries) => error,
                 Err(error) => return Err(error),
             };
             let wait = dnet_amqp::connect::full_jitter(ceiling);
@@ -67,20 +80,26 @@ impl RetryPolicy {
     }
 }
 
-/// UNAVAILABLE that another attempt may not meet: the broker session is down
-/// or refused the request, or the next unit cannot be reached. (Inference is
-/// idempotent: a request that reached a worker before the connection broke
-/// may be computed twice; its first reply has nowhere to go.)
-fn retryable(error: &Error) -> bool {
-    matches!(
-        error,
+/// Failures that another attempt (the `tries`-th failed) may not meet: the
+/// broker session is down or refused the request, or the call could not be
+/// sent to the next unit. A closed publish channel is tried once more: the
+/// message that made the broker close it may have been another call's.
+/// (Inference is idempotent: a request that reached a worker before the
+/// broker connection broke may be computed twice; its first reply has
+/// nowhere to go. A worker that dies of a request is the queue's business:
+/// the broker gives the request to another, counting the deaths.)
+fn retryable(error: &Error, tries: u32) -> bool {
+    match error {
+        Error::Queue(QueueError::ChannelClosed { .. }) => tries == 1,
         Error::Queue(
             QueueError::NotConnected { .. }
-                | QueueError::ConnectionLost
-                | QueueError::Refused { .. }
-                | QueueError::Amqp { .. }
-        ) | Error::NextUnavailable { .. }
-    )
+            | QueueError::ConnectionLost
+            | QueueError::Refused { .. }
+            | QueueError::Amqp { .. },
+        )
+        | Error::NextNotSent { .. } => true,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -162,6 +181,7 @@ mod tests {
                     let count = || {
                         retried.fetch_add(1, Ordering::SeqCst);
                     };
+                    policy.deposit();
                     let _ = policy
                         .run(deadline, count, || async { Err::<(), _>(unavailable()) })
                         .await;
@@ -176,5 +196,102 @@ mod tests {
             retries > 0 && retries < calls / 4,
             "{retries} retries for {calls} calls"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_the_next_unit_answered_or_may_have_computed_is_not_retried() {
+        let later = Instant::now() + Duration::from_secs(5);
+        let final_errors = [
+            // UNAVAILABLE answered by the next unit: it names a unit further down.
+            Error::Next {
+                address: "b:1".into(),
+                code: tonic::Code::Unavailable,
+                message: "next unit c:1 is unavailable: none of its addresses is serving".into(),
+            },
+            Error::NextBroken {
+                address: "b:1".into(),
+                message: "connection reset".into(),
+            },
+            Error::NextDown { address: "b:1".into() },
+        ];
+        for error in final_errors {
+            let tries = AtomicU32::new(0);
+            let shown = error.to_string();
+            let error = std::sync::Mutex::new(Some(error));
+            let outcome = RetryPolicy::new(10.0)
+                .run(
+                    later,
+                    || {},
+                    || {
+                        tries.fetch_add(1, Ordering::SeqCst);
+                        let error = error.lock().expect("lock").take().expect("one attempt only");
+                        async move { Err::<(), _>(error) }
+                    },
+                )
+                .await;
+            assert!(outcome.is_err());
+            assert_eq!(tries.load(Ordering::SeqCst), 1, "{shown}");
+        }
+
+        let tries = AtomicU32::new(0);
+        let not_sent = || async {
+            tries.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(Error::NextNotSent {
+                address: "b:1".into(),
+                message: "tcp connect error".into(),
+            })
+        };
+        let _ = RetryPolicy::new(10.0).run(later, || {}, not_sent).await;
+        assert!(tries.load(Ordering::SeqCst) > 2, "a call never sent is tried again");
+
+        tries.store(0, Ordering::SeqCst);
+        let later = Instant::now() + Duration::from_secs(5);
+        let closed = || async {
+            tries.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(Error::Queue(QueueError::ChannelClosed {
+                queue: "q".into(),
+                code: 406,
+                text: "message size 2000 is larger than configured max size 1000".into(),
+            }))
+        };
+        let _ = RetryPolicy::new(10.0).run(later, || {}, closed).await;
+        assert_eq!(
+            tries.load(Ordering::SeqCst),
+            2,
+            "a closed publish channel: one more try"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_credits_the_budget_once_whatever_it_retries() {
+        let policy = std::sync::Arc::new(RetryPolicy::new(10.0));
+        let retried = std::sync::Arc::new(AtomicU32::new(0));
+        let calls = 1000;
+        let deadline = Instant::now() + Duration::from_millis(100);
+        let tasks: Vec<_> = (0..calls)
+            .map(|_| {
+                let (policy, retried) = (std::sync::Arc::clone(&policy), std::sync::Arc::clone(&retried));
+                tokio::spawn(async move {
+                    policy.deposit();
+                    // A call that fails at its queue and, separately, at the next unit.
+                    for _ in 0..2 {
+                        let count = || {
+                            retried.fetch_add(1, Ordering::SeqCst);
+                        };
+                        let _ = policy
+                            .run(deadline, count, || async { Err::<(), _>(unavailable()) })
+                            .await;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.expect("task");
+        }
+        // tower's TpsBudget: a reserve of 10 per second over its 10 s window
+        // (100), plus 10% of the deposits (100); crediting each call twice
+        // would allow 100 more.
+        let retries = retried.load(Ordering::SeqCst);
+        assert!((100..=240).contains(&retries), "{retries} retries for {calls} calls");
     }
 }

@@ -3,21 +3,26 @@
 //! whatever backend computes the unit's exit.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dnet_proto::{DNetServer, FILE_DESCRIPTOR_SET};
+use futures::Stream;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
+use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
+use crate::admission::Admission;
 use crate::backend::Backend;
 use crate::config::EdgeArgs;
+use crate::connections;
 use crate::error;
 use crate::metrics::Metrics;
 use crate::next_unit::NextUnit;
@@ -72,7 +77,8 @@ pub struct Edge {
 /// period and closes the backend.
 ///
 /// # Errors
-/// A bad `--next-address` or TLS file, or the gRPC server failing.
+/// Contradicting settings, a bad `--next-address` or TLS file, or the gRPC
+/// server failing.
 pub async fn serve<B: Backend>(
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
@@ -86,70 +92,125 @@ pub async fn serve<B: Backend>(
         metrics,
         registry,
     } = edge;
-    let local_address = listener.local_addr().ok();
-    let next = match config.next_address.as_deref().filter(|a| !a.is_empty()) {
-        Some(address) => {
-            let tls = tls::next(&config, address).map_err(ServeError::Config)?;
-            let live = metrics.next_addresses.clone();
-            Some(
-                NextUnit::new(address, config.max_message_bytes, tls, live)
-                    .await
-                    .map_err(ServeError::Config)?,
-            )
-        }
-        None => None,
-    };
-    let server_tls = tls::server(&config).map_err(ServeError::Config)?;
+    config.check().map_err(ServeError::Config)?;
+    let next = next_unit(&config, &metrics).await?;
     let ready = backend.ready();
-    let backend = Arc::new(backend);
-    let closer = Arc::clone(&backend);
+    let waiting_backend = Arc::new(backend);
+    let backend = Arc::clone(&waiting_backend);
     let stop_metrics = CancellationToken::new();
     if let Some(metrics_listener) = metrics_listener {
+        // Ready as the gRPC health of unit.DNet: while the backend can compute.
         let stop = stop_metrics.clone();
         tokio::spawn(dnet_common::metrics_http::serve(
             metrics_listener,
             Arc::new(registry),
-            // Ready as the gRPC health of unit.DNet: while the backend can compute.
             ready.clone(),
-            async move {
-                stop.cancelled().await;
-            },
+            async move { stop.cancelled().await },
         ));
     }
-
     let (health, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(follow_readiness(health.clone(), ready));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
 
-    let max_in_flight = config.max_in_flight();
     let settings = ServiceSettings {
         unit_name: unit_name.clone(),
         default_timeout: config.timeout,
+        max_deadline: config.max_deadline,
         forward_delay: Duration::from_millis(config.delay),
-        max_in_flight,
-        max_queue: config.max_queue,
         retry_budget: config.retry_budget,
     };
-    let service = DNetServer::new(UnitService::new(backend, next, settings, Arc::clone(&metrics)))
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
-
+    let service = DNetServer::new(UnitService::new(
+        Arc::clone(&backend),
+        next,
+        settings,
+        Arc::clone(&metrics),
+    ))
+    .max_decoding_message_size(config.max_message_bytes)
+    .max_encoding_message_size(config.max_message_bytes);
+    let admission = Admission::new(
+        config.max_in_flight(),
+        config.max_calls_per_connection(),
+        config.max_queue,
+        Arc::new(move || waiting_backend.waiting()),
+        Arc::clone(&metrics),
+    );
     info!(
-        listen = %local_address.map_or_else(|| "?".to_owned(), |a| a.to_string()),
+        listen = %listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()),
         unit = %unit_name,
         next = config.next_address.as_deref().unwrap_or("none"),
-        max_in_flight,
+        max_in_flight = config.max_in_flight(),
+        max_calls_per_connection = config.max_calls_per_connection(),
+        max_connections = config.max_connections(),
         max_queue = config.max_queue,
+        memory_bound_mib = config.memory_bound() >> 20,
         "serving"
     );
-    let stop_accepting = CancellationToken::new();
     // With an incoming stream of our own, socket options are set here, not on the builder.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = connections::limit(
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        config.max_connections(),
+        metrics.connections.clone(),
+        metrics.connections_refused.clone(),
+    );
+    let stop_accepting = CancellationToken::new();
+    let server = grpc_server(
+        &config,
+        admission,
+        service,
+        health_service,
+        incoming,
+        stop_accepting.clone(),
+    )?;
+
+    tokio::pin!(server);
+    let served = tokio::select! {
+        served = &mut server => served,
+        () = shutdown => {
+            health_task.abort();
+            let mut health = health;
+            health.set_service_status("", ServingStatus::NotServing).await;
+            health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
+            // Ends the health watches (other units' balancers keep one open
+            // each): the drain waits for every open call, and a watch never
+            // ends by itself. Their watchers have seen NOT_SERVING.
+            health.clear_service_status(SERVICE_NAME).await;
+            health.clear_service_status("").await;
+            stop_accepting.cancel();
+            drain(server, config.shutdown_grace, &metrics).await
+        }
+    };
+    health_task.abort();
+    stop_metrics.cancel();
+    let closing = std::time::Instant::now();
+    backend.close().await;
+    info!(close_ms = closing.elapsed().as_millis() as u64, "stopped");
+    served.map_err(ServeError::from)
+}
+
+/// The client of `--next-address`, if given.
+async fn next_unit(config: &EdgeArgs, metrics: &Metrics) -> Result<Option<NextUnit>, ServeError> {
+    let Some(address) = config.next_address.as_deref().filter(|a| !a.is_empty()) else {
+        return Ok(None);
+    };
+    let tls = tls::next(config, address).map_err(ServeError::Config)?;
+    NextUnit::new(address, config.max_message_bytes, tls, metrics.next_addresses.clone())
+        .await
+        .map(Some)
+        .map_err(ServeError::Config)
+}
+
+/// The gRPC server on `incoming` until `stop`: TLS, connection age, HTTP/2
+/// windows, and the limits that hold before a call's message is read
+/// (admission of every call, and of each connection's).
+fn grpc_server<B: Backend>(
+    config: &EdgeArgs,
+    admission: Admission,
+    service: DNetServer<UnitService<B>>,
+    health: HealthServer<impl Health>,
+    incoming: impl Stream<Item = std::io::Result<connections::Counted>> + Send + 'static,
+    stop: CancellationToken,
+) -> Result<impl Future<Output = Result<(), tonic::transport::Error>>, ServeError> {
     let mut builder = Server::builder();
-    if let Some(server_tls) = server_tls {
+    if let Some(server_tls) = tls::server(config).map_err(ServeError::Config)? {
         builder = builder.tls_config(server_tls)?;
     }
     if !config.max_connection_age.is_zero() {
@@ -157,48 +218,60 @@ pub async fn serve<B: Backend>(
             .max_connection_age(config.max_connection_age)
             .max_connection_age_grace(config.max_connection_age_grace);
     }
-    let server = builder
-        .layer(tower::util::MapResponseLayer::new(
-            error::oversize_is_resource_exhausted,
-        ))
-        // Bounds what one connection holds open, above the admission limit:
-        // calls beyond --max-in-flight must reach the handler to be refused
-        // at once; at the limit itself, HTTP/2 would make them wait in the client.
-        .max_concurrent_streams(Some(max_in_flight.saturating_mul(2)))
+    Ok(builder
+        // Streams beyond the call limits must reach the server to be refused
+        // at once; at the stream limit itself HTTP/2 makes them wait in the client.
+        .max_concurrent_streams(Some(config.max_calls_per_connection().saturating_mul(2)))
         .initial_stream_window_size(Some(http2::STREAM_WINDOW))
         .initial_connection_window_size(Some(http2::CONNECTION_WINDOW))
         .max_frame_size(Some(http2::MAX_FRAME))
-        .add_service(health_service)
-        .add_service(reflection)
+        .layer(tower::util::MapResponseLayer::new(
+            error::oversize_is_resource_exhausted,
+        ))
+        .layer(admission)
+        .add_service(health)
+        .add_service(reflection()?)
         .add_service(service)
-        .serve_with_incoming_shutdown(incoming, stop_accepting.clone().cancelled_owned());
-    tokio::pin!(server);
-
-    let served = tokio::select! {
-        served = &mut server => served,
-        () = shutdown => {
-            health_task.abort();
-            health.set_service_status("", ServingStatus::NotServing).await;
-            health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
-            info!(grace_s = config.shutdown_grace.as_secs_f64(), in_flight = metrics.in_flight.get(),
-                "no longer accepting calls, draining");
-            stop_accepting.cancel();
-            match tokio::time::timeout(config.shutdown_grace, &mut server).await {
-                Ok(served) => served,
-                Err(_) => {
-                    warn!(abandoned = metrics.in_flight.get(), "grace period over, abandoning calls in flight");
-                    Ok(())
-                }
-            }
-        }
-    };
-    health_task.abort();
-    stop_metrics.cancel();
-    closer.close().await;
-    info!("stopped");
-    served.map_err(ServeError::from)
+        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned()))
 }
 
+fn reflection() -> Result<
+    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+    ServeError,
+> {
+    Ok(tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?)
+}
+
+/// Waits for the calls in flight to end, at most `grace`, saying what it waits for.
+async fn drain(
+    server: Pin<&mut impl Future<Output = Result<(), tonic::transport::Error>>>,
+    grace: Duration,
+    metrics: &Metrics,
+) -> Result<(), tonic::transport::Error> {
+    let started = std::time::Instant::now();
+    info!(
+        grace_s = grace.as_secs_f64(),
+        in_flight = metrics.in_flight.get(),
+        connections = metrics.connections.get(),
+        "no longer accepting calls, draining the calls in flight"
+    );
+    match tokio::time::timeout(grace, server).await {
+        Ok(served) => {
+            info!(drain_ms = started.elapsed().as_millis() as u64, "drained");
+            served
+        }
+        Err(_) => {
+            warn!(
+                abandoned = metrics.in_flight.get(),
+                "grace period over, abandoning calls in flight"
+            );
+            Ok(())
+        }
+    }
+}
 /// Mirrors the backend's readiness into the health of `unit.DNet`: SERVING
 /// while it can compute. The server's own entry `""` (liveness) stays
 /// SERVING until shutdown, so a broker outage does not get the pod restarted.

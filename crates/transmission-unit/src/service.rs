@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dnet_proto::{ComputationRequest, ComputationResponse, DNet, Data, QstatusRequest, QstatusResponse, StatusCode};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
@@ -25,24 +24,21 @@ pub struct ServiceSettings {
     pub unit_name: String,
     /// Deadline of calls whose caller set none.
     pub default_timeout: Duration,
+    /// Longest deadline a caller may set.
+    pub max_deadline: Duration,
     /// Test only: wait before returning a forwarded answer.
     pub forward_delay: Duration,
-    /// Calls handled at once; more are refused (RESOURCE_EXHAUSTED).
-    pub max_in_flight: u32,
-    /// Waiting requests in the queue above which calls are refused.
-    pub max_queue: u64,
-    /// Retries of UNAVAILABLE, percent of calls (0: off).
+    /// Retries of what did not get through, percent of calls (0: off).
     pub retry_budget: f32,
 }
 
-/// The handlers of one unit, whatever computes its exit.
+/// The handlers of one unit, whatever computes its exit (calls are
+/// admitted before they reach them: `admission`).
 pub struct UnitService<B> {
     backend: Arc<B>,
     next: Option<NextUnit>,
     settings: ServiceSettings,
     metrics: Arc<Metrics>,
-    /// One permit per call being handled (admission control).
-    admission: Arc<Semaphore>,
     retries: RetryPolicy,
 }
 
@@ -52,30 +48,10 @@ impl<B: Backend> UnitService<B> {
         Self {
             backend,
             next,
-            admission: Arc::new(Semaphore::new(settings.max_in_flight as usize)),
             retries: RetryPolicy::new(settings.retry_budget),
             settings,
             metrics,
         }
-    }
-
-    /// Refuses a call at once when the unit is saturated: all its call slots
-    /// taken, or more than `--max-queue` requests already waiting.
-    fn admit(&self) -> Result<OwnedSemaphorePermit, Status> {
-        let permit = Arc::clone(&self.admission).try_acquire_owned().map_err(|_| {
-            Status::resource_exhausted(format!(
-                "unit saturated: {} calls in flight (--max-in-flight); try again later or elsewhere",
-                self.settings.max_in_flight
-            ))
-        })?;
-        let waiting = self.backend.waiting();
-        if waiting > self.settings.max_queue {
-            return Err(Status::resource_exhausted(format!(
-                "unit saturated: {waiting} requests wait to be computed, more than --max-queue {}",
-                self.settings.max_queue
-            )));
-        }
-        Ok(permit)
     }
 
     /// One call: this unit's exit (the backend), then the forward on NOT_SUCCESS.
@@ -136,15 +112,19 @@ fn status_name(status: i32) -> &'static str {
 #[tonic::async_trait]
 impl<B: Backend> DNet for UnitService<B> {
     async fn compute(&self, request: Request<ComputationRequest>) -> Result<Response<ComputationResponse>, Status> {
-        let budget = deadline::budget(request.metadata(), self.settings.default_timeout);
-        let deadline = Instant::now() + budget;
+        let budget = deadline::budget(
+            request.metadata(),
+            self.settings.default_timeout,
+            self.settings.max_deadline,
+        );
+        if budget.clamped {
+            self.metrics.deadline_clamped.inc();
+        }
+        let deadline = Instant::now() + budget.time;
         let request = request.into_inner();
         let start_layer = request.start_layer;
-        let _permit = self.admit().inspect_err(|status| {
-            self.metrics.count(&format!("{:?}", status.code()));
-            debug!(start_layer, error = status.message(), "refused");
-        })?;
         let _in_flight = self.metrics.enter();
+        self.retries.deposit();
         let started = Instant::now();
         let outcome = self.handle(request, deadline).await;
         let latency_ms = started.elapsed().as_secs_f64() * 1e3;

@@ -43,6 +43,8 @@ pub enum Behaviour {
 pub struct Worker {
     connection: Arc<Connection>,
     task: JoinHandle<()>,
+    /// The properties of every delivery, in arrival order.
+    pub properties: Arc<std::sync::Mutex<Vec<BasicProperties>>>,
 }
 
 impl Worker {
@@ -74,8 +76,11 @@ impl Worker {
             .await
             .expect("consume");
         let worker_connection = Arc::clone(&connection);
+        let properties = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&properties);
         let task = tokio::spawn(async move {
             while let Some(Ok(delivery)) = consumer.next().await {
+                seen.lock().expect("lock").push(delivery.properties.clone());
                 let request = ComputationRequest::decode(delivery.data.as_slice()).expect("a ComputationRequest");
                 let reply = match behaviour(request) {
                     Behaviour::Reply(reply) => reply,
@@ -104,7 +109,11 @@ impl Worker {
                 delivery.ack(BasicAckOptions::default()).await.expect("ack");
             }
         });
-        Worker { connection, task }
+        Worker {
+            connection,
+            task,
+            properties,
+        }
     }
 
     pub async fn stop(self) {

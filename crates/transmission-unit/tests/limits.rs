@@ -1,0 +1,195 @@
+//! Limits that hold before the cost is paid (docs/architecture.md,
+//! "Admission control" and "Deadlines"): a caller's deadline is cut to
+//! `--max-deadline` before it becomes an AMQP expiration; calls over the
+//! admission limits are refused before their message is read; a message the
+//! broker refuses does not stop the unit.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{request, success, Behaviour, Worker};
+use dnet_proto::{Data, StatusCode};
+use dnet_testkit::flood::{flood, framed, peak_rss};
+use dnet_testkit::grpc::wait_for_health;
+use dnet_testkit::{Broker, PrivateBroker, TestQueue, TransmissionUnit};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+/// How long a test waits for a state it needs before it fails.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+async fn unit(broker: &Broker, queue: &TestQueue, extra: &[&str]) -> TransmissionUnit {
+    TransmissionUnit::start(broker, queue.name(), extra)
+        .await
+        .expect("transmission unit starts")
+}
+
+#[tokio::test]
+async fn a_fifty_day_deadline_is_cut_to_max_deadline_and_later_calls_are_answered() {
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &["--max-deadline", "2m"]).await;
+    let worker = Worker::start(&broker, queue.name(), 10, |r| Behaviour::Reply(success(16, r.x))).await;
+    let mut client = unit.client().await.expect("client");
+
+    // 50 days: as an AMQP expiration, more than 2^32 - 1 ms, which newer
+    // RabbitMQ releases refuse by closing the publishing channel.
+    let mut long = tonic::Request::new(request(0, b"long"));
+    long.set_timeout(Duration::from_secs(50 * 24 * 3600));
+    let answer = client.compute(long).await.expect("answered").into_inner();
+    assert_eq!(answer.status, StatusCode::Success as i32);
+    let mut ordinary = tonic::Request::new(request(0, b"ordinary"));
+    ordinary.set_timeout(Duration::from_secs(10));
+    let answer = client.compute(ordinary).await.expect("answered").into_inner();
+    assert_eq!(answer.status, StatusCode::Success as i32);
+
+    let expirations: Vec<u64> = worker
+        .properties
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|p| {
+            p.expiration()
+                .as_ref()
+                .expect("expiration")
+                .as_str()
+                .parse()
+                .expect("ms")
+        })
+        .collect();
+    assert_eq!(expirations.len(), 2);
+    assert!(
+        (100_000..=120_000).contains(&expirations[0]),
+        "the long call's expiration is --max-deadline: {expirations:?}"
+    );
+    assert!(expirations[1] <= 10_000, "{expirations:?}");
+    let metrics = unit.metrics().await.expect("metrics");
+    assert_eq!(metrics.value("dnet_deadline_clamped_total").expect("clamped"), 1.0);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_the_broker_refuses_is_answered_and_the_unit_keeps_serving() {
+    // A broker whose largest message is 1 MiB: it closes the channel of a
+    // publish over it (PRECONDITION_FAILED), as newer releases do with an
+    // expiration over 2^32 - 1 ms or an access refusal.
+    let node = tokio::task::spawn_blocking(|| PrivateBroker::start_with_config("max_message_size = 1048576"))
+        .await
+        .expect("task")
+        .expect("private broker");
+    let broker = node.broker().clone();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &[]).await;
+    let worker = Worker::start(&broker, queue.name(), 10, |r| Behaviour::Reply(success(16, r.x))).await;
+    let mut client = unit.client().await.expect("client");
+
+    let refused = client
+        .compute(request(0, &vec![7_u8; 2 << 20]))
+        .await
+        .expect_err("the broker refuses 2 MiB");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("RabbitMQ closed the channel") && refused.message().contains("max size"),
+        "says why: {}",
+        refused.message()
+    );
+
+    wait_for_health(unit.address, ServingStatus::Serving, PATIENCE)
+        .await
+        .expect("serving again once the channel is reopened");
+    let answer = client
+        .compute(request(0, b"small"))
+        .await
+        .expect("answered after the refusal")
+        .into_inner();
+    assert_eq!(
+        answer.data,
+        Some(Data::Result(dnet_proto::Bytes::from_static(b"small")))
+    );
+    worker.stop().await;
+    drop(unit);
+    drop(queue);
+    tokio::task::spawn_blocking(move || drop(node)).await.expect("stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_large_calls_stays_under_the_memory_bound_and_the_surplus_is_refused_unread() {
+    // 8 connections x 8 calls of 30 MB against 4 call slots while the
+    // worker holds every request: 4 are admitted, 60 are refused before
+    // their message is read.
+    const CONNECTIONS: usize = 8;
+    const CALLS: usize = 8;
+    const ADMITTED: usize = 4;
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(
+        &broker,
+        &queue,
+        &["--max-in-flight", "4", "--max-connections", "16", "--timeout", "120s"],
+    )
+    .await;
+    let held = Worker::start(&broker, queue.name(), 10, |_| Behaviour::Hold).await;
+    // The documented bound (docs/architecture.md): a request and a reply
+    // of --max-message-bytes (48 MiB) per call slot, a connection window
+    // (16 MiB) per connection, and the process's own 64 MiB.
+    let bound: u64 = (ADMITTED as u64 * 2 * 48 + 16 * 16 + 64) << 20;
+
+    let message = framed(&request(0, &vec![1_u8; 30_000_000]));
+    let flooding = tokio::spawn(flood(
+        unit.address,
+        CONNECTIONS,
+        CALLS,
+        message,
+        Duration::from_secs(120),
+    ));
+    dnet_testkit::wait_for("the admitted calls to reach the worker", PATIENCE, || async {
+        (held.properties.lock().ok()?.len() == ADMITTED).then_some(())
+    })
+    .await
+    .expect("admitted calls published");
+    let refused = dnet_testkit::wait_for("the surplus to be refused", PATIENCE, || async {
+        let metrics = unit.metrics().await.ok()?;
+        let refused = metrics
+            .labelled("dnet_requests_total", "status", "ResourceExhausted")
+            .ok()?;
+        (refused >= (CONNECTIONS * CALLS - ADMITTED) as f64).then_some(refused)
+    })
+    .await
+    .expect("surplus refused while the worker holds the others");
+    assert_eq!(refused, (CONNECTIONS * CALLS - ADMITTED) as f64);
+    let peak = peak_rss(unit.process.id()).expect("peak memory");
+    eprintln!("peak RSS of the unit {} MiB, bound {} MiB", peak >> 20, bound >> 20);
+    assert!(
+        peak <= bound,
+        "peak RSS {} MiB over the bound of {} MiB",
+        peak >> 20,
+        bound >> 20
+    );
+
+    // The worker resumes (another takes the held requests back from the queue).
+    held.stop().await;
+    let worker = Worker::start(&broker, queue.name(), 10, |r| {
+        Behaviour::Reply(success(16, r.x.slice(..1)))
+    })
+    .await;
+    let ended = flooding.await.expect("task").expect("flood");
+    let answered = ended.iter().filter(|e| e.code == Some(0)).count();
+    let exhausted = ended
+        .iter()
+        .filter(|e| e.code == Some(Code::ResourceExhausted as i32))
+        .count();
+    assert_eq!(
+        (answered, exhausted),
+        (ADMITTED, CONNECTIONS * CALLS - ADMITTED),
+        "{ended:?}"
+    );
+    let mut ninth = unit.client().await.expect("a ninth connection");
+    let answer = ninth
+        .compute(request(0, b"small"))
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!(answer.status, StatusCode::Success as i32);
+    worker.stop().await;
+}

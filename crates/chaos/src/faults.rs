@@ -12,6 +12,7 @@ use dnet_testkit::{Broker, ComputationUnit, PrivateBroker, TestQueue, Transmissi
 use crate::load;
 use crate::proxy;
 use crate::report::{Row, CALLERS};
+use crate::twice;
 use crate::verify::Check;
 
 /// Random weights of every worker (and of the reference that checks answers).
@@ -36,12 +37,13 @@ fn with_retries(name: &str, retries: bool) -> String {
 /// otherwise it hands every request on.
 pub async fn worker(broker: &Broker, queue: &TestQueue, exit: u8, answers: bool) -> anyhow::Result<ComputationUnit> {
     let thresholds = vec![if answers { "0" } else { "1" }; 15].join(",");
-    ComputationUnit::start(
+    ComputationUnit::start_with_env(
         broker,
         queue.name(),
         exit,
         SEED,
         &["--prefetch", "1", "--thresholds", &thresholds],
+        &[twice::WORKER_LOG_FILTER],
     )
     .await
 }
@@ -108,7 +110,9 @@ async fn kill_a_worker(broker: &Broker, duration: Duration) -> anyhow::Result<Ro
         tally: tally?,
         answer_exit: ANSWER_EXIT,
         check: Check::default(),
+        failures: Vec::new(),
         redelivered,
+        twice: twice::count(&[&unit], &[&doomed, &survivor], &[]).await?,
         note: format!("{redelivered} request(s) the killed worker held were redelivered to the survivor"),
     })
 }
@@ -151,13 +155,16 @@ async fn restart_the_broker(duration: Duration, retries: bool) -> anyhow::Result
         None => "no answer after the broker was back".into(),
     };
     let redelivered = redelivered(&[&worker]).await?;
+    let twice = twice::count(&[&unit], &[&worker], &[]).await?;
     drop((worker, unit, queue));
     Ok(Row {
         name,
         tally,
         answer_exit: ANSWER_EXIT,
         check: Check::default(),
+        failures: Vec::new(),
         redelivered,
+        twice,
         note,
     })
 }
@@ -186,7 +193,7 @@ async fn restart_the_next_unit(broker: &Broker, duration: Duration, retries: boo
         load::closed_loop(&address, CALLERS, duration, Duration::from_secs(5), 0),
         fault
     );
-    let (tally, _second) = (tally?, restarted?);
+    let (tally, second) = (tally?, restarted?);
     let note = match tally.recovery_after(back) {
         Some(s) => format!("first answer {s:.1} s after the restart"),
         None => "no answer after the restart".into(),
@@ -196,7 +203,9 @@ async fn restart_the_next_unit(broker: &Broker, duration: Duration, retries: boo
         tally,
         answer_exit: ANSWER_EXIT,
         check: Check::default(),
+        failures: Vec::new(),
         redelivered: redelivered(&[&w1, &w2]).await?,
+        twice: twice::count(&[&first, &second], &[&w1, &w2], &[]).await?,
         note,
     })
 }
@@ -224,7 +233,9 @@ async fn slow_cutting_link(broker: &Broker, duration: Duration) -> anyhow::Resul
         tally,
         answer_exit: ANSWER_EXIT,
         check: Check::default(),
+        failures: Vec::new(),
         redelivered: redelivered(&[&w1, &w2]).await?,
+        twice: twice::count(&[&first, &second], &[&w1, &w2], &[]).await?,
         note,
     })
 }
@@ -248,17 +259,14 @@ async fn stall_a_worker(broker: &Broker, duration: Duration) -> anyhow::Result<R
     let tally = tally?;
     stalled?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let late = unit
-        .metrics()
-        .await
-        .context("reading the unit's late replies")?
-        .value("dnet_late_replies_total")?;
     Ok(Row {
         name: "worker stalled (SIGSTOP)".into(),
         tally,
         answer_exit: ANSWER_EXIT,
         check: Check::default(),
+        failures: Vec::new(),
         redelivered: redelivered(&[&worker]).await?,
-        note: format!("stalled 3 s with a 1 s deadline; {late:.0} late replies dropped by the unit"),
+        twice: twice::count(&[&unit], &[&worker], &[]).await?,
+        note: "stalled 3 s with a 1 s deadline".into(),
     })
 }

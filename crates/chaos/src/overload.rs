@@ -11,12 +11,14 @@ use safetensors::tensor::{Dtype, TensorView};
 use crate::faults::{redelivered, unit, worker, ANSWER_EXIT, SEED};
 use crate::load::{closed_loop, open_loop};
 use crate::report::{Row, CALLERS};
+use crate::twice;
 use crate::verify::Check;
 
 /// Every call's deadline under overload.
 const OVERLOAD_DEADLINE: Duration = Duration::from_millis(500);
-/// Callers that find what a unit serves alone.
-const CAPACITY_CALLERS: usize = 8;
+/// Closed-loop callers tried in turn to find what a unit serves: its
+/// capacity is its best rate over these (batches grow with the calls waiting).
+const CONCURRENCIES: [usize; 6] = [1, 2, 4, 8, 16, 32];
 /// Request ids of the phases of one scenario, apart so every answer stays traceable.
 const PHASE: u64 = 1_000_000;
 /// The overload's worker computes the whole network: calls take long enough
@@ -78,8 +80,48 @@ fn median(values: &[f64]) -> f64 {
     dnet_testkit::stats::Summary::of(values).median
 }
 
+/// What a unit serves: its best rate of answers within `deadline` over
+/// closed loops of [`CONCURRENCIES`] callers, `step` each.
+struct Capacity {
+    rate: f64,
+    callers: usize,
+    /// Each concurrency's rate, for the note.
+    rates: String,
+    /// The worker's forwards at the best concurrency.
+    forwards: String,
+}
+
+async fn capacity(
+    address: &str,
+    worker: &ComputationUnit,
+    step: Duration,
+    deadline: Duration,
+) -> anyhow::Result<Capacity> {
+    let mut best = Capacity {
+        rate: 0.0,
+        callers: 0,
+        rates: String::new(),
+        forwards: String::new(),
+    };
+    let mut rates = Vec::new();
+    for (phase, callers) in (10..).zip(CONCURRENCIES) {
+        let before = Forwards::read(worker).await?;
+        let started = Instant::now();
+        let tally = closed_loop(address, callers, step, deadline, phase * PHASE).await?;
+        let rate = tally.rate_within(started, step, deadline);
+        rates.push(format!("{callers}: {rate:.1}/s"));
+        if rate > best.rate {
+            best.rate = rate;
+            best.callers = callers;
+            best.forwards = Forwards::read(worker).await?.since(&before);
+        }
+    }
+    best.rates = rates.join(", ");
+    Ok(best)
+}
+
 /// One unit, one worker of the whole network (exit 16), offered three times
-/// what it serves alone, every call with a 500 ms deadline: goodput against
+/// its capacity, every call with a 500 ms deadline: goodput against
 /// capacity, refusals, skipped jobs, and the latency of the next call once
 /// it stops.
 async fn overload(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
@@ -89,18 +131,14 @@ async fn overload(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
     let worker = worker(broker, &queue, FULL_NETWORK, true).await?;
     let address = unit.endpoint();
     let generous = Duration::from_secs(5);
-    let measure = (duration / 2).max(Duration::from_secs(4));
-    let forwards_before = Forwards::read(&worker).await?;
-    let started = Instant::now();
-    let alone = closed_loop(&address, CAPACITY_CALLERS, measure, generous, PHASE).await?;
-    let capacity = alone.rate_within(started, measure, generous);
-    let forward_alone = Forwards::read(&worker).await?.since(&forwards_before);
+    let step = (duration / 4).max(Duration::from_secs(2));
+    let capacity = capacity(&address, &worker, step, OVERLOAD_DEADLINE).await?;
     let normal = closed_loop(&address, 1, Duration::from_secs(2), generous, 2 * PHASE).await?;
     let normal_ms = median(&normal.latencies_ms);
 
     let expired_before = counter(&worker, "dnet_expired_total").await?;
     let forwards_before = Forwards::read(&worker).await?;
-    let offered = 3.0 * capacity;
+    let offered = 3.0 * capacity.rate;
     let started = Instant::now();
     let tally = open_loop(&address, offered, duration, OVERLOAD_DEADLINE, 0).await?;
     let expired = counter(&worker, "dnet_expired_total").await? - expired_before;
@@ -110,24 +148,33 @@ async fn overload(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
     let next_ms = next.latencies_ms.first().copied().unwrap_or(f64::NAN);
     let then_ms = median(&next.latencies_ms);
 
-    // Both rates count the answers that came inside their own window.
+    // Both rates count the answers that came inside their own window and deadline.
     let goodput = tally.rate_within(started, duration, OVERLOAD_DEADLINE);
     let refused = tally.errors.get("ResourceExhausted").copied().unwrap_or(0);
     let note = format!(
-        "offered {offered:.0}/s, 3x the {capacity:.0}/s it serves alone; goodput (answers within the deadline) \
-         {goodput:.0}/s = {:.2} of that (goal >= 0.9); {refused} refused at once; {expired:.0} expired jobs \
-         skipped by the worker; the next call after: {next_ms:.1} ms ({:.1}x the {normal_ms:.1} ms of a call \
-         alone, goal <= 2), the median of the next second {then_ms:.1} ms; the worker's forwards: {forward_alone} \
-         alone, {forward_overloaded} under overload",
-        goodput / capacity,
+        "capacity {:.1}/s, the best rate within the deadline of closed loops of {} callers ({}, {} s each), \
+         at {} callers; offered {offered:.1}/s (3x); goodput (answers within the deadline) {goodput:.1}/s = \
+         {:.2} of capacity (goal >= 0.9); {refused} refused at once; {expired:.0} expired jobs skipped by the \
+         worker; the next call after: {next_ms:.1} ms ({:.1}x the {normal_ms:.1} ms of a call alone, goal <= 2), \
+         the median of the next second {then_ms:.1} ms; the worker's forwards: {} at capacity, \
+         {forward_overloaded} under overload",
+        capacity.rate,
+        CONCURRENCIES.map(|c| c.to_string()).join("/"),
+        capacity.rates,
+        step.as_secs(),
+        capacity.callers,
+        goodput / capacity.rate,
         next_ms / normal_ms,
+        capacity.forwards,
     );
     Ok(Row {
         name: "overload: 3x capacity, 500 ms deadlines".into(),
         redelivered: redelivered(&[&worker]).await?,
+        twice: twice::count(&[&unit], &[&worker], &[]).await?,
         tally,
         answer_exit: FULL_NETWORK,
         check: Check::default(),
+        failures: Vec::new(),
         note,
     })
 }
@@ -153,26 +200,24 @@ async fn stall_then_burst(broker: &Broker, duration: Duration) -> anyhow::Result
     let (tally, resumed) = (tally?, resumed?);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let expired = counter(&worker, "dnet_expired_total").await?;
-    let late = unit
-        .metrics()
-        .await
-        .context("reading the unit's late replies")?
-        .value("dnet_late_replies_total")?;
+    let twice = twice::count(&[&unit], &[&worker], &[]).await?;
     let recovery = tally.recovery_after(resumed).map_or_else(
         || "no answer after".to_owned(),
         |s| format!("first answer {s:.2} s after"),
     );
     let note = format!(
-        "{rate:.0} calls/s; the worker stopped {} s: {expired:.0} expired jobs skipped, {late:.0} computed for \
-         callers already gone (late replies); {recovery} it resumed (goal < 1 s)",
+        "{rate:.0} calls/s; the worker stopped {} s: {expired:.0} expired jobs skipped; {recovery} it resumed \
+         (goal < 1 s)",
         stall.as_secs()
     );
     Ok(Row {
         name: "stall then burst (SIGSTOP 5 s, 1 s deadlines)".into(),
         redelivered: redelivered(&[&worker]).await?,
+        twice,
         tally,
         answer_exit: ANSWER_EXIT,
         check: Check::default(),
+        failures: Vec::new(),
         note,
     })
 }
@@ -198,7 +243,7 @@ async fn poison(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
                 "--test-exit-on-start-layer",
                 "3",
             ],
-            &[("DNET_ALLOW_TEST_TRIGGERS", "1")],
+            &[("DNET_ALLOW_TEST_TRIGGERS", "1"), twice::WORKER_LOG_FILTER],
         )
         .await
     };
@@ -217,12 +262,14 @@ async fn poison(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
         let _ = done.send(true);
         outcome
     };
+    let mut replaced_logs = Vec::new();
     let restarts = async {
         let mut deaths = 0;
         loop {
             for slot in &mut workers {
                 if slot.process.exited().is_some() {
                     deaths += 1;
+                    replaced_logs.push(slot.process.log());
                     *slot = start().await?;
                 }
             }
@@ -252,12 +299,15 @@ async fn poison(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
         "the poison request (start layer 3, --max-attempts 3) stopped {deaths} workers (each restarted) and was \
          {poisoned_answer}; the surviving workers count {poisoned_total:.0} poisoned"
     );
+    let live: Vec<&ComputationUnit> = workers.iter().collect();
     Ok(Row {
         name: "poison: a request that kills its workers".into(),
-        redelivered: redelivered(&workers.iter().collect::<Vec<_>>()).await?,
+        redelivered: redelivered(&live).await?,
+        twice: twice::count(&[&unit], &live, &replaced_logs).await?,
         tally,
         answer_exit: ANSWER_EXIT,
         check: Check::default(),
+        failures: Vec::new(),
         note,
     })
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::load::{self, Tally};
+use crate::twice::Twice;
 use crate::verify::Check;
 
 /// Closed-loop callers of the fault scenarios.
@@ -18,14 +19,18 @@ pub struct Row {
     pub check: Check,
     /// Deliveries the surviving workers received marked as redelivered.
     pub redelivered: u64,
+    /// Work done twice, counted where it happened.
+    pub twice: Twice,
+    /// Promises the scenario found broken (besides lost and wrong answers).
+    pub failures: Vec<String>,
     pub note: String,
 }
 
 /// The Markdown table of all rows.
 #[must_use]
 pub fn table(rows: &[Row], duration: Duration) -> String {
-    let mut out = "| scenario | sent | answered | wrong answers | duplicates | errors by kind | error rate | lost | redelivered | notes |
-|---|---|---|---|---|---|---|---|---|---|
+    let mut out = "| scenario | sent | answered | wrong answers | computed again | late replies | errors by kind | error rate | lost | redelivered | notes |
+|---|---|---|---|---|---|---|---|---|---|---|
 "
     .to_owned();
     for row in rows {
@@ -38,12 +43,13 @@ pub fn table(rows: &[Row], duration: Duration) -> String {
         };
         let error_rate = 100.0 * t.error_count() as f64 / t.sent.max(1) as f64;
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {error_rate:.1}% | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {error_rate:.1}% | {} | {} | {} |\n",
             row.name,
             t.sent,
             t.answered,
             row.check.wrong,
-            row.check.duplicates,
+            row.twice.computed_again,
+            row.twice.late_replies,
             errors,
             t.lost,
             row.redelivered,
@@ -55,8 +61,10 @@ pub fn table(rows: &[Row], duration: Duration) -> String {
          as their notes say), each request with an input of its own. \
          lost = sent - answered - clean errors (a call that hangs past its deadline + {} s, or ends without a \
          result or an error message). Every answer is checked against the model computed by the suite: \
-         wrong answers = answers that are not their request's; duplicates = answers beyond the first that \
-         belong to one request. redelivered = deliveries the workers received marked redelivered.\n",
+         wrong answers = answers that are not their request's. Work done twice, counted where it happens: \
+         computed again = answers the workers computed for a request (its correlation id, from their logs) that \
+         a worker had answered before; late replies = replies the transmission units dropped because no call \
+         waited for them. redelivered = deliveries the workers received marked redelivered.\n",
         duration.as_secs(),
         load::GRACE.as_secs()
     ));

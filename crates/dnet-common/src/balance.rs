@@ -254,14 +254,31 @@ impl Follower {
     }
 }
 
+/// Why a health watch ended.
+enum Ended {
+    /// It could not start: the address does not answer, or not as a unit.
+    CannotStart(String),
+    /// It was under way and broke (a connection cut, a GOAWAY).
+    Broke(String),
+}
+
 /// Watches the health of `address` until the task is aborted: each answer
-/// goes to `events`; a watch that cannot start or breaks counts as not
-/// serving, and is tried again after [`REFRESH`].
+/// goes to `events`. A watch that broke is started again at once, the
+/// address keeping its state meanwhile (a cut connection is not a unit
+/// down); one that cannot start counts as not serving, and is tried again
+/// after [`REFRESH`].
 async fn watch(address: SocketAddr, endpoint: Arc<MakeEndpoint>, events: mpsc::Sender<Health>) {
     loop {
-        if let Err(why) = watch_once(address, &endpoint, &events).await {
-            debug!(%address, why, "no health watch");
-        }
+        let started = tokio::time::Instant::now();
+        let why = match watch_once(address, &endpoint, &events).await {
+            // One that broke at once is not tried again at once (no busy loop).
+            Ended::Broke(why) if started.elapsed() >= REFRESH => {
+                debug!(%address, why, "health watch broke; watching again");
+                continue;
+            }
+            Ended::Broke(why) | Ended::CannotStart(why) => why,
+        };
+        debug!(%address, why, "no health watch");
         if events.send((address, false)).await.is_err() {
             return;
         }
@@ -270,37 +287,51 @@ async fn watch(address: SocketAddr, endpoint: Arc<MakeEndpoint>, events: mpsc::S
 }
 
 /// One health watch of `address`, until it ends.
-async fn watch_once(address: SocketAddr, endpoint: &MakeEndpoint, events: &mpsc::Sender<Health>) -> Result<(), String> {
-    let channel = endpoint(address)?.connect().await.map_err(|e| e.to_string())?;
+async fn watch_once(address: SocketAddr, endpoint: &MakeEndpoint, events: &mpsc::Sender<Health>) -> Ended {
+    let connected = match endpoint(address) {
+        Ok(endpoint) => endpoint.connect().await.map_err(|e| e.to_string()),
+        Err(error) => Err(error),
+    };
+    let channel = match connected {
+        Ok(channel) => channel,
+        Err(why) => return Ended::CannotStart(why),
+    };
     let request = HealthCheckRequest {
         service: HEALTH_SERVICE.to_owned(),
     };
     let mut stream = match HealthClient::new(channel).watch(request).await {
         Ok(stream) => stream.into_inner(),
-        Err(status) if status.code() == Code::Unimplemented => return serving_while_it_accepts(address, events).await,
-        Err(status) => return Err(status.to_string()),
+        Err(status) if status.code() == Code::Unimplemented => {
+            return Ended::CannotStart(serving_while_it_accepts(address, events).await)
+        }
+        Err(status) => return Ended::CannotStart(status.to_string()),
     };
-    while let Some(answer) = stream.message().await.map_err(|e| e.to_string())? {
-        let serving = answer.status == ServingStatus::Serving as i32;
-        if events.send((address, serving)).await.is_err() {
-            return Ok(());
+    loop {
+        match stream.message().await {
+            Ok(Some(answer)) => {
+                let serving = answer.status == ServingStatus::Serving as i32;
+                if events.send((address, serving)).await.is_err() {
+                    return Ended::CannotStart("the balancer is gone".to_owned());
+                }
+            }
+            Ok(None) => return Ended::CannotStart("the health watch ended (the unit is stopping)".to_owned()),
+            Err(status) => return Ended::Broke(status.to_string()),
         }
     }
-    Err("the health watch ended".to_owned())
 }
 
 /// A server without grpc.health (the original DNet): serving while it
-/// accepts TCP connections, checked every [`REFRESH`].
-async fn serving_while_it_accepts(address: SocketAddr, events: &mpsc::Sender<Health>) -> Result<(), String> {
+/// accepts TCP connections, checked every [`REFRESH`]; returns why it stopped.
+async fn serving_while_it_accepts(address: SocketAddr, events: &mpsc::Sender<Health>) -> String {
     loop {
         if events.send((address, true)).await.is_err() {
-            return Ok(());
+            return "the balancer is gone".to_owned();
         }
         tokio::time::sleep(REFRESH).await;
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
             Ok(Ok(_)) => {}
-            Ok(Err(error)) => return Err(error.to_string()),
-            Err(_) => return Err("connect timed out".to_owned()),
+            Ok(Err(error)) => return error.to_string(),
+            Err(_) => return "connect timed out".to_owned(),
         }
     }
 }

@@ -305,6 +305,12 @@ impl Worker {
             Incoming::Decoded(job) => return Some(job),
             Incoming::Encoded(encoded) => encoded,
         };
+        if encoded.deadline.is_some_and(|deadline| deadline <= Instant::now()) {
+            // Nobody waits for it any more: not even decoded.
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            let _ = encoded.done.send(Outcome::Expired);
+            return None;
+        }
         match prepare_request(&encoded.request, &self.unit) {
             Ok(mut request) => {
                 request.attempts = request.attempts.max(encoded.attempts);

@@ -4,7 +4,8 @@
 //! has in flight, and what is measured is the unit's.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -14,13 +15,51 @@ use tokio::net::TcpStream;
 
 /// How one flooded call ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Ended {
-    /// The gRPC status code (0 = OK), or `None` when the call broke.
-    pub code: Option<i32>,
-    /// Its grpc-message, or what broke.
-    pub message: String,
-    /// When it ended, from the start of the flood.
-    pub after: Duration,
+pub enum Ended {
+    /// The unit answered with this gRPC status code (0 = OK) and message.
+    Status(i32, String),
+    /// HTTP/2 refused the stream before any processing (REFUSED_STREAM):
+    /// the server had more open streams than it takes.
+    RefusedStream,
+    /// The call broke: what broke.
+    Broken(String),
+}
+
+impl Ended {
+    /// Refused before its message was read: RESOURCE_EXHAUSTED from the
+    /// unit's admission, or REFUSED_STREAM from HTTP/2.
+    #[must_use]
+    pub fn refused(&self) -> bool {
+        matches!(self, Ended::RefusedStream) || matches!(self, Ended::Status(8, _))
+    }
+}
+
+/// Calls under way; [`Flood::ended`] says how those that ended did.
+#[derive(Debug)]
+pub struct Flood {
+    ended: Arc<Mutex<Vec<Ended>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Flood {
+    /// How the calls that have ended so far ended.
+    #[must_use]
+    pub fn ended(&self) -> Vec<Ended> {
+        self.ended.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Waits for every call to end.
+    ///
+    /// # Errors
+    /// A call's task panicked.
+    pub async fn finish(self) -> anyhow::Result<Vec<Ended>> {
+        let Flood { ended, tasks } = self;
+        for task in tasks {
+            task.await.context("a call's task")?;
+        }
+        let ended = ended.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        Ok(ended)
+    }
 }
 
 /// A request framed as gRPC sends it: a 5-byte prefix (not compressed, the
@@ -35,9 +74,9 @@ pub fn framed(request: &ComputationRequest) -> Bytes {
     frame.freeze()
 }
 
-/// Opens `connections` HTTP/2 connections to `address` and sends `calls`
+/// Opens `connections` HTTP/2 connections to `address` and starts `calls`
 /// `Compute` calls of `message` (see [`framed`]) on each, all at once, each
-/// with `timeout`; returns how each ended.
+/// with `timeout`.
 ///
 /// # Errors
 /// A connection cannot be opened.
@@ -47,38 +86,37 @@ pub async fn flood(
     calls: usize,
     message: Bytes,
     timeout: Duration,
-) -> anyhow::Result<Vec<Ended>> {
-    let started = Instant::now();
+) -> anyhow::Result<Flood> {
+    let ended = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let tcp = TcpStream::connect(address).await.context("connect")?;
         let (client, connection) = h2::client::handshake(tcp).await.context("HTTP/2 handshake")?;
         tokio::spawn(connection);
         for _ in 0..calls {
-            let (client, message) = (client.clone(), message.clone());
+            let (client, message, ended) = (client.clone(), message.clone(), Arc::clone(&ended));
             tasks.push(tokio::spawn(async move {
-                let (code, text) = match call(client, address, message, timeout).await {
-                    Ok((code, text)) => (Some(code), text),
-                    Err(error) => (None, format!("{error:#}")),
-                };
-                Ended {
-                    code,
-                    message: text,
-                    after: started.elapsed(),
-                }
+                let outcome = call(client, address, message, timeout).await;
+                ended.lock().unwrap_or_else(PoisonError::into_inner).push(outcome);
             }));
         }
     }
-    let mut ended = Vec::new();
-    for task in tasks {
-        ended.push(task.await.context("a call's task")?);
-    }
-    Ok(ended)
+    Ok(Flood { ended, tasks })
 }
 
 /// One call: the request, then its status (from the headers of a
 /// trailers-only answer, else from the trailers).
-async fn call(
+async fn call(client: h2::client::SendRequest<Bytes>, address: SocketAddr, message: Bytes, timeout: Duration) -> Ended {
+    match exchange(client, address, message, timeout).await {
+        Ok((code, text)) => Ended::Status(code, text),
+        Err(error) => match error.downcast_ref::<h2::Error>() {
+            Some(h2) if h2.reason() == Some(h2::Reason::REFUSED_STREAM) => Ended::RefusedStream,
+            _ => Ended::Broken(format!("{error:#}")),
+        },
+    }
+}
+
+async fn exchange(
     client: h2::client::SendRequest<Bytes>,
     address: SocketAddr,
     message: Bytes,

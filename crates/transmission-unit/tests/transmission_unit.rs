@@ -680,8 +680,12 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
         answer.data,
         Some(Data::Result(dnet_proto::Bytes::from_static(b"in flight")))
     );
-    let exit = unit.process.wait_exit(Duration::from_secs(10)).await.expect("exits");
+    let exit = unit.process.wait_exit(PATIENCE).await.expect("exits");
     assert!(exit.success(), "{exit:?}");
+    // A planned stop closes the broker session in order: no error logged.
+    let log = unit.process.log();
+    let errors: Vec<&str> = log.lines().filter(|line| line.contains(r#""level":"ERROR""#)).collect();
+    assert!(errors.is_empty(), "{errors:?}");
     worker.stop().await;
 }
 

@@ -11,7 +11,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // reused by a clone at another path.
     let proto_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    // The tonic client and server only with the `grpc` feature: the model
+    // library reads the messages and links no gRPC stack.
+    let grpc = std::env::var_os("CARGO_FEATURE_GRPC").is_some();
     tonic_prost_build::configure()
+        .build_client(grpc)
+        .build_server(grpc)
         // Byte fields (tensors) as `bytes::Bytes`: decoding slices the received
         // buffer instead of copying it, and a forwarded tensor is shared, not cloned.
         .bytes(".")

@@ -6,14 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use dnet_testkit::{Broker, ComputationUnit, PrivateBroker, TestQueue, TransmissionUnit};
 
 use crate::load;
 use crate::proxy;
-use crate::report::{Row, CALLERS};
+use crate::report::{redelivered, Ran, Row, CALLERS};
 use crate::twice;
-use crate::verify::Check;
 
 /// Random weights of every worker (and of the reference that checks answers).
 pub const SEED: u64 = 1;
@@ -54,20 +52,6 @@ pub async fn unit(broker: &Broker, queue: &TestQueue, extra: &[&str]) -> anyhow:
     TransmissionUnit::start(broker, queue.name(), &args).await
 }
 
-/// Redeliveries counted by these workers; a worker whose metrics cannot be
-/// read fails the scenario rather than counting 0.
-pub async fn redelivered(workers: &[&ComputationUnit]) -> anyhow::Result<u64> {
-    let mut total = 0.0;
-    for worker in workers {
-        total += worker
-            .metrics()
-            .await
-            .context("reading a worker's redeliveries")?
-            .value("dnet_worker_redelivered_total")?;
-    }
-    Ok(total as u64)
-}
-
 /// Runs every fault scenario in turn.
 ///
 /// # Errors
@@ -104,17 +88,19 @@ async fn kill_a_worker(broker: &Broker, duration: Duration) -> anyhow::Result<Ro
             doomed.process.kill();
         }
     );
-    let redelivered = redelivered(&[&survivor]).await?;
-    Ok(Row {
-        name: "kill -9 one of two workers".into(),
-        tally: tally?,
-        answer_exit: ANSWER_EXIT,
-        check: Check::default(),
-        failures: Vec::new(),
-        redelivered,
-        twice: twice::count(&[&unit], &[&doomed, &survivor], &[]).await?,
-        note: format!("{redelivered} request(s) the killed worker held were redelivered to the survivor"),
-    })
+    let ran = Ran {
+        units: &[&unit],
+        workers: &[&doomed, &survivor],
+        replaced_logs: &[],
+    };
+    let mut row = Row::of("kill -9 one of two workers", tally?, ANSWER_EXIT, ran, String::new()).await?;
+    // The killed worker reads 0: what counts is what the survivor received.
+    row.redelivered = redelivered(&[&survivor]).await?;
+    row.note = format!(
+        "{} request(s) the killed worker held were redelivered to the survivor",
+        row.redelivered
+    );
+    Ok(row)
 }
 
 /// 2. The broker restarted under load (a private node: the machine's broker is shared).
@@ -154,19 +140,14 @@ async fn restart_the_broker(duration: Duration, retries: bool) -> anyhow::Result
         Some(s) => format!("first answer {s:.1} s after the broker was back"),
         None => "no answer after the broker was back".into(),
     };
-    let redelivered = redelivered(&[&worker]).await?;
-    let twice = twice::count(&[&unit], &[&worker], &[]).await?;
+    let ran = Ran {
+        units: &[&unit],
+        workers: &[&worker],
+        replaced_logs: &[],
+    };
+    let row = Row::of(&name, tally, ANSWER_EXIT, ran, note).await?;
     drop((worker, unit, queue));
-    Ok(Row {
-        name,
-        tally,
-        answer_exit: ANSWER_EXIT,
-        check: Check::default(),
-        failures: Vec::new(),
-        redelivered,
-        twice,
-        note,
-    })
+    Ok(row)
 }
 
 /// 3. The next unit killed and restarted under load.
@@ -198,16 +179,12 @@ async fn restart_the_next_unit(broker: &Broker, duration: Duration, retries: boo
         Some(s) => format!("first answer {s:.1} s after the restart"),
         None => "no answer after the restart".into(),
     };
-    Ok(Row {
-        name,
-        tally,
-        answer_exit: ANSWER_EXIT,
-        check: Check::default(),
-        failures: Vec::new(),
-        redelivered: redelivered(&[&w1, &w2]).await?,
-        twice: twice::count(&[&first, &second], &[&w1, &w2], &[]).await?,
-        note,
-    })
+    let ran = Ran {
+        units: &[&first, &second],
+        workers: &[&w1, &w2],
+        replaced_logs: &[],
+    };
+    Row::of(&name, tally, ANSWER_EXIT, ran, note).await
 }
 
 /// 4. A slow link between units that also cuts connections.
@@ -228,16 +205,12 @@ async fn slow_cutting_link(broker: &Broker, duration: Duration) -> anyhow::Resul
         deadline.as_millis(),
         tally.max_over_deadline_ms.max(0.0)
     );
-    Ok(Row {
-        name: "slow link that cuts connections".into(),
-        tally,
-        answer_exit: ANSWER_EXIT,
-        check: Check::default(),
-        failures: Vec::new(),
-        redelivered: redelivered(&[&w1, &w2]).await?,
-        twice: twice::count(&[&first, &second], &[&w1, &w2], &[]).await?,
-        note,
-    })
+    let ran = Ran {
+        units: &[&first, &second],
+        workers: &[&w1, &w2],
+        replaced_logs: &[],
+    };
+    Row::of("slow link that cuts connections", tally, ANSWER_EXIT, ran, note).await
 }
 
 /// 5. A worker stalled (SIGSTOP) past the deadline.
@@ -259,14 +232,17 @@ async fn stall_a_worker(broker: &Broker, duration: Duration) -> anyhow::Result<R
     let tally = tally?;
     stalled?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    Ok(Row {
-        name: "worker stalled (SIGSTOP)".into(),
+    let ran = Ran {
+        units: &[&unit],
+        workers: &[&worker],
+        replaced_logs: &[],
+    };
+    Row::of(
+        "worker stalled (SIGSTOP)",
         tally,
-        answer_exit: ANSWER_EXIT,
-        check: Check::default(),
-        failures: Vec::new(),
-        redelivered: redelivered(&[&worker]).await?,
-        twice: twice::count(&[&unit], &[&worker], &[]).await?,
-        note: "stalled 3 s with a 1 s deadline".into(),
-    })
+        ANSWER_EXIT,
+        ran,
+        "stalled 3 s with a 1 s deadline".into(),
+    )
+    .await
 }

@@ -11,11 +11,9 @@ use dnet_proto::ComputationRequest;
 use dnet_testkit::flood::{flood, framed, peak_rss, Ended};
 use dnet_testkit::{Broker, TestQueue};
 
-use crate::faults::{redelivered, unit, worker, ANSWER_EXIT};
+use crate::faults::{unit, worker, ANSWER_EXIT};
 use crate::load::Tally;
-use crate::report::Row;
-use crate::twice;
-use crate::verify::Check;
+use crate::report::{Ran, Row};
 
 const CONNECTIONS: usize = 8;
 const CALLS: usize = 64;
@@ -64,37 +62,8 @@ pub async fn flood_a_stalled_unit(broker: &Broker) -> anyhow::Result<Row> {
     // The high-water mark over the unit's whole life: the admitted calls read and published included.
     let peak = peak_rss(unit.process.id())?;
 
-    let mut tally = Tally {
-        sent: ended.len() as u64,
-        ..Tally::default()
-    };
-    for call in &ended {
-        let kind = match call {
-            Ended::Status(0, _) => {
-                tally.answered += 1;
-                continue;
-            }
-            Ended::Status(code, _) => format!("{:?}", tonic::Code::from(*code)),
-            Ended::RefusedStream => "RefusedStream".to_owned(),
-            Ended::Broken(_) => {
-                tally.lost += 1;
-                continue;
-            }
-        };
-        *tally.errors.entry(kind).or_default() += 1;
-    }
-    let mut failures = Vec::new();
-    if peak >> 20 > BOUND_MIB {
-        failures.push(format!("peak RSS {} MiB over the bound {BOUND_MIB} MiB", peak >> 20));
-    }
-    match &refused_while_stalled {
-        Ok((early, _)) if early.iter().all(Ended::refused) => {}
-        Ok(_) => failures.push("calls other than the surplus ended while the worker was stalled".to_owned()),
-        Err(_) => failures.push("the surplus was not refused while the worker was stalled".to_owned()),
-    }
-    if ninth.is_err() {
-        failures.push("the ninth connection's call failed".to_owned());
-    }
+    let tally = tally(&ended);
+    let failures = broken(peak, &refused_while_stalled, ninth.is_ok());
     let refused = match refused_while_stalled {
         Ok((early, after)) => format!(
             "{} refused while the worker was stalled ({} RESOURCE_EXHAUSTED by admission, {} REFUSED_STREAM by \
@@ -114,14 +83,66 @@ pub async fn flood_a_stalled_unit(broker: &Broker) -> anyhow::Result<Row> {
         if peak >> 20 <= BOUND_MIB { "under" } else { "OVER" },
         if ninth.is_ok() { "answered" } else { "failed" },
     );
-    Ok(Row {
-        name: "flood: 8 x 64 calls of 30 MB, worker stalled".into(),
-        redelivered: redelivered(&[&worker]).await?,
-        twice: twice::count(&[&unit], &[&worker], &[]).await?,
+    let ran = Ran {
+        units: &[&unit],
+        workers: &[&worker],
+        replaced_logs: &[],
+    };
+    let mut row = Row::of(
+        "flood: 8 x 64 calls of 30 MB, worker stalled",
         tally,
-        answer_exit: ANSWER_EXIT,
-        check: Check::default(),
-        failures,
+        ANSWER_EXIT,
+        ran,
         note,
-    })
+    )
+    .await?;
+    row.failures = failures;
+    Ok(row)
+}
+
+/// How the flooded calls ended, as the report counts calls.
+fn tally(ended: &[Ended]) -> Tally {
+    let mut tally = Tally {
+        sent: ended.len() as u64,
+        ..Tally::default()
+    };
+    for call in ended {
+        let kind = match call {
+            Ended::Status(0, _) => {
+                tally.answered += 1;
+                continue;
+            }
+            Ended::Status(code, _) => format!("{:?}", tonic::Code::from(*code)),
+            Ended::RefusedStream => "RefusedStream".to_owned(),
+            Ended::Broken(_) => {
+                tally.lost += 1;
+                continue;
+            }
+        };
+        *tally.errors.entry(kind).or_default() += 1;
+    }
+    tally
+}
+
+/// The promises the flood found broken: the memory bound, the surplus
+/// refused (and nothing else ended) while the worker was stalled, the ninth
+/// connection answered.
+fn broken(
+    peak: u64,
+    refused_while_stalled: &anyhow::Result<(Vec<Ended>, Duration)>,
+    ninth_answered: bool,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    if peak >> 20 > BOUND_MIB {
+        failures.push(format!("peak RSS {} MiB over the bound {BOUND_MIB} MiB", peak >> 20));
+    }
+    match refused_while_stalled {
+        Ok((early, _)) if early.iter().all(Ended::refused) => {}
+        Ok(_) => failures.push("calls other than the surplus ended while the worker was stalled".to_owned()),
+        Err(_) => failures.push("the surplus was not refused while the worker was stalled".to_owned()),
+    }
+    if !ninth_answered {
+        failures.push("the ninth connection's call failed".to_owned());
+    }
+    failures
 }

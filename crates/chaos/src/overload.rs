@@ -8,11 +8,10 @@ use dnet_proto::{ComputationRequest, DNetClient, Data, StatusCode};
 use dnet_testkit::{Broker, ComputationUnit, TestQueue};
 use safetensors::tensor::{Dtype, TensorView};
 
-use crate::faults::{redelivered, unit, worker, ANSWER_EXIT, SEED};
+use crate::faults::{unit, worker, ANSWER_EXIT, SEED};
 use crate::load::{closed_loop, open_loop};
-use crate::report::{Row, CALLERS};
+use crate::report::{Ran, Row, CALLERS};
 use crate::twice;
-use crate::verify::Check;
 
 /// Every call's deadline under overload.
 const OVERLOAD_DEADLINE: Duration = Duration::from_millis(500);
@@ -167,16 +166,19 @@ async fn overload(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
         next_ms / normal_ms,
         capacity.forwards,
     );
-    Ok(Row {
-        name: "overload: 3x capacity, 500 ms deadlines".into(),
-        redelivered: redelivered(&[&worker]).await?,
-        twice: twice::count(&[&unit], &[&worker], &[]).await?,
+    let ran = Ran {
+        units: &[&unit],
+        workers: &[&worker],
+        replaced_logs: &[],
+    };
+    Row::of(
+        "overload: 3x capacity, 500 ms deadlines",
         tally,
-        answer_exit: FULL_NETWORK,
-        check: Check::default(),
-        failures: Vec::new(),
+        FULL_NETWORK,
+        ran,
         note,
-    })
+    )
+    .await
 }
 
 /// The worker stopped for 5 s while calls with a 1 s deadline keep coming,
@@ -200,7 +202,6 @@ async fn stall_then_burst(broker: &Broker, duration: Duration) -> anyhow::Result
     let (tally, resumed) = (tally?, resumed?);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let expired = counter(&worker, "dnet_expired_total").await?;
-    let twice = twice::count(&[&unit], &[&worker], &[]).await?;
     let recovery = tally.recovery_after(resumed).map_or_else(
         || "no answer after".to_owned(),
         |s| format!("first answer {s:.2} s after"),
@@ -210,16 +211,19 @@ async fn stall_then_burst(broker: &Broker, duration: Duration) -> anyhow::Result
          (goal < 1 s)",
         stall.as_secs()
     );
-    Ok(Row {
-        name: "stall then burst (SIGSTOP 5 s, 1 s deadlines)".into(),
-        redelivered: redelivered(&[&worker]).await?,
-        twice,
+    let ran = Ran {
+        units: &[&unit],
+        workers: &[&worker],
+        replaced_logs: &[],
+    };
+    Row::of(
+        "stall then burst (SIGSTOP 5 s, 1 s deadlines)",
         tally,
-        answer_exit: ANSWER_EXIT,
-        check: Check::default(),
-        failures: Vec::new(),
+        ANSWER_EXIT,
+        ran,
         note,
-    })
+    )
+    .await
 }
 
 /// A request (start layer 3) that makes every worker taking it abort; two
@@ -281,16 +285,7 @@ async fn poison(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
     };
     let ((tally, answer), deaths) = tokio::join!(work, restarts);
     let (tally, answer, deaths) = (tally?, answer?, deaths?);
-    let poisoned_answer = match answer {
-        Ok(response) => {
-            let response = response.into_inner();
-            match (StatusCode::try_from(response.status), response.data) {
-                (Ok(StatusCode::Error), Some(Data::ErrorMessage(message))) => format!("answered ERROR \"{message}\""),
-                (status, _) => format!("answered {status:?}, not ERROR"),
-            }
-        }
-        Err(status) => format!("failed {:?}: {}", status.code(), status.message()),
-    };
+    let poisoned_answer = describe(answer);
     let mut poisoned_total = 0.0;
     for worker in &workers {
         poisoned_total += counter(worker, "dnet_worker_poisoned_total").await?;
@@ -300,16 +295,33 @@ async fn poison(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
          {poisoned_answer}; the surviving workers count {poisoned_total:.0} poisoned"
     );
     let live: Vec<&ComputationUnit> = workers.iter().collect();
-    Ok(Row {
-        name: "poison: a request that kills its workers".into(),
-        redelivered: redelivered(&live).await?,
-        twice: twice::count(&[&unit], &live, &replaced_logs).await?,
+    let ran = Ran {
+        units: &[&unit],
+        workers: &live,
+        replaced_logs: &replaced_logs,
+    };
+    Row::of(
+        "poison: a request that kills its workers",
         tally,
-        answer_exit: ANSWER_EXIT,
-        check: Check::default(),
-        failures: Vec::new(),
+        ANSWER_EXIT,
+        ran,
         note,
-    })
+    )
+    .await
+}
+
+/// What the poison request's caller got.
+fn describe(answer: Result<tonic::Response<dnet_proto::ComputationResponse>, tonic::Status>) -> String {
+    match answer {
+        Ok(response) => {
+            let response = response.into_inner();
+            match (StatusCode::try_from(response.status), response.data) {
+                (Ok(StatusCode::Error), Some(Data::ErrorMessage(message))) => format!("answered ERROR \"{message}\""),
+                (status, _) => format!("answered {status:?}, not ERROR"),
+            }
+        }
+        Err(status) => format!("failed {:?}: {}", status.code(), status.message()),
+    }
 }
 
 /// A request of start layer 3 (the trigger), zeros of that boundary's shape.

@@ -2,8 +2,11 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
+use dnet_testkit::{ComputationUnit, TransmissionUnit};
+
 use crate::load::{self, Tally};
-use crate::twice::Twice;
+use crate::twice::{self, Twice};
 use crate::verify::Check;
 
 /// Closed-loop callers of the fault scenarios.
@@ -24,6 +27,48 @@ pub struct Row {
     /// Promises the scenario found broken (besides lost and wrong answers).
     pub failures: Vec<String>,
     pub note: String,
+}
+
+/// What a scenario ran, for the counts its row reads from them.
+pub struct Ran<'a> {
+    pub units: &'a [&'a TransmissionUnit],
+    pub workers: &'a [&'a ComputationUnit],
+    /// The logs of workers replaced during the scenario.
+    pub replaced_logs: &'a [String],
+}
+
+impl Row {
+    /// A scenario's row: its calls' tally and its note, with the
+    /// redeliveries and the work done twice that its programs count.
+    ///
+    /// # Errors
+    /// A program's metrics cannot be read.
+    pub async fn of(name: &str, tally: Tally, answer_exit: u8, ran: Ran<'_>, note: String) -> anyhow::Result<Row> {
+        Ok(Row {
+            name: name.to_owned(),
+            tally,
+            answer_exit,
+            check: Check::default(),
+            redelivered: redelivered(ran.workers).await?,
+            twice: twice::count(ran.units, ran.workers, ran.replaced_logs).await?,
+            failures: Vec::new(),
+            note,
+        })
+    }
+}
+
+/// Redeliveries counted by these workers; a worker whose metrics cannot be
+/// read fails the scenario rather than counting 0.
+pub async fn redelivered(workers: &[&ComputationUnit]) -> anyhow::Result<u64> {
+    let mut total = 0.0;
+    for worker in workers {
+        total += worker
+            .metrics()
+            .await
+            .context("reading a worker's redeliveries")?
+            .value("dnet_worker_redelivered_total")?;
+    }
+    Ok(total as u64)
 }
 
 /// The Markdown table of all rows.

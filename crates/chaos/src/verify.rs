@@ -6,7 +6,7 @@
 
 use dnet_model::codec::decode_x;
 use dnet_model::model::MultiExitInception;
-use dnet_model::options::Precision;
+use dnet_model::settings::Precision;
 use dnet_model::weights::{load, WeightSource};
 use tch::{Device, Tensor};
 

@@ -22,8 +22,9 @@ use dnet_model::batch::BatchPolicy;
 use dnet_model::codec;
 use dnet_model::engine::{Engine, EngineSettings, Job, Outcome};
 use dnet_model::model::DEFAULT_THRESHOLDS;
-use dnet_model::options::{default_threads, Precision};
+use dnet_model::observer::Unobserved;
 use dnet_model::request::{Prepared, UnitSettings};
+use dnet_model::settings::{default_threads, Precision};
 use dnet_model::weights::{load, WeightSource};
 use dnet_proto::ComputationRequest;
 use dnet_testkit::stats::{closed_loop_repeats, Summary};
@@ -125,7 +126,7 @@ async fn in_process() -> Vec<Row> {
         },
     };
     let engine = tokio::task::spawn_blocking(move || {
-        Engine::start(WeightSource::Random(1), unit, settings, Default::default()).expect("engine")
+        Engine::start(WeightSource::Random(1), unit, settings, Arc::new(Unobserved)).expect("engine")
     })
     .await
     .expect("join");

@@ -2,19 +2,19 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use dnet_amqp::credentials::AmqpCredentials;
 use dnet_common::telemetry::ObservabilityArgs;
-use tch::Device;
-
+use dnet_edge::config::{EdgeArgs, DEFAULT_MAX_MESSAGE_BYTES};
 use dnet_model::model::{DEFAULT_THRESHOLDS, SIDE_EXITS};
-use dnet_model::options::{
-    parse_device, parse_override_bounds, parse_thresholds, BatchArgs, ComputeArgs, ExitRule, OverrideBounds,
-    Thresholds, WireDtype,
-};
 use dnet_model::request::{largest_message, UnitSettings};
+use dnet_model::settings::{parse_override_bounds, parse_thresholds, ExitRule, OverrideBounds, Thresholds, WireDtype};
 use dnet_model::thresholds::LiveThresholds;
 use dnet_model::weights::WeightSource;
-use transmission_unit::config::DEFAULT_MAX_MESSAGE_BYTES;
+use dnet_model_flags::{BatchFlags, ModelFlags};
+
+/// The weights are required: `--weights` or `--random-weights`.
+const WEIGHTS_REQUIRED: &str = "weight_source";
 
 /// A DNet computation unit: consumes a RabbitMQ queue and runs the
 /// multi-exit Inception-v3 from each request's start layer to this unit's
@@ -50,62 +50,24 @@ pub enum Command {
 #[derive(Clone, Debug, Args)]
 pub struct ServeArgs {
     #[command(flatten)]
-    pub edge: transmission_unit::config::EdgeArgs,
+    pub edge: EdgeArgs,
 
     #[command(flatten)]
     pub unit: UnitArgs,
 }
 
-/// Where the weights come from: exactly one of the two.
-#[derive(Clone, Debug, Args)]
-#[group(required = true, multiple = false)]
-pub struct WeightsArgs {
-    /// Weights: a .safetensors file with the original state_dict names.
-    #[arg(long, env = "DNET_WEIGHTS")]
-    pub weights: Option<PathBuf>,
-
-    /// Deterministic random weights from this seed (tests and demos).
-    #[arg(long, env = "DNET_RANDOM_WEIGHTS", value_name = "SEED")]
-    pub random_weights: Option<u64>,
-}
-
-/// The weights, the device, threads and precision.
-#[derive(Clone, Debug, Args)]
-pub struct ModelArgs {
-    #[command(flatten)]
-    pub weights: WeightsArgs,
-
-    /// Device: cpu, cuda or cuda:N.
-    #[arg(long, env = "DNET_DEVICE", default_value = "cpu", value_parser = parse_device)]
-    pub device: Device,
-
-    #[command(flatten)]
-    pub compute: ComputeArgs,
-}
-
-impl ModelArgs {
-    #[must_use]
-    pub fn source(&self) -> WeightSource {
-        match (&self.weights.weights, self.weights.random_weights) {
-            (Some(path), _) => WeightSource::File(path.clone()),
-            (None, Some(seed)) => WeightSource::Random(seed),
-            // clap's required group guarantees one of the two.
-            (None, None) => WeightSource::Random(0),
-        }
-    }
-}
-
 /// What a unit computes and how it answers: the same for a queue worker
 /// and a direct unit.
 #[derive(Clone, Debug, Args)]
+#[command(group(ArgGroup::new(WEIGHTS_REQUIRED).args(["weights", "random_weights"]).required(true)))]
 pub struct UnitArgs {
     /// Exit layer of this unit, 1..16 (16 = the final head, always answers).
-    #[arg(short = 'e', long = "exitlayer", env = "DNET_EXIT_LAYER", default_value_t = 10,
+    #[arg(short = 'e', long, alias = "exitlayer", env = "DNET_EXIT_LAYER", default_value_t = 10,
           value_parser = clap::value_parser!(u8).range(1..=16))]
     pub exit_layer: u8,
 
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ModelFlags,
 
     /// Confidence thresholds of exits 1..15, comma-separated
     /// [default: 0.85,0.90,0.90,0.90,0.90,0.90,0.90,0.90,0.90,0.90,0.92,0.90,0.90,0.90,0.90].
@@ -124,7 +86,7 @@ pub struct UnitArgs {
     /// answers those here and hands only the others on (the caller gets
     /// every sample's answer and exit layer, in order); whole-request hands
     /// all of it on unless every sample is confident.
-    #[arg(long, env = "DNET_EXIT_RULE", value_enum, default_value_t = ExitRule::PerSample)]
+    #[arg(long, env = "DNET_EXIT_RULE", default_value = "per-sample", value_parser = dnet_model_flags::exit_rule())]
     pub exit_rule: ExitRule,
 
     /// Accept requests that carry their own thresholds, when the one of this
@@ -134,16 +96,16 @@ pub struct UnitArgs {
     pub allow_threshold_override: Option<OverrideBounds>,
 
     #[command(flatten)]
-    pub batch: BatchArgs,
+    pub batch: BatchFlags,
 
     /// Most samples (N) accepted in one request; a larger one gets ERROR.
-    #[arg(long, alias = "max-batch", env = "DNET_MAX_REQUEST_SAMPLES", default_value_t = 64)]
+    #[arg(long, env = "DNET_MAX_REQUEST_SAMPLES", default_value_t = 64)]
     pub max_request_samples: usize,
 
     /// The dtype of the tensor handed on to the next unit (NOT_SUCCESS): f32
     /// is the original's precision; f16 and bf16 halve the bytes on the link
     /// (every DNet unit reads all three; the original's units read only f32).
-    #[arg(long, env = "DNET_WIRE_DTYPE", value_enum, default_value_t = WireDtype::F32)]
+    #[arg(long, env = "DNET_WIRE_DTYPE", default_value = "f32", value_parser = dnet_model_flags::wire_dtype())]
     pub wire_dtype: WireDtype,
 
     /// Also read requests whose `x` is the original DNet's `pickle.dumps` of
@@ -168,6 +130,13 @@ pub struct UnitArgs {
 }
 
 impl UnitArgs {
+    /// Where the weights come from.
+    #[must_use]
+    pub fn weight_source(&self) -> WeightSource {
+        // clap's required group guarantees one of the two.
+        self.model.weight_source().unwrap_or(WeightSource::Random(0))
+    }
+
     /// The thresholds to start with: the file's, --thresholds, or the defaults.
     ///
     /// # Errors
@@ -245,20 +214,27 @@ impl UnitArgs {
 #[derive(Clone, Debug, Args)]
 pub struct WorkerArgs {
     /// RabbitMQ host or host:port (guest/guest), or a full amqp:// URI.
-    #[arg(short = 'a', long, env = "DNET_ADDRESS", default_value = "localhost")]
-    pub address: String,
+    #[arg(
+        short = 'a',
+        long,
+        alias = "address",
+        env = "DNET_ADDRESS",
+        default_value = "localhost"
+    )]
+    pub amqp_address: String,
 
     /// CA (PEM) to trust for an amqps:// broker, besides the system's CAs.
     #[arg(long, env = "DNET_AMQP_CA")]
     pub amqp_ca: Option<PathBuf>,
 
     #[command(flatten)]
-    pub amqp_credentials: transmission_unit::config::AmqpCredentials,
+    pub amqp_credentials: AmqpCredentials,
 
     /// Queue to consume (the transmission unit's --queue-name).
     #[arg(
         short = 'q',
-        long = "queuename",
+        long,
+        alias = "queuename",
         env = "DNET_QUEUE_NAME",
         default_value = "ComputationQueue"
     )]
@@ -294,14 +270,14 @@ impl WorkerArgs {
     /// # Errors
     /// `-a` is not a host nor an amqp:// or amqps:// URI.
     pub fn amqp_uri(&self) -> Result<String, String> {
-        let uri = if self.address.contains("://") {
-            self.address.clone()
+        let uri = if self.amqp_address.contains("://") {
+            self.amqp_address.clone()
         } else {
-            format!("amqp://guest:guest@{}/%2f", self.address)
+            format!("amqp://guest:guest@{}/%2f", self.amqp_address)
         };
         self.amqp_credentials
             .apply(&uri)
-            .map_err(|e| format!("-a/--address: {e}"))
+            .map_err(|e| format!("-a/--amqp-address: {e}"))
     }
 
     /// `--prefetch`, else twice the batch size (at most u16::MAX).
@@ -322,9 +298,10 @@ impl WorkerArgs {
 
 /// `computation-unit infer`: run the model on a file, write the outputs.
 #[derive(Clone, Debug, Args)]
+#[command(group(ArgGroup::new(WEIGHTS_REQUIRED).args(["weights", "random_weights"]).required(true)))]
 pub struct InferArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub model: ModelFlags,
 
     /// Input safetensors with one tensor "x" [N, C, H, W] (the shape of --start-layer).
     #[arg(long)]
@@ -352,7 +329,7 @@ mod tests {
         assert!(Cli::try_parse_from(["computation-unit"]).is_err());
         assert!(Cli::try_parse_from(["computation-unit", "--weights", "w", "--random-weights", "1"]).is_err());
         let cli = Cli::try_parse_from(["computation-unit", "-e", "8", "--random-weights", "3"]).expect("valid");
-        assert_eq!(cli.worker.unit.model.source(), WeightSource::Random(3));
+        assert_eq!(cli.worker.unit.weight_source(), WeightSource::Random(3));
         assert!(Cli::try_parse_from(["computation-unit", "-e", "17", "--random-weights", "3"]).is_err());
     }
 

@@ -19,13 +19,14 @@ use std::time::{Duration, Instant};
 
 use dnet_amqp::attempts::{attempts_of, with_attempts};
 use dnet_amqp::deadline::{deadline_of, with_deadline};
+use dnet_amqp::publish::{publish, PublishError};
 use dnet_model::engine::{EncodedJob, Engine, Outcome};
 use dnet_model::request::{poisoned_message, refusal, Refused, UnitSettings};
 use dnet_proto::{Bytes, ComputationResponse};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions, BasicRejectOptions};
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel};
 use prost::Message;
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
@@ -193,13 +194,7 @@ async fn give_back(delivery: &Delivery, body: &[u8], context: &Context, attempts
     let patience = deadline.map_or(patience, |d| d.min(patience));
     let mut wait = GIVE_BACK_RETRY;
     let copied = loop {
-        let copied = publish(
-            &context.channel,
-            context.queue.as_str().into(),
-            body,
-            properties.clone(),
-        )
-        .await;
+        let copied = publish(&context.channel, &context.queue, body, properties.clone()).await;
         if copied.is_ok() || !context.channel.status().connected() || Instant::now() + wait >= patience {
             break copied;
         }
@@ -238,38 +233,13 @@ async fn give_back(delivery: &Delivery, body: &[u8], context: &Context, attempts
 /// Publishes a reply and waits for the broker's confirm.
 ///
 /// # Errors
-/// See [`publish`].
+/// Anything but a positive confirm.
 async fn publish_reply(
     channel: &Channel,
     reply_to: ShortString,
     correlation_id: ShortString,
     response: &ComputationResponse,
-) -> Result<(), String> {
+) -> Result<(), PublishError> {
     let properties = BasicProperties::default().with_correlation_id(correlation_id);
-    publish(channel, reply_to, &response.encode_to_vec(), properties).await
-}
-
-/// Publishes `body` to the default exchange with `routing_key` and waits for
-/// the broker's confirm.
-///
-/// # Errors
-/// Only a positive confirm counts: a refusal (nack, e.g. a full reply queue
-/// with `reject-publish`) or a failed publish is an error.
-async fn publish(
-    channel: &Channel,
-    routing_key: ShortString,
-    body: &[u8],
-    properties: BasicProperties,
-) -> Result<(), String> {
-    let confirm = channel
-        .basic_publish("".into(), routing_key, BasicPublishOptions::default(), body, properties)
-        .await
-        .map_err(|e| format!("publish failed: {e}"))?
-        .await
-        .map_err(|e| format!("no confirm: {e}"))?;
-    match confirm {
-        Confirmation::Ack(_) => Ok(()),
-        Confirmation::Nack(_) => Err("the broker refused it (nack)".to_owned()),
-        Confirmation::NotRequested => Err("the channel is not in confirm mode".to_owned()),
-    }
+    publish(channel, reply_to.as_str(), &response.encode_to_vec(), properties).await
 }

@@ -1,5 +1,5 @@
 //! The direct unit (`computation-unit serve`): the transmission unit's gRPC
-//! edge (`transmission_unit::server`) in front of this process's own engine
+//! edge (`dnet_edge::server`) in front of this process's own engine
 //! instead of a queue. No broker: a request goes from the gRPC handler to
 //! the model thread and back through channels.
 //!
@@ -9,14 +9,14 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use dnet_edge::backend::{Backend, QueueStatus};
+use dnet_edge::error::{BackendError, Error, Retry};
 use dnet_model::engine::{EncodedJob, Engine, Outcome};
 use dnet_proto::{ComputationRequest, ComputationResponse};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
+use tonic::Code;
 use tracing::error;
-use transmission_unit::backend::Backend;
-use transmission_unit::error::Error;
-use transmission_unit::queue_client::QueueStatus;
 
 use crate::refusals::Refusals;
 
@@ -86,7 +86,10 @@ impl Backend for EngineBackend {
     /// shutdown), then batches it with others of its start layer. A request
     /// refused by the checks is answered ERROR, as a worker does.
     async fn compute(&self, request: &ComputationRequest, deadline: Instant) -> Result<ComputationResponse, Error> {
-        let engine = self.slot.get().ok_or(Error::Loading)?;
+        let engine = self
+            .slot
+            .get()
+            .ok_or_else(|| unavailable("this unit is still loading its model"))?;
         if self.exit_on_start_layer == Some(request.start_layer) {
             error!(
                 start_layer = request.start_layer,
@@ -103,17 +106,22 @@ impl Backend for EngineBackend {
             deadline: Some(deadline.into_std()),
             done,
         };
-        engine.submit_encoded(job).map_err(|_| Error::Stopping)?;
+        engine.submit_encoded(job).map_err(|_| stopping())?;
         match outcome.await {
             Ok(Outcome::Reply(reply)) => {
                 self.refusals.log_if_error(&reply, None);
                 Ok(reply)
             }
-            Ok(Outcome::Expired) => Err(Error::Expired(format!(
-                "the model could not finish it in time ({} ms since it arrived)",
-                received.elapsed().as_millis()
-            ))),
-            Ok(Outcome::Requeue) | Err(_) => Err(Error::Stopping),
+            Ok(Outcome::Expired) => Err(BackendError::new(
+                Code::DeadlineExceeded,
+                format!(
+                    "not computed before the deadline: the model could not finish it in time ({} ms since it arrived)",
+                    received.elapsed().as_millis()
+                ),
+                Retry::Never,
+            )
+            .into()),
+            Ok(Outcome::Requeue) | Err(_) => Err(stopping()),
         }
     }
 
@@ -140,4 +148,13 @@ impl Backend for EngineBackend {
             engine.stop_taking_new();
         }
     }
+}
+
+/// An answer of this unit that another attempt here would meet too.
+fn unavailable(message: &str) -> Error {
+    BackendError::new(Code::Unavailable, message, Retry::Never).into()
+}
+
+fn stopping() -> Error {
+    unavailable("this unit is stopping and computes no more requests")
 }

@@ -6,7 +6,7 @@ use tch::Tensor;
 
 use dnet_model::codec;
 use dnet_model::decision::decide;
-use dnet_model::weights::load;
+use dnet_model::weights::{load, WeightSource};
 
 use crate::config::InferArgs;
 
@@ -24,12 +24,13 @@ pub struct InferSummary {
 /// # Errors
 /// Unreadable or invalid input, bad weights, an invalid split, or an unwritable output.
 pub fn run(args: &InferArgs) -> anyhow::Result<InferSummary> {
-    tch::set_num_threads(args.model.compute.threads());
+    tch::set_num_threads(args.model.threads());
     let exit = usize::from(args.exit_layer);
     let bytes = std::fs::read(&args.input).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", args.input.display()))?;
     let x = codec::decode_x(&bytes, args.start_layer, usize::MAX)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.input.display()))?;
-    let loaded = load(&args.model.source(), args.model.device, args.model.compute.precision)?;
+    let source = args.model.weight_source().unwrap_or(WeightSource::Random(0)); // clap requires one
+    let loaded = load(&source, args.model.device, args.model.precision)?;
     let output = loaded
         .model
         .forward(&x.to_device(args.model.device), args.start_layer, exit)?;

@@ -11,13 +11,13 @@ use tokio_util::sync::CancellationToken;
 
 use computation_unit::config::{Cli, Command, ServeArgs, WorkerArgs};
 use computation_unit::direct::{EngineBackend, EngineSlot};
+use computation_unit::engine_metrics::EngineMetrics;
 use computation_unit::metrics::WorkerMetrics;
 use computation_unit::thresholds_file;
 use computation_unit::worker::{self, WorkerSettings};
+use dnet_edge::server::Edge;
 use dnet_model::engine::Engine;
-use dnet_model::metrics::EngineMetrics;
-use dnet_model::options::engine_settings;
-use transmission_unit::server::Edge;
+use dnet_model_flags::engine_settings;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -52,7 +52,7 @@ fn serve_direct(args: ServeArgs) -> anyhow::Result<()> {
     dnet_common::telemetry::init(args.edge.observability.log_format);
     let exit_on_start_layer = args.unit.test_exit_on_start_layer().map_err(anyhow::Error::msg)?;
     let slot = runtime()?.block_on(async {
-        let (listener, metrics_listener) = transmission_unit::server::bind(&args.edge).await?;
+        let (listener, metrics_listener) = dnet_edge::server::bind(&args.edge).await?;
         let unit_name = args.edge.unit_name(listener.local_addr()?.port());
         let settings = args.unit.settings(args.edge.max_message_bytes, unit_name.clone())?;
         let mut registry = Registry::default();
@@ -63,13 +63,13 @@ fn serve_direct(args: ServeArgs) -> anyhow::Result<()> {
             &mut registry,
         );
         let engine_metrics = Arc::new(EngineMetrics::register(&mut registry));
-        let metrics = Arc::new(transmission_unit::metrics::Metrics::register(&mut registry));
+        let metrics = Arc::new(dnet_edge::metrics::Metrics::register(&mut registry));
         let (backend, slot) = EngineBackend::loading(exit_on_start_layer);
         tokio::spawn(export_waiting(Arc::clone(&slot), metrics.queue_waiting.clone()));
         let loading = load_engine(
-            args.unit.model.source(),
+            args.unit.weight_source(),
             settings,
-            engine_settings(&args.unit.model.compute, &args.unit.batch),
+            engine_settings(&args.unit.model, &args.unit.batch),
             engine_metrics,
             Arc::clone(&slot),
         );
@@ -88,7 +88,7 @@ fn serve_direct(args: ServeArgs) -> anyhow::Result<()> {
             unit_name,
             registry,
         };
-        transmission_unit::server::serve(listener, metrics_listener, edge, backend, shutdown).await?;
+        dnet_edge::server::serve(listener, metrics_listener, edge, backend, shutdown).await?;
         match failed.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
             Some(error) => Err(error),
             None => anyhow::Ok(slot),
@@ -144,9 +144,9 @@ fn consume(args: WorkerArgs) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let engine_metrics = Arc::new(EngineMetrics::register(&mut registry));
     let engine = Arc::new(Engine::start(
-        args.unit.model.source(),
+        args.unit.weight_source(),
         settings.clone(),
-        engine_settings(&args.unit.model.compute, &args.unit.batch),
+        engine_settings(&args.unit.model, &args.unit.batch),
         engine_metrics,
     )?);
     let runtime = runtime()?;

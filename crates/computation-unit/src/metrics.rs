@@ -2,16 +2,11 @@
 
 use std::sync::Arc;
 
+use dnet_common::labels::StatusLabel;
 use dnet_proto::{ComputationResponse, StatusCode};
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StatusLabel {
-    status: &'static str,
-}
 
 /// The statuses a reply can have.
 const REPLY_STATUSES: [StatusCode; 3] = [StatusCode::Success, StatusCode::NotSuccess, StatusCode::Error];
@@ -46,9 +41,7 @@ impl WorkerMetrics {
         };
         // Every status from the start, so that a scrape reads 0 rather than nothing.
         for status in REPLY_STATUSES {
-            let _ = metrics.replies.get_or_create(&StatusLabel {
-                status: status.as_str_name(),
-            });
+            let _ = metrics.replies.get_or_create(&StatusLabel::new(status.as_str_name()));
         }
         registry.register(
             "dnet_worker_replies",
@@ -86,7 +79,7 @@ impl WorkerMetrics {
     /// Counts a reply the broker confirmed.
     pub fn count_reply(&self, response: &ComputationResponse) {
         let status = StatusCode::try_from(response.status).map_or("UNKNOWN", |s| s.as_str_name());
-        self.replies.get_or_create(&StatusLabel { status }).inc();
+        self.replies.get_or_create(&StatusLabel::new(status)).inc();
     }
 
     /// (replies published, requests requeued) so far, for the stop summary.
@@ -96,9 +89,7 @@ impl WorkerMetrics {
             .iter()
             .map(|status| {
                 self.replies
-                    .get_or_create(&StatusLabel {
-                        status: status.as_str_name(),
-                    })
+                    .get_or_create(&StatusLabel::new(status.as_str_name()))
                     .get()
             })
             .sum();

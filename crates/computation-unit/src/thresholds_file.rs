@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dnet_model::model::SIDE_EXITS;
-use dnet_model::options::parse_thresholds_file;
+use dnet_model::settings::parse_thresholds_file;
 use dnet_model::thresholds::LiveThresholds;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -5,6 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use lapin::tcp::OwnedTLSConfig;
+use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties};
 use tracing::{info, warn};
 
@@ -49,7 +50,9 @@ pub async fn connect_with_backoff(
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(full_jitter(backoff)) => {}
+            // Full jitter (AWS architecture blog): programs that lost the
+            // broker together do not reconnect in step.
+            () = tokio::time::sleep(backoff.mul_f64(fastrand::f64())) => {}
             () = &mut cancel => return None,
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -75,25 +78,20 @@ pub async fn close(connection: &Connection, code: u16, reason: &str) {
     }
 }
 
-/// A random wait in `[0, ceiling)` ("full jitter", AWS architecture blog):
-/// programs that lost the broker together do not reconnect in step.
-#[must_use]
-pub fn full_jitter(ceiling: Duration) -> Duration {
-    ceiling.mul_f64(fastrand::f64())
-}
-
-/// `uri` with any password replaced by `***`, for logs.
+/// `uri` as lapin reads it, with the password replaced by `***`, for logs
+/// (a URI that does not parse is not shown at all).
 #[must_use]
 pub fn redact(uri: &str) -> String {
-    let Some((scheme, rest)) = uri.split_once("://") else {
-        return uri.to_owned();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return uri.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-        None => uri.to_owned(),
+    match uri.parse::<AMQPUri>() {
+        Ok(parsed) => format!(
+            "{}://{}:***@{}:{}/{}",
+            parsed.scheme,
+            parsed.authority.userinfo.username,
+            parsed.authority.host,
+            parsed.authority.port,
+            parsed.vhost.replace('/', "%2f"),
+        ),
+        Err(_) => "(a broker URI that does not parse)".to_owned(),
     }
 }
 
@@ -115,7 +113,8 @@ mod tests {
             redact("amqp://guest:secret@host:5672/%2f"),
             "amqp://guest:***@host:5672/%2f"
         );
-        assert_eq!(redact("amqp://localhost"), "amqp://localhost");
-        assert_eq!(redact("amqp://user@host"), "amqp://user@host");
+        assert_eq!(redact("amqp://localhost"), "amqp://guest:***@localhost:5672/%2f");
+        assert_eq!(redact("amqps://user@host/prod"), "amqps://user:***@host:5671/prod");
+        assert_eq!(redact("not a :// uri @ secret"), "(a broker URI that does not parse)");
     }
 }

@@ -7,14 +7,17 @@
 //! - `deadline`: a request's deadline on the queue (per-message expiration and a header).
 //! - `attempts`: how many workers a request has stopped (a header), for poison messages.
 //! - `connect`: connecting with backoff, redacting URIs, reading a CA.
-//! - `credentials`: user and password given apart, percent-encoded into the URI.
+//! - `credentials`: user and password given apart (their flags), percent-encoded into the URI.
+//! - `publish`: publishing with publisher confirms.
 
 pub mod attempts;
 pub mod connect;
 pub mod credentials;
 pub mod deadline;
+pub mod publish;
 pub mod queue;
 
 pub use connect::{close, connect_with_backoff, read_ca, redact};
 pub use credentials::with_credentials;
+pub use publish::{publish, PublishError};
 pub use queue::{computation_queue_arguments, computation_queue_options};

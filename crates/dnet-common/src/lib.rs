@@ -4,6 +4,7 @@
 //! - `balance`: gRPC calls spread over every live address of a comma list or DNS name.
 //! - `duration`: parsing `500ms` / `30s` / `2m` durations from flags and env.
 //! - `log_limit`: logging what callers trigger, a few lines per second at most.
+//! - `labels`: Prometheus label sets the programs share.
 //! - `http2`: flow-control windows and frame size of every gRPC server and client.
 //! - `metrics_http`: the Prometheus `/metrics` endpoint.
 //! - `resources`: the memory this process may use (cgroup-aware).
@@ -13,6 +14,7 @@
 pub mod balance;
 pub mod duration;
 pub mod http2;
+pub mod labels;
 pub mod log_limit;
 pub mod metrics_http;
 pub mod resources;

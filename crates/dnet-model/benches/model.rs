@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use dnet_model::codec::{decode_x, encode_x};
 use dnet_model::model::MultiExitInception;
-use dnet_model::options::{Precision, WireDtype};
+use dnet_model::settings::{Precision, WireDtype};
 use dnet_model::weights::{load, WeightSource};
 use dnet_testkit::stats::{rates, Summary};
 use dnet_testkit::venv_python;

@@ -9,7 +9,7 @@
 
 use tch::{Kind, Tensor};
 
-pub use crate::options::ExitRule;
+pub use crate::settings::ExitRule;
 
 /// The exit decision for one request.
 #[derive(Debug)]

@@ -17,10 +17,10 @@ use tokio::sync::oneshot;
 use tracing::{error, info};
 
 use crate::batch::{self, BatchPolicy, Batchable, CostModel};
-use crate::metrics::EngineMetrics;
 use crate::model::MultiExitInception;
-use crate::options::Precision;
+use crate::observer::EngineObserver;
 use crate::request::{error_response, hop_record, prepare_request, refusal, respond, Prepared, UnitSettings};
+use crate::settings::Precision;
 use crate::weights::{load, WeightSource, WeightsError};
 
 /// A request waiting for the model.
@@ -113,7 +113,7 @@ struct Worker {
     model: MultiExitInception,
     unit: UnitSettings,
     batching: BatchPolicy,
-    metrics: Arc<EngineMetrics>,
+    observer: Arc<dyn EngineObserver>,
     stopping: Arc<AtomicBool>,
     waiting: Arc<AtomicUsize>,
     /// What forwards took lately, to fit batches to deadlines.
@@ -134,7 +134,7 @@ impl Engine {
         source: WeightSource,
         unit: UnitSettings,
         settings: EngineSettings,
-        metrics: Arc<EngineMetrics>,
+        observer: Arc<dyn EngineObserver>,
     ) -> Result<Engine, WeightsError> {
         let (jobs, queue) = mpsc::channel::<Incoming>();
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -164,7 +164,7 @@ impl Engine {
                     model,
                     unit,
                     batching: settings.batching,
-                    metrics,
+                    observer,
                     stopping: stop_flag,
                     waiting: waiting_count,
                     cost: CostModel::default(),
@@ -363,12 +363,11 @@ impl Worker {
             // that failed slowly would make every request look hopeless.
             self.cost.observe(start, samples, compute, Instant::now());
         }
-        self.metrics.batch_size.observe(samples as f64);
-        self.metrics.compute_seconds.observe(compute.as_secs_f64());
+        self.observer.forward(samples, compute);
         let replies = replies.unwrap_or_else(|message| vec![Err(message); batch.len()]);
         for (job, reply) in batch.into_iter().zip(replies) {
             let queue_wait = started.saturating_duration_since(job.received);
-            self.metrics.queue_wait_seconds.observe(queue_wait.as_secs_f64());
+            self.observer.waited(queue_wait);
             let mut response = reply.unwrap_or_else(error_response);
             response.hops = vec![hop_record(
                 &self.unit,
@@ -449,7 +448,7 @@ mod tests {
                 max_samples: 8,
                 timeout: Duration::ZERO,
             },
-            metrics: Arc::new(EngineMetrics::default()),
+            observer: Arc::new(crate::observer::Unobserved),
             stopping: Arc::new(AtomicBool::new(false)),
             waiting: Arc::new(AtomicUsize::new(2)),
             cost: CostModel::default(),

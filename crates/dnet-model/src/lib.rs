@@ -13,17 +13,17 @@
 //! - `request`: one request, bytes in, response out (decode, validate, forward, decide, encode).
 //! - `batch`: the batching policy: which waiting requests run together.
 //! - `engine`: the OS thread that owns the model and runs one batch at a time.
-//! - `metrics`: the engine's Prometheus metrics (batch size, compute, queue wait).
-//! - `options`: thresholds, devices, precision and threads as command lines give them.
+//! - `observer`: what the engine reports (forwards, waits) to the program that runs it.
+//! - `settings`: the model's settings as plain values, and the text forms of each.
 
 pub mod batch;
 pub mod blocks;
 pub mod codec;
 pub mod decision;
 pub mod engine;
-pub mod metrics;
 pub mod model;
-pub mod options;
+pub mod observer;
 pub mod request;
+pub mod settings;
 pub mod thresholds;
 pub mod weights;

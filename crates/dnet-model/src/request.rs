@@ -4,14 +4,13 @@
 
 use std::time::Duration;
 
-use dnet_common::duration::micros;
-use dnet_proto::{ComputationRequest, ComputationResponse, Data, HopRecord, StatusCode};
+use dnet_proto::{micros, ComputationRequest, ComputationResponse, Data, HopRecord, StatusCode};
 use tch::{Device, Tensor};
 
 use crate::codec;
 use crate::decision::{decide, Decision, ExitRule};
 use crate::model::{SIDE_EXITS, TRUNK_LAYERS};
-use crate::options::{OverrideBounds, WireDtype};
+use crate::settings::{OverrideBounds, WireDtype};
 use crate::thresholds::{check_override, LiveThresholds};
 
 /// What a unit does with requests, besides the model itself.

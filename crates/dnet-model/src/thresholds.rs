@@ -5,7 +5,7 @@
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::model::SIDE_EXITS;
-use crate::options::OverrideBounds;
+use crate::settings::OverrideBounds;
 
 /// A unit's thresholds of exits 1..15, shared by its clones: a change is
 /// seen by the next decision.

@@ -9,7 +9,7 @@ use tch::nn::VarStore;
 use tch::{Device, Tensor};
 
 use crate::model::MultiExitInception;
-use crate::options::Precision;
+use crate::settings::Precision;
 
 /// Where the weights come from.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use dnet_model::batch::BatchPolicy;
 use dnet_model::engine::{Engine, EngineSettings, Job, Outcome};
-use dnet_model::metrics::EngineMetrics;
 use dnet_model::model::DEFAULT_THRESHOLDS;
-use dnet_model::options::Precision;
+use dnet_model::observer::EngineObserver;
 use dnet_model::request::{Prepared, UnitSettings};
+use dnet_model::settings::Precision;
 use dnet_model::weights::WeightSource;
 use dnet_proto::{ComputationResponse, Data, StatusCode};
 use safetensors::SafeTensors;
@@ -31,8 +31,26 @@ fn unit(threshold: f64) -> UnitSettings {
     }
 }
 
-fn engine(threshold: f64, max_samples: usize, timeout: Duration) -> (Engine, Arc<EngineMetrics>) {
-    let metrics = Arc::new(EngineMetrics::default());
+/// Counts the engine's forward passes.
+#[derive(Default)]
+struct Forwards(std::sync::atomic::AtomicU64);
+
+impl EngineObserver for Forwards {
+    fn forward(&self, _samples: usize, _took: Duration) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn waited(&self, _waited: Duration) {}
+}
+
+impl Forwards {
+    fn count(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn engine(threshold: f64, max_samples: usize, timeout: Duration) -> (Engine, Arc<Forwards>) {
+    let metrics = Arc::new(Forwards::default());
     let settings = EngineSettings {
         threads: 1,
         precision: Precision::F32,
@@ -42,7 +60,7 @@ fn engine(threshold: f64, max_samples: usize, timeout: Duration) -> (Engine, Arc
         WeightSource::Random(SEED),
         unit(threshold),
         settings,
-        Arc::clone(&metrics),
+        Arc::clone(&metrics) as Arc<dyn EngineObserver>,
     )
     .expect("the model loads");
     (engine, metrics)
@@ -148,7 +166,7 @@ async fn batched_answers_equal_unbatched_answers_request_by_request() {
     }
     batched.join();
 
-    let forwards = metrics.batch_size.count();
+    let forwards = metrics.count();
     assert!(
         forwards < requests.len() as u64,
         "{} requests ran in {forwards} forward passes: they were batched",

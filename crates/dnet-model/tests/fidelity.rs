@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use dnet_model::model::MultiExitInception;
-use dnet_model::options::Precision;
+use dnet_model::settings::Precision;
 use dnet_model::weights::{load, WeightSource, WeightsError};
 use dnet_testkit::venv_python;
 use tch::{Device, Tensor};

@@ -1,17 +1,28 @@
-//! DNet wire types (package `unit`) and the tonic client and server for
-//! service `unit.DNet`, generated from `proto/` at build time.
+//! DNet wire types (package `unit`), generated from `proto/` at build
+//! time, and with the `grpc` feature the tonic client and server of service
+//! `unit.DNet`. The model library uses the messages alone.
 //!
 //! Layout: everything is generated; `FILE_DESCRIPTOR_SET` feeds gRPC server
-//! reflection.
+//! reflection; `micros` is how hop records count time.
 
 #![allow(missing_docs, clippy::all)]
 
-tonic::include_proto!("unit");
+use std::time::Duration;
+
+include!(concat!(env!("OUT_DIR"), "/unit.rs"));
 
 /// Encoded `FileDescriptorSet` of the `unit` package, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("unit_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/unit_descriptor.bin"));
 
 pub use bytes::Bytes;
 pub use computation_response::{Data, StatusCode};
+#[cfg(feature = "grpc")]
 pub use d_net_client::DNetClient;
+#[cfg(feature = "grpc")]
 pub use d_net_server::{DNet, DNetServer};
+
+/// Whole microseconds of `duration`, saturating: hop records carry u64 microseconds.
+#[must_use]
+pub fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}

@@ -8,8 +8,7 @@ use dnet_proto::{ComputationRequest, ComputationResponse, DNetClient, Data, HopR
 use result::category_of;
 use tonic::transport::Channel;
 
-use crate::inputs::Sample;
-use crate::load::Context;
+use crate::inputs::{Inputs, Sample};
 use crate::local::LocalLayers;
 
 /// How one request ended.
@@ -83,6 +82,18 @@ impl Record {
             Outcome::Failed { sent, .. } => *sent,
         }
     }
+}
+
+/// Everything a request needs; shared by the callers.
+pub struct Context {
+    pub inputs: Inputs,
+    pub local: Option<LocalLayers>,
+    pub first: FirstUnit,
+    pub timeout: Duration,
+    /// Send images as the original DNet's client does (`pickle.dumps`).
+    pub legacy_pickle: bool,
+    /// Thresholds every request carries (empty: the units' own).
+    pub request_thresholds: Vec<f64>,
 }
 
 /// The first unit: a client whose calls spread over its live addresses.

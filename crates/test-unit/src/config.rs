@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use dnet_common::duration::parse_duration;
-use dnet_model::options::{BatchArgs, ComputeArgs, Thresholds, WireDtype};
-use dnet_model::weights::WeightSource;
-use tch::Device;
+use dnet_model::settings::{Thresholds, WireDtype};
+use dnet_model_flags::{BatchFlags, ModelFlags};
 
 /// Plays the end device of a DNet cascade: computes the first layers itself
 /// when asked (-e), answers locally when confident, sends the rest to the
@@ -42,17 +41,17 @@ pub struct Args {
     pub model: ModelFlags,
 
     /// Thresholds of exits 1..15 for the local exit [default: docs/model-spec.md's].
-    #[arg(long, env = "DNET_THRESHOLDS", value_parser = dnet_model::options::parse_thresholds)]
+    #[arg(long, env = "DNET_THRESHOLDS", value_parser = dnet_model::settings::parse_thresholds)]
     pub thresholds: Option<Thresholds>,
 
     /// Thresholds of exits 1..15 that every request carries to the units
     /// (for units started with --allow-threshold-override; others answer ERROR).
-    #[arg(long, env = "DNET_REQUEST_THRESHOLDS", value_parser = dnet_model::options::parse_thresholds)]
+    #[arg(long, env = "DNET_REQUEST_THRESHOLDS", value_parser = dnet_model::settings::parse_thresholds)]
     pub request_thresholds: Option<Thresholds>,
 
     /// Batching of the local layers (concurrent callers share one model).
     #[command(flatten)]
-    pub batch: BatchArgs,
+    pub batch: BatchFlags,
 
     /// CIFAR-10 binary file (label byte + 3072 pixel bytes per record); with
     /// labels, accuracy is reported. Without it: synthetic images (--seed).
@@ -119,38 +118,6 @@ pub struct Args {
     pub plot: Option<PathBuf>,
 }
 
-/// The network, where it runs and how.
-#[derive(Clone, Debug, clap::Args)]
-pub struct ModelFlags {
-    /// Weights: a .safetensors file.
-    #[arg(long, env = "DNET_WEIGHTS", conflicts_with = "random_weights")]
-    pub weights: Option<PathBuf>,
-
-    /// Deterministic random weights from this seed (tests and demos).
-    #[arg(long, env = "DNET_RANDOM_WEIGHTS", value_name = "SEED")]
-    pub random_weights: Option<u64>,
-
-    /// Device: cpu, cuda or cuda:N.
-    #[arg(long, env = "DNET_DEVICE", default_value = "cpu", value_parser = dnet_model::options::parse_device)]
-    pub device: Device,
-
-    /// Threads and precision.
-    #[command(flatten)]
-    pub compute: ComputeArgs,
-}
-
-impl ModelFlags {
-    /// Where the weights come from; `None` without weights.
-    #[must_use]
-    pub fn weight_source(&self) -> Option<WeightSource> {
-        match (&self.weights, self.random_weights) {
-            (Some(path), _) => Some(WeightSource::File(path.clone())),
-            (None, Some(seed)) => Some(WeightSource::Random(seed)),
-            (None, None) => None,
-        }
-    }
-}
-
 /// The offline tools.
 #[derive(Clone, Debug, clap::Subcommand)]
 pub enum Tool {
@@ -206,7 +173,7 @@ pub struct CalibrateArgs {
     pub target_accuracy: Option<f64>,
 
     /// Evaluate these thresholds (t1,...,t15) instead of choosing.
-    #[arg(long, group = "goal", value_parser = dnet_model::options::parse_thresholds)]
+    #[arg(long, group = "goal", value_parser = dnet_model::settings::parse_thresholds)]
     pub thresholds: Option<Thresholds>,
 
     /// The exit layers the cascade will have, e.g. 8,12,16 (16 always
@@ -270,12 +237,12 @@ pub struct PlanArgs {
     pub model: ModelFlags,
 
     /// The dtype of handed-on tensors (the units' --wire-dtype).
-    #[arg(long, value_enum, default_value_t = WireDtype::F32)]
+    #[arg(long, default_value = "f32", value_parser = dnet_model_flags::wire_dtype())]
     pub wire_dtype: WireDtype,
 
     /// Fixed cost of each call between sites besides its link: gRPC,
     /// encoding, the hand-off to the model (BENCHMARKS.md measures it).
-    #[arg(long, default_value = "0.5ms", value_parser = parse_duration)]
+    #[arg(long, default_value = "500us", value_parser = parse_duration)]
     pub hop_overhead: Duration,
 
     /// Predict this layout only (the units' exits, e.g. 4,8,16) instead of ranking all.

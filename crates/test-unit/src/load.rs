@@ -6,9 +6,8 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::call::{self, FirstUnit, Record};
-use crate::inputs::{splitmix64, Inputs};
-use crate::local::LocalLayers;
+use crate::call::{self, Context, Record};
+use crate::inputs::splitmix64;
 
 /// When to stop sending.
 #[derive(Clone, Copy, Debug)]
@@ -24,18 +23,6 @@ impl Until {
             Until::Elapsed(d) => started.elapsed() < d,
         }
     }
-}
-
-/// Everything a request needs; shared by the callers.
-pub struct Context {
-    pub inputs: Inputs,
-    pub local: Option<LocalLayers>,
-    pub first: FirstUnit,
-    pub timeout: Duration,
-    /// Send images as the original DNet's client does (`pickle.dumps`).
-    pub legacy_pickle: bool,
-    /// Thresholds every request carries (empty: the units' own).
-    pub request_thresholds: Vec<f64>,
 }
 
 /// A progress bar on a terminal, nothing otherwise.

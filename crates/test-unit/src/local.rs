@@ -3,11 +3,13 @@
 //! thread per exit; concurrent callers' images batch together as they would
 //! at a unit).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use dnet_model::codec::decode_x;
 use dnet_model::engine::{Engine, EngineSettings, Job, Outcome};
 use dnet_model::model::SIDE_EXITS;
+use dnet_model::observer::Unobserved;
 use dnet_model::request::{Prepared, UnitSettings};
 use dnet_model::weights::WeightSource;
 use dnet_proto::{ComputationResponse, Data, StatusCode};
@@ -41,7 +43,7 @@ impl LocalLayers {
                     device,
                     ..UnitSettings::new(exit, thresholds, &format!("device-{exit}"))
                 };
-                Engine::start(source.clone(), unit, settings.clone(), Default::default())
+                Engine::start(source.clone(), unit, settings.clone(), Arc::new(Unobserved))
             })
             .collect::<Result<_, _>>()?;
         Ok(LocalLayers { stages })

@@ -8,15 +8,16 @@ use anyhow::Context as _;
 use clap::Parser;
 use dnet_common::balance::{endpoints, Balanced};
 use dnet_model::model::DEFAULT_THRESHOLDS;
-use dnet_model::options::engine_settings;
+use dnet_model_flags::engine_settings;
 use dnet_proto::{DNetClient, QstatusRequest};
 use prometheus_client::metrics::gauge::Gauge;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
+use test_unit::call::Context;
 use test_unit::call::FirstUnit;
 use test_unit::config::{Args, Tool};
 use test_unit::inputs::Inputs;
-use test_unit::load::{self, Context, Until};
+use test_unit::load::{self, Until};
 use test_unit::local::LocalLayers;
 use test_unit::report::{QueueStatus, Report};
 use test_unit::tools;
@@ -49,7 +50,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         (false, Some(source)) => {
             let thresholds = args.thresholds.as_ref().map_or(DEFAULT_THRESHOLDS, |t| t.0);
-            let (device, engine) = (args.model.device, engine_settings(&args.model.compute, &args.batch));
+            let (device, engine) = (args.model.device, engine_settings(&args.model, &args.batch));
             let stages = move || LocalLayers::start(&source, &exits, thresholds, device, &engine);
             Some(tokio::task::spawn_blocking(stages).await??)
         }

@@ -11,7 +11,9 @@ use dnet_model::model::{MultiExitInception, SIDE_EXITS, TRUNK_LAYERS};
 use dnet_model::weights::{load, WeightSource};
 
 use crate::calibrate::{choose, evaluate, Cascade, Evaluation, Reference, Target};
-use crate::config::{CalibrateArgs, ModelFlags, PlanArgs, ProfileArgs};
+use dnet_model_flags::ModelFlags;
+
+use crate::config::{CalibrateArgs, PlanArgs, ProfileArgs};
 use crate::exit_table::ExitTable;
 use crate::inputs::Inputs;
 use crate::plan::{self, Prediction, Setting};
@@ -159,7 +161,7 @@ fn measure(model_flags: &ModelFlags, repeats: usize) -> anyhow::Result<LayerTime
         host.trim(),
         model_flags.device,
         tch::get_num_threads(),
-        model_flags.compute.precision
+        model_flags.precision
     );
     Ok(profile::measure(&model, model_flags.device, repeats, measured_on))
 }
@@ -318,8 +320,8 @@ fn load_model(flags: &ModelFlags, fallback: Option<WeightSource>) -> anyhow::Res
         .weight_source()
         .or(fallback)
         .ok_or_else(|| anyhow::anyhow!("give --weights FILE or --random-weights SEED"))?;
-    tch::set_num_threads(flags.compute.threads());
-    Ok(load(&source, flags.device, flags.compute.precision)?.model)
+    tch::set_num_threads(flags.threads());
+    Ok(load(&source, flags.device, flags.precision)?.model)
 }
 
 fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {

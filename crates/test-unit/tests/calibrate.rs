@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use dnet_model::codec;
-use dnet_model::options::parse_thresholds_file;
+use dnet_model::settings::parse_thresholds_file;
 use dnet_testkit::programs::infer;
 use serde_json::Value;
 use tch::Tensor;

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use dnet_model::model::TRUNK_LAYERS;
-use dnet_model::options::Precision;
+use dnet_model::settings::Precision;
 use dnet_model::weights::{load, WeightSource};
 use dnet_testkit::{Broker, ComputationUnit, TestQueue, TransmissionUnit};
 use serde_json::Value;

@@ -9,7 +9,7 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     dnet_common::telemetry::init(config.edge.observability.log_format);
     config.amqp_credentials.warn_if_password_on_command_line();
-    let (listener, metrics_listener) = transmission_unit::server::bind(&config.edge).await?;
+    let (listener, metrics_listener) = dnet_edge::server::bind(&config.edge).await?;
     transmission_unit::queue_unit::run(listener, metrics_listener, config, dnet_common::shutdown::signal()).await?;
     Ok(())
 }

@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{oneshot, watch, Notify};
@@ -29,9 +29,12 @@ use tracing::{debug, info, warn};
 
 use dnet_amqp::attempts::with_attempts;
 use dnet_amqp::deadline::with_deadline;
+use dnet_amqp::publish::{publish, PublishError};
 use dnet_amqp::{computation_queue_arguments, computation_queue_options, connect_with_backoff, redact};
 
-use crate::error::QueueError;
+use dnet_edge::backend::QueueStatus;
+
+use crate::queue_error::QueueError;
 
 /// Longest wait for a queue status answer.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -59,13 +62,6 @@ pub struct QueueSettings {
     pub late_replies: Counter,
     /// Exported as `dnet_queue_waiting`: messages waiting in the queue, as last read.
     pub waiting_gauge: Gauge,
-}
-
-/// Message and consumer counts of the computation queue.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QueueStatus {
-    pub messages: u32,
-    pub consumers: u32,
 }
 
 /// Handle to the RPC client; clones share one broker session.
@@ -229,23 +225,10 @@ impl QueueClient {
                 broker: "the publish channel is being reopened".to_owned(),
             });
         }
-        let published = channel
-            .basic_publish(
-                ShortString::from(""),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await;
-        let confirm = match published {
-            Ok(confirm) => confirm.await,
-            Err(error) => Err(error),
-        };
-        match confirm {
-            Ok(Confirmation::Nack(_)) => Err(QueueError::Refused { queue: queue.clone() }),
-            Ok(_) => Ok(()),
-            Err(error) => Err(self.publish_failed(&channel, error)),
+        match publish(&channel, queue, body, properties).await {
+            Ok(()) => Ok(()),
+            Err(PublishError::Refused | PublishError::Unconfirmed) => Err(QueueError::Refused { queue: queue.clone() }),
+            Err(PublishError::Failed(error)) => Err(self.publish_failed(&channel, error)),
         }
     }
 

@@ -1,4 +1,4 @@
-//! `run`: the transmission unit, the gRPC edge (`server::serve`) in front of
+//! `run`: the transmission unit, the gRPC edge (`dnet_edge::server::serve`) in front of
 //! the unit's RabbitMQ queue (`queue_client`).
 
 use std::future::Future;
@@ -8,10 +8,11 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::info;
 
+use dnet_edge::metrics::Metrics;
+use dnet_edge::server::{serve, Edge, ServeError};
+
 use crate::config::Config;
-use crate::metrics::Metrics;
 use crate::queue_client::{QueueClient, QueueSettings};
-use crate::server::{serve, Edge, ServeError};
 
 /// Serves the transmission unit on `listener` until `shutdown` completes
 /// (see [`serve`]).

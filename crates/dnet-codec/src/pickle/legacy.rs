@@ -9,7 +9,8 @@
 
 use std::rc::Rc;
 
-use super::machine::{Global, Machine, Role, Storage, Value};
+use super::machine::{Machine, Role};
+use super::value::{Global, Storage, Value};
 use super::PickleError;
 use crate::echo;
 
@@ -26,7 +27,7 @@ pub(super) fn storage(bytes: &[u8]) -> Result<Storage<'_>, PickleError> {
             "the storage bytes do not start with torch's magic number".into(),
         ));
     }
-    let mut machine = Machine::new(bytes, Role::Storage);
+    let mut machine = Machine::new(bytes, Role::Storage { persistent_id });
     machine.run()?; // the magic number, checked above
     let version = machine.next_pickle()?;
     if !matches!(*version, Value::Int(LEGACY_VERSION)) {

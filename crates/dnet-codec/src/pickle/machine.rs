@@ -14,7 +14,8 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::{legacy, tensor, Limit, PickleDtype, PickleError, PickledTensor};
+use super::value::{Global, Items, Storage, Value};
+use super::{Limit, PickleError, PickledTensor};
 use super::{MAX_DEPTH, MAX_LENGTH, MAX_MEMO, MAX_OPCODES};
 use crate::echo;
 
@@ -59,127 +60,30 @@ pub(super) mod op {
     pub const REDUCE: u8 = b'R';
 }
 
-/// The five globals a tensor pickle may name; each is interpreted here.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Global {
-    RebuildTensor,
-    LoadFromBytes,
-    OrderedDict,
-    Storage(PickleDtype),
-}
-
-impl Global {
-    fn named(module: &str, name: &str) -> Result<Global, PickleError> {
-        match (module, name) {
-            ("torch._utils", "_rebuild_tensor_v2") => Ok(Global::RebuildTensor),
-            ("torch.storage", "_load_from_bytes") => Ok(Global::LoadFromBytes),
-            ("collections", "OrderedDict") => Ok(Global::OrderedDict),
-            ("torch", "FloatStorage") => Ok(Global::Storage(PickleDtype::F32)),
-            ("torch", "LongStorage") => Ok(Global::Storage(PickleDtype::I64)),
-            ("torch", storage) if storage.ends_with("Storage") => {
-                Err(PickleError::Dtype(format!("torch.{}", echo::cut(storage))))
-            }
-            _ => Err(PickleError::Global(format!(
-                "{}.{}",
-                echo::cut(module),
-                echo::cut(name)
-            ))),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Global::RebuildTensor => "torch._utils._rebuild_tensor_v2",
-            Global::LoadFromBytes => "torch.storage._load_from_bytes",
-            Global::OrderedDict => "collections.OrderedDict",
-            Global::Storage(PickleDtype::F32) => "torch.FloatStorage",
-            Global::Storage(PickleDtype::I64) => "torch.LongStorage",
-        }
-    }
-}
-
-/// The items of a tuple, list or dict (keys and values alternating), and how
-/// deep the container nests: 1 plus its deepest item's depth (0 for a value
-/// that is not a container).
-#[derive(Clone)]
-pub(super) struct Items<'a> {
-    pub values: Vec<Rc<Value<'a>>>,
-    pub depth: usize,
-}
-
-impl Items<'_> {
-    fn empty() -> Self {
-        Items {
-            values: Vec::new(),
-            depth: 1,
-        }
-    }
-}
-
-/// A storage's elements, little-endian, borrowed from the input.
-#[derive(Clone, Copy)]
-pub(super) struct Storage<'a> {
-    pub dtype: PickleDtype,
-    pub data: &'a [u8],
-}
-
-/// A value on the machine's stack. No `Debug` or `PartialEq`: values share
-/// items, so walking one could take as long as its unshared form is large;
-/// readers match the few small shapes they expect instead.
-#[derive(Clone)]
-pub(super) enum Value<'a> {
-    None,
-    Bool(bool),
-    Int(i64),
-    Str(&'a str),
-    Bytes(&'a [u8]),
-    Tuple(Items<'a>),
-    List(Items<'a>),
-    Dict(Items<'a>),
-    Global(Global),
-    /// A storage named by a persistent id, its bytes to come after the pickles.
-    StorageRef {
-        dtype: PickleDtype,
-        key: &'a str,
-        numel: usize,
-    },
-    Storage(Storage<'a>),
-    Tensor(PickledTensor),
-}
-
-impl Value<'_> {
-    /// What the value is, for error messages (never its contents).
-    pub(super) fn kind(&self) -> &'static str {
-        match self {
-            Value::None => "None",
-            Value::Bool(_) => "a bool",
-            Value::Int(_) => "an int",
-            Value::Str(_) => "a string",
-            Value::Bytes(_) => "bytes",
-            Value::Tuple(_) => "a tuple",
-            Value::List(_) => "a list",
-            Value::Dict(_) => "a dict",
-            Value::Global(_) => "a global",
-            Value::StorageRef { .. } | Value::Storage(_) => "a storage",
-            Value::Tensor(_) => "a tensor",
-        }
-    }
-
-    fn depth(&self) -> usize {
-        match self {
-            Value::Tuple(items) | Value::List(items) | Value::Dict(items) => items.depth,
-            _ => 0,
-        }
-    }
-}
-
-/// Which pickle the machine runs: the tensor pickle, or the storage's own
-/// pickles inside it (which name only a storage type, and call nothing).
+/// Which pickle the machine runs, and what its calls mean: the tensor
+/// pickle (it loads one storage and rebuilds one tensor of at most
+/// `max_elements`), or the storage's own pickles inside it (they name one
+/// storage by persistent id, and call nothing). The meanings come from the
+/// reader that runs the machine, so the machine knows no file of the
+/// formats it runs.
 #[derive(Clone, Copy)]
 pub(super) enum Role {
-    Tensor { max_elements: usize },
-    Storage,
+    Tensor {
+        max_elements: usize,
+        load_storage: LoadStorage,
+        rebuild: Rebuild,
+    },
+    Storage {
+        persistent_id: PersistentId,
+    },
 }
+
+/// `torch.storage._load_from_bytes`: a storage from its legacy serialization.
+pub(super) type LoadStorage = for<'b> fn(&'b [u8]) -> Result<Storage<'b>, PickleError>;
+/// `torch._utils._rebuild_tensor_v2`: a tensor from its arguments, at most `max_elements`.
+pub(super) type Rebuild = for<'b> fn(&[Rc<Value<'b>>], usize) -> Result<PickledTensor, PickleError>;
+/// BINPERSID: the storage a persistent id names.
+pub(super) type PersistentId = for<'b> fn(&Value<'b>) -> Result<Value<'b>, PickleError>;
 
 /// The pickle virtual machine, restricted to a tensor pickle's opcodes.
 pub(super) struct Machine<'a> {
@@ -363,7 +267,7 @@ impl<'a> Machine<'a> {
             };
             Global::named(module, name)?
         };
-        if matches!(self.role, Role::Storage) && !matches!(global, Global::Storage(_)) {
+        if matches!(self.role, Role::Storage { .. }) && !matches!(global, Global::Storage(_)) {
             return Err(PickleError::InsideStorage(global.name().into()));
         }
         self.push(Value::Global(global));
@@ -371,28 +275,28 @@ impl<'a> Machine<'a> {
     }
 
     fn text(&mut self, opcode: u8) -> Result<(), PickleError> {
-        let width = match opcode {
-            op::SHORT_BINUNICODE => 1,
-            op::BINUNICODE => 4,
-            _ => 8,
-        };
-        let n = self.length(width)?;
-        let bytes = self.take(n)?;
+        let bytes = self.counted(opcode == op::SHORT_BINUNICODE, opcode == op::BINUNICODE)?;
         let text = std::str::from_utf8(bytes).map_err(|_| PickleError::Shape("a string is not UTF-8".into()))?;
         self.push(Value::Str(text));
         Ok(())
     }
 
     fn binary(&mut self, opcode: u8) -> Result<(), PickleError> {
-        let width = match opcode {
-            op::SHORT_BINBYTES => 1,
-            op::BINBYTES => 4,
-            _ => 8,
-        };
-        let n = self.length(width)?;
-        let bytes = self.take(n)?;
+        let bytes = self.counted(opcode == op::SHORT_BINBYTES, opcode == op::BINBYTES)?;
         self.push(Value::Bytes(bytes));
         Ok(())
+    }
+
+    /// The bytes of a length-prefixed argument: a 1-byte length (`short`),
+    /// a 4-byte one (`four`), else an 8-byte one.
+    fn counted(&mut self, short: bool, four: bool) -> Result<&'a [u8], PickleError> {
+        let width = match (short, four) {
+            (true, _) => 1,
+            (false, true) => 4,
+            (false, false) => 8,
+        };
+        let n = self.length(width)?;
+        self.take(n)
     }
 
     fn int(&mut self, opcode: u8) -> Result<(), PickleError> {
@@ -513,21 +417,26 @@ impl<'a> Machine<'a> {
 
     /// BINPERSID: the storage's persistent id, inside the storage's own pickles only.
     fn persistent_id(&mut self, at: usize) -> Result<(), PickleError> {
-        if !matches!(self.role, Role::Storage) {
+        let Role::Storage { persistent_id } = self.role else {
             return Err(PickleError::Shape(format!(
                 "a persistent id at byte {at}, outside a storage's bytes"
             )));
-        }
+        };
         self.count(Limit::Storages, at)?;
         let id = self.pop()?;
-        let storage = legacy::persistent_id(&id)?;
+        let storage = persistent_id(&id)?;
         self.push(storage);
         Ok(())
     }
 
     /// REDUCE: a call of one of the globals, interpreted here; never inside a storage.
     fn reduce(&mut self, at: usize) -> Result<(), PickleError> {
-        let Role::Tensor { max_elements } = self.role else {
+        let Role::Tensor {
+            max_elements,
+            load_storage,
+            rebuild,
+        } = self.role
+        else {
             return Err(PickleError::Shape(format!(
                 "a call (REDUCE) at byte {at} inside the storage's bytes"
             )));
@@ -547,11 +456,11 @@ impl<'a> Machine<'a> {
                     return Err(PickleError::Shape(format!("{} of {}", callable.name(), arg.kind())));
                 };
                 self.count(Limit::Storages, at)?;
-                Value::Storage(legacy::storage(data)?)
+                Value::Storage(load_storage(data)?)
             }
             (Global::RebuildTensor, args) => {
                 self.count(Limit::Tensors, at)?;
-                Value::Tensor(tensor::rebuild(args, max_elements)?)
+                Value::Tensor(rebuild(args, max_elements)?)
             }
             (callable, args) => {
                 return Err(PickleError::Shape(format!(

@@ -31,6 +31,7 @@
 //! Layout:
 //! - here: the public API, its types, errors and limits;
 //! - `machine`: the opcode machine, restricted to a tensor pickle's opcodes and globals;
+//! - `value`: what the machine's stack and memo hold;
 //! - `legacy`: torch's legacy storage serialization (what `_load_from_bytes` gets);
 //! - `tensor`: `_rebuild_tensor_v2`, a storage viewed with a size and strides, copied contiguous;
 //! - `write`: the writer.
@@ -38,6 +39,7 @@
 mod legacy;
 mod machine;
 mod tensor;
+mod value;
 mod write;
 
 use std::fmt;
@@ -188,15 +190,25 @@ pub enum PickleError {
 /// truncated data, a storage that does not hold the shape, another dtype, more
 /// than `max_elements` elements, or a pickle over one of the `MAX_*` caps.
 pub fn read(bytes: &[u8], max_elements: usize) -> Result<PickledTensor, PickleError> {
-    let value = machine::Machine::new(bytes, machine::Role::Tensor { max_elements }).run()?;
+    let value = machine::Machine::new(bytes, tensor_pickle(max_elements)).run()?;
     // The machine (its stack and memo) is gone: nothing else holds the value,
     // so unwrapping it moves the tensor rather than copying it.
     match std::rc::Rc::unwrap_or_clone(value) {
-        machine::Value::Tensor(tensor) => Ok(tensor),
+        value::Value::Tensor(tensor) => Ok(tensor),
         other => Err(PickleError::Shape(format!(
             "the pickle holds {}, not a tensor",
             other.kind()
         ))),
+    }
+}
+
+/// The outer pickle's role: its storage read in torch's legacy format, its
+/// tensor rebuilt within `max_elements`.
+fn tensor_pickle(max_elements: usize) -> machine::Role {
+    machine::Role::Tensor {
+        max_elements,
+        load_storage: legacy::storage,
+        rebuild: tensor::rebuild,
     }
 }
 

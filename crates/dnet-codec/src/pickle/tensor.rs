@@ -9,7 +9,7 @@
 
 use std::rc::Rc;
 
-use super::machine::{Storage, Value};
+use super::value::{Storage, Value};
 use super::{PickleError, PickledTensor};
 use crate::echo;
 

@@ -5,7 +5,8 @@
 //! (strides (1, 2)), `tensor([1.5, -2.]).reshape(2, 1).expand(2, 3)`
 //! (strides (1, 0)) and `tensor([7, 3])`.
 
-use super::machine::{Machine, Role, Value};
+use super::machine::Machine;
+use super::value::Value;
 use super::*;
 
 const TRANSPOSED: &[u8] = include_bytes!("../../testdata/torch-f32-2x3-transposed-proto4.pickle");
@@ -29,7 +30,7 @@ fn refusal(bytes: &[u8], max_elements: usize) -> PickleError {
 
 /// Runs `bytes` as a tensor pickle and says what it left.
 fn run_to_kind(bytes: &[u8]) -> Result<&'static str, PickleError> {
-    let mut machine = Machine::new(bytes, Role::Tensor { max_elements: 16 });
+    let mut machine = Machine::new(bytes, super::tensor_pickle(16));
     machine.run().map(|value| value.kind())
 }
 
@@ -240,7 +241,7 @@ fn memo_gets_share_the_value() {
         pickle.extend_from_slice(&[b'q', 0, b'h', 0, 0x86]);
     }
     pickle.push(b'.');
-    let mut machine = Machine::new(&pickle, Role::Tensor { max_elements: 0 });
+    let mut machine = Machine::new(&pickle, super::tensor_pickle(0));
     let value = machine.run().expect("runs");
     let Value::Tuple(pair) = &*value else {
         panic!("not a tuple: {}", value.kind());

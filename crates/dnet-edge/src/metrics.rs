@@ -1,5 +1,6 @@
-//! Prometheus metrics of the transmission unit.
+//! Prometheus metrics of a unit's gRPC edge.
 
+use dnet_common::labels::StatusLabel;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -7,14 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-/// Label of `dnet_requests`: how a call ended (SUCCESS, NOT_SUCCESS, ERROR,
-/// or the gRPC error code name).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StatusLabel {
-    pub status: String,
-}
-
-/// The transmission unit's metrics; cheap to update from any task.
+/// The edge's metrics; cheap to update from any task.
 #[derive(Debug)]
 pub struct Metrics {
     /// Compute calls by how they ended.
@@ -141,11 +135,7 @@ impl Metrics {
 
     /// Counts one finished call.
     pub fn count(&self, status: &str) {
-        self.requests
-            .get_or_create(&StatusLabel {
-                status: status.to_owned(),
-            })
-            .inc();
+        self.requests.get_or_create(&StatusLabel::new(status)).inc();
     }
 }
 

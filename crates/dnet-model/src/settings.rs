@@ -1,75 +1,16 @@
-//! Values that arrive as text on command lines: exit thresholds and devices.
-//! Shared by every program that runs the model, so each accepts the same forms.
+//! The model's settings as plain values, and the text forms every program
+//! accepts for them (thresholds, devices, bounds, dtypes): parsed here so
+//! that each program reads them alike. No command-line structs: those are
+//! `dnet-model-flags`'.
 
-use std::time::Duration;
+use std::str::FromStr;
 
-use dnet_common::duration::parse_duration;
 use tch::{Device, Kind};
 
-use crate::batch::BatchPolicy;
-use crate::engine::EngineSettings;
 use crate::model::SIDE_EXITS;
 
-/// How the network computes, for every program that runs it.
-#[derive(Clone, Debug, clap::Args)]
-pub struct ComputeArgs {
-    /// libtorch intra-op threads [default: the CPUs this process may use: its
-    /// affinity and cgroup CPU quota, e.g. a container's CPU limit].
-    #[arg(long, env = "DNET_THREADS", value_parser = clap::value_parser!(i32).range(1..))]
-    pub threads: Option<i32>,
-
-    /// The dtype the network computes in; tensors on the wire stay F32.
-    #[arg(long, env = "DNET_PRECISION", value_enum, default_value_t = Precision::F32)]
-    pub precision: Precision,
-}
-
-impl ComputeArgs {
-    /// `--threads`, else the CPUs this process may use.
-    #[must_use]
-    pub fn threads(&self) -> i32 {
-        self.threads.unwrap_or_else(default_threads)
-    }
-}
-
-/// The batching policy, for every program that serves requests with the engine.
-#[derive(Clone, Debug, clap::Args)]
-pub struct BatchArgs {
-    /// Most samples in one forward pass. When the model is free it takes the
-    /// oldest waiting request and every later one with the same start layer
-    /// while their samples fit, and while the forward, as long as recent ones
-    /// took, would end before the earliest deadline among them; a larger
-    /// request runs alone.
-    #[arg(long, env = "DNET_MAX_BATCH_SIZE", default_value_t = 32, value_parser = at_least_one)]
-    pub max_batch_size: usize,
-
-    /// How long a batch that is not full may wait for more requests of its
-    /// start layer (e.g. 2ms; 0: it runs with what is waiting, adding no delay).
-    #[arg(long, env = "DNET_BATCH_TIMEOUT", default_value = "0ms", value_parser = parse_duration)]
-    pub batch_timeout: Duration,
-}
-
-fn at_least_one(text: &str) -> Result<usize, String> {
-    match text.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!("'{text}' is not a whole number of at least 1")),
-    }
-}
-
-/// The engine's settings from its flags.
-#[must_use]
-pub fn engine_settings(compute: &ComputeArgs, batch: &BatchArgs) -> EngineSettings {
-    EngineSettings {
-        threads: compute.threads(),
-        precision: compute.precision,
-        batching: BatchPolicy {
-            max_samples: batch.max_batch_size,
-            timeout: batch.batch_timeout,
-        },
-    }
-}
-
 /// The dtype the network computes in. Inputs and outputs on the wire stay F32.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Precision {
     /// 32-bit floats: the reference's results.
     #[default]
@@ -81,6 +22,9 @@ pub enum Precision {
 }
 
 impl Precision {
+    /// The names a command line gives.
+    pub const NAMES: [&'static str; 3] = ["f32", "bf16", "f16"];
+
     #[must_use]
     pub fn kind(self) -> Kind {
         match self {
@@ -93,7 +37,7 @@ impl Precision {
 
 /// The dtype of the tensor a unit hands on to the next (a NOT_SUCCESS `x`).
 /// Receivers accept all three and widen to F32.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WireDtype {
     /// 32-bit floats, the original's: exactly what the next unit would compute from.
     #[default]
@@ -105,6 +49,9 @@ pub enum WireDtype {
 }
 
 impl WireDtype {
+    /// The names a command line gives.
+    pub const NAMES: [&'static str; 3] = ["f32", "f16", "bf16"];
+
     #[must_use]
     pub fn kind(self) -> Kind {
         match self {
@@ -116,7 +63,7 @@ impl WireDtype {
 }
 
 /// What a unit does with a request of N samples when only some are confident.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ExitRule {
     /// The confident samples answer here; only the others go on to the next
     /// unit; the caller gets every sample's answer and exit layer, in order.
@@ -125,6 +72,44 @@ pub enum ExitRule {
     /// The request answers here only if every sample is confident, else all
     /// of it goes on (DNet's rule before per-sample exits).
     WholeRequest,
+}
+
+impl ExitRule {
+    /// The names a command line gives.
+    pub const NAMES: [&'static str; 2] = ["per-sample", "whole-request"];
+}
+
+/// Reads the name of one of `T`'s values, e.g. `bf16` or `per-sample`.
+fn named<T: Copy>(text: &str, names: &[&str], values: &[T], what: &str) -> Result<T, String> {
+    names
+        .iter()
+        .position(|name| *name == text)
+        .map(|i| values[i])
+        .ok_or_else(|| format!("'{text}' is not a {what}: use one of {}", names.join(", ")))
+}
+
+impl FromStr for Precision {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        named(text, &Self::NAMES, &[Self::F32, Self::Bf16, Self::F16], "precision")
+    }
+}
+
+impl FromStr for WireDtype {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        named(text, &Self::NAMES, &[Self::F32, Self::F16, Self::Bf16], "wire dtype")
+    }
+}
+
+impl FromStr for ExitRule {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        named(text, &Self::NAMES, &[Self::PerSample, Self::WholeRequest], "exit rule")
+    }
 }
 
 /// The thresholds a unit accepts in a request (`--allow-threshold-override LO..HI`).
@@ -258,6 +243,14 @@ mod tests {
         assert!(parse_thresholds(&vec!["1.5"; 15].join(","))
             .expect_err("invalid")
             .contains("outside"));
+    }
+
+    #[test]
+    fn named_values_parse() {
+        assert_eq!("bf16".parse::<Precision>(), Ok(Precision::Bf16));
+        assert_eq!("f16".parse::<WireDtype>(), Ok(WireDtype::F16));
+        assert_eq!("whole-request".parse::<ExitRule>(), Ok(ExitRule::WholeRequest));
+        assert!("f64".parse::<Precision>().is_err());
     }
 
     #[test]

@@ -5,13 +5,20 @@
 
 use std::future::Future;
 
-use dnet_proto::{Bytes, ComputationRequest, ComputationResponse};
-use prost::Message;
+use dnet_proto::{ComputationRequest, ComputationResponse};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::Error;
-use crate::queue_client::{QueueClient, QueueStatus};
+
+/// Requests waiting to be computed and what consumes them, for `Qstatus`:
+/// a queue's ready messages and consumers, or a direct unit's requests
+/// waiting for its model and its one engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueStatus {
+    pub messages: u32,
+    pub consumers: u32,
+}
 
 /// What the gRPC edge needs from whatever computes a unit's exit.
 pub trait Backend: Send + Sync + 'static {
@@ -35,31 +42,4 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Releases what it holds, once the last call has ended.
     fn close(&self) -> impl Future<Output = ()> + Send;
-}
-
-/// The transmission unit: each request is published to the queue as it came
-/// (re-encoded around the shared tensor bytes), and the reply is decoded only
-/// down to its fields; tensors stay bytes, sliced from the reply's buffer.
-impl Backend for QueueClient {
-    async fn compute(&self, request: &ComputationRequest, deadline: Instant) -> Result<ComputationResponse, Error> {
-        let reply = self.call(&request.encode_to_vec(), request.attempts, deadline).await?;
-        ComputationResponse::decode(Bytes::from(reply))
-            .map_err(|e| Error::BadReply(format!("not a ComputationResponse ({e})")))
-    }
-
-    fn waiting(&self) -> u64 {
-        QueueClient::waiting(self)
-    }
-
-    async fn status(&self) -> Result<QueueStatus, Error> {
-        Ok(QueueClient::status(self).await?)
-    }
-
-    fn ready(&self) -> watch::Receiver<bool> {
-        self.connected()
-    }
-
-    async fn close(&self) {
-        QueueClient::close(self).await;
-    }
 }

@@ -95,55 +95,21 @@ pub async fn serve<B: Backend>(
     config.check().map_err(ServeError::Config)?;
     let next = next_unit(&config, &metrics).await?;
     let ready = backend.ready();
-    let waiting_backend = Arc::new(backend);
-    let backend = Arc::clone(&waiting_backend);
-    let stop_metrics = CancellationToken::new();
-    if let Some(metrics_listener) = metrics_listener {
-        // Ready as the gRPC health of unit.DNet: while the backend can compute.
-        let stop = stop_metrics.clone();
-        tokio::spawn(dnet_common::metrics_http::serve(
-            metrics_listener,
-            Arc::new(registry),
-            ready.clone(),
-            async move { stop.cancelled().await },
-        ));
-    }
+    let backend = Arc::new(backend);
+    // Ready as the gRPC health of unit.DNet: while the backend can compute.
+    let stop_metrics = serve_metrics(metrics_listener, registry, ready.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(follow_readiness(health.clone(), ready));
-
-    let settings = ServiceSettings {
-        unit_name: unit_name.clone(),
-        default_timeout: config.timeout,
-        max_deadline: config.max_deadline,
-        forward_delay: Duration::from_millis(config.delay),
-        retry_budget: config.retry_budget,
-    };
-    let service = DNetServer::new(UnitService::new(
-        Arc::clone(&backend),
-        next,
-        settings,
-        Arc::clone(&metrics),
-    ))
-    .max_decoding_message_size(config.max_message_bytes)
-    .max_encoding_message_size(config.max_message_bytes);
+    let service = unit_service(&config, unit_name.clone(), Arc::clone(&backend), next, &metrics);
+    let waiting = Arc::clone(&backend);
     let admission = Admission::new(
         config.max_in_flight(),
         config.max_calls_per_connection(),
         config.max_queue,
-        Arc::new(move || waiting_backend.waiting()),
+        Arc::new(move || waiting.waiting()),
         Arc::clone(&metrics),
     );
-    info!(
-        listen = %listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()),
-        unit = %unit_name,
-        next = config.next_address.as_deref().unwrap_or("none"),
-        max_in_flight = config.max_in_flight(),
-        max_calls_per_connection = config.max_calls_per_connection(),
-        max_connections = config.max_connections(),
-        max_queue = config.max_queue,
-        memory_bound_mib = config.memory_bound() >> 20,
-        "serving"
-    );
+    log_serving(&config, &listener, &unit_name);
     // With an incoming stream of our own, socket options are set here, not on the builder.
     let incoming = connections::limit(
         TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -166,14 +132,7 @@ pub async fn serve<B: Backend>(
         served = &mut server => served,
         () = shutdown => {
             health_task.abort();
-            let mut health = health;
-            health.set_service_status("", ServingStatus::NotServing).await;
-            health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
-            // Ends the health watches (other units' balancers keep one open
-            // each): the drain waits for every open call, and a watch never
-            // ends by itself. Their watchers have seen NOT_SERVING.
-            health.clear_service_status(SERVICE_NAME).await;
-            health.clear_service_status("").await;
+            stop_health(health).await;
             stop_accepting.cancel();
             drain(server, config.shutdown_grace, &metrics).await
         }
@@ -184,6 +143,67 @@ pub async fn serve<B: Backend>(
     backend.close().await;
     info!(close_ms = closing.elapsed().as_millis() as u64, "stopped");
     served.map_err(ServeError::from)
+}
+
+/// Serves the metrics, `/livez` and `/readyz` on `listener` (if given)
+/// until the returned token is cancelled.
+fn serve_metrics(listener: Option<TcpListener>, registry: Registry, ready: watch::Receiver<bool>) -> CancellationToken {
+    let stop = CancellationToken::new();
+    if let Some(listener) = listener {
+        let stopped = stop.clone();
+        tokio::spawn(dnet_common::metrics_http::serve(
+            listener,
+            Arc::new(registry),
+            ready,
+            async move { stopped.cancelled().await },
+        ));
+    }
+    stop
+}
+
+/// The `unit.DNet` service with its settings and message limits.
+fn unit_service<B: Backend>(
+    config: &EdgeArgs,
+    unit_name: String,
+    backend: Arc<B>,
+    next: Option<NextUnit>,
+    metrics: &Arc<Metrics>,
+) -> DNetServer<UnitService<B>> {
+    let settings = ServiceSettings {
+        unit_name,
+        default_timeout: config.timeout,
+        max_deadline: config.max_deadline,
+        forward_delay: Duration::from_millis(config.test_delay),
+        retry_budget: config.retry_budget,
+    };
+    DNetServer::new(UnitService::new(backend, next, settings, Arc::clone(metrics)))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes)
+}
+
+/// The "serving" line: where, for which unit, and with which limits.
+fn log_serving(config: &EdgeArgs, listener: &TcpListener, unit_name: &str) {
+    info!(
+        listen = %listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string()),
+        unit = %unit_name,
+        next = config.next_address.as_deref().unwrap_or("none"),
+        max_in_flight = config.max_in_flight(),
+        max_calls_per_connection = config.max_calls_per_connection(),
+        max_connections = config.max_connections(),
+        max_queue = config.max_queue,
+        memory_bound_mib = config.memory_bound() >> 20,
+        "serving"
+    );
+}
+
+/// NOT_SERVING for everyone watching, then the end of their watches (other
+/// units' balancers keep one open each): the drain waits for every open
+/// call, and a watch never ends by itself.
+async fn stop_health(mut health: tonic_health::server::HealthReporter) {
+    health.set_service_status("", ServingStatus::NotServing).await;
+    health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
+    health.clear_service_status(SERVICE_NAME).await;
+    health.clear_service_status("").await;
 }
 
 /// The client of `--next-address`, if given.

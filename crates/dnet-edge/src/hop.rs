@@ -35,7 +35,7 @@ pub fn record(
     }
 }
 
-pub use dnet_common::duration::micros;
+pub use dnet_proto::micros;
 
 #[cfg(test)]
 mod tests {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
 
-use crate::error::{Error, QueueError};
+use crate::error::{BackendError, Error, Retry};
 
 /// First backoff ceiling; doubled on each retry of a call.
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
@@ -69,7 +69,8 @@ impl RetryPolicy {
                 Err(error) if retryable(&error, tries) => error,
                 Err(error) => return Err(error),
             };
-            let wait = dnet_amqp::connect::full_jitter(ceiling);
+            // Full jitter: a random wait up to the ceiling.
+            let wait = ceiling.mul_f64(fastrand::f64());
             if Instant::now() + wait >= deadline || !budget.withdraw() {
                 return Err(error);
             }
@@ -81,23 +82,20 @@ impl RetryPolicy {
 }
 
 /// Failures that another attempt (the `tries`-th failed) may not meet: the
-/// broker session is down or refused the request, or the call could not be
-/// sent to the next unit. A closed publish channel is tried once more: the
-/// message that made the broker close it may have been another call's.
-/// (Inference is idempotent: a request that reached a worker before the
-/// broker connection broke may be computed twice; its first reply has
-/// nowhere to go. A worker that dies of a request is the queue's business:
-/// the broker gives the request to another, counting the deaths.)
+/// backend says so (its broker session is down or refused the request; a
+/// closed publish channel once more), or the call could not be sent to the
+/// next unit. (Inference is idempotent: a request that reached a worker
+/// before the broker connection broke may be computed twice; its first
+/// reply has nowhere to go. A worker that dies of a request is the queue's
+/// business: the broker gives the request to another, counting the deaths.)
 fn retryable(error: &Error, tries: u32) -> bool {
     match error {
-        Error::Queue(QueueError::ChannelClosed { .. }) => tries == 1,
-        Error::Queue(
-            QueueError::NotConnected { .. }
-            | QueueError::ConnectionLost
-            | QueueError::Refused { .. }
-            | QueueError::Amqp { .. },
-        )
-        | Error::NextNotSent { .. } => true,
+        Error::Backend(BackendError { retry, .. }) => match retry {
+            Retry::Yes => true,
+            Retry::Once => tries == 1,
+            Retry::Never => false,
+        },
+        Error::NextNotSent { .. } => true,
         _ => false,
     }
 }
@@ -108,7 +106,11 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     fn unavailable() -> Error {
-        Error::Queue(QueueError::ConnectionLost)
+        Error::Backend(BackendError::new(
+            tonic::Code::Unavailable,
+            "connection lost",
+            Retry::Yes,
+        ))
     }
 
     #[tokio::test(start_paused = true)]
@@ -153,10 +155,11 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(5);
         let timeout = || async {
             tries.fetch_add(1, Ordering::SeqCst);
-            Err::<(), _>(Error::Queue(QueueError::Timeout {
-                queue: "q".into(),
-                waited_ms: 1,
-            }))
+            Err::<(), _>(Error::Backend(BackendError::new(
+                tonic::Code::DeadlineExceeded,
+                "no reply within 1 ms",
+                Retry::Never,
+            )))
         };
         assert!(RetryPolicy::new(10.0).run(later, || {}, timeout).await.is_err());
         assert_eq!(tries.load(Ordering::SeqCst), 1, "a timeout is not retried");
@@ -166,36 +169,40 @@ mod tests {
         assert_eq!(tries.load(Ordering::SeqCst), 1, "retries off");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_budget_caps_retries_at_a_share_of_calls() {
+    /// Retries made by `calls` calls at once that always fail and have
+    /// 100 ms each: each credits the budget once and runs the policy `runs`
+    /// times (at its queue, then at the next unit).
+    async fn retries_of_failing_calls(calls: u32, runs: usize) -> u32 {
         let policy = std::sync::Arc::new(RetryPolicy::new(10.0));
         let retried = std::sync::Arc::new(AtomicU32::new(0));
-        let calls = 1000;
-        // Calls at once that always fail, each with 100 ms: without a budget
-        // every one of them would retry at least once within its deadline.
         let deadline = Instant::now() + Duration::from_millis(100);
         let tasks: Vec<_> = (0..calls)
             .map(|_| {
                 let (policy, retried) = (std::sync::Arc::clone(&policy), std::sync::Arc::clone(&retried));
                 tokio::spawn(async move {
-                    let count = || {
-                        retried.fetch_add(1, Ordering::SeqCst);
-                    };
                     policy.deposit();
-                    let _ = policy
-                        .run(deadline, count, || async { Err::<(), _>(unavailable()) })
-                        .await;
+                    for _ in 0..runs {
+                        let count = || {
+                            retried.fetch_add(1, Ordering::SeqCst);
+                        };
+                        let _ = policy
+                            .run(deadline, count, || async { Err::<(), _>(unavailable()) })
+                            .await;
+                    }
                 })
             })
             .collect();
         for task in tasks {
             task.await.expect("task");
         }
-        let retries = retried.load(Ordering::SeqCst);
-        assert!(
-            retries > 0 && retries < calls / 4,
-            "{retries} retries for {calls} calls"
-        );
+        retried.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_caps_retries_at_a_share_of_calls() {
+        // Without a budget every call would retry at least once within its deadline.
+        let retries = retries_of_failing_calls(1000, 1).await;
+        assert!(retries > 0 && retries < 1000 / 4, "{retries} retries for 1000 calls");
     }
 
     #[tokio::test(start_paused = true)]
@@ -248,11 +255,11 @@ mod tests {
         let later = Instant::now() + Duration::from_secs(5);
         let closed = || async {
             tries.fetch_add(1, Ordering::SeqCst);
-            Err::<(), _>(Error::Queue(QueueError::ChannelClosed {
-                queue: "q".into(),
-                code: 406,
-                text: "message size 2000 is larger than configured max size 1000".into(),
-            }))
+            Err::<(), _>(Error::Backend(BackendError::new(
+                tonic::Code::FailedPrecondition,
+                "message size 2000 is larger than configured max size 1000",
+                Retry::Once,
+            )))
         };
         let _ = RetryPolicy::new(10.0).run(later, || {}, closed).await;
         assert_eq!(
@@ -264,34 +271,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_call_credits_the_budget_once_whatever_it_retries() {
-        let policy = std::sync::Arc::new(RetryPolicy::new(10.0));
-        let retried = std::sync::Arc::new(AtomicU32::new(0));
-        let calls = 1000;
-        let deadline = Instant::now() + Duration::from_millis(100);
-        let tasks: Vec<_> = (0..calls)
-            .map(|_| {
-                let (policy, retried) = (std::sync::Arc::clone(&policy), std::sync::Arc::clone(&retried));
-                tokio::spawn(async move {
-                    policy.deposit();
-                    // A call that fails at its queue and, separately, at the next unit.
-                    for _ in 0..2 {
-                        let count = || {
-                            retried.fetch_add(1, Ordering::SeqCst);
-                        };
-                        let _ = policy
-                            .run(deadline, count, || async { Err::<(), _>(unavailable()) })
-                            .await;
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.expect("task");
-        }
         // tower's TpsBudget: a reserve of 10 per second over its 10 s window
         // (100), plus 10% of the deposits (100); crediting each call twice
         // would allow 100 more.
-        let retries = retried.load(Ordering::SeqCst);
-        assert!((100..=240).contains(&retries), "{retries} retries for {calls} calls");
+        let retries = retries_of_failing_calls(1000, 2).await;
+        assert!((100..=240).contains(&retries), "{retries} retries for 1000 calls");
     }
 }

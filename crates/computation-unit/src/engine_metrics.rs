@@ -1,6 +1,9 @@
-//! The engine's Prometheus metrics; the program that runs the engine
-//! registers them next to its own.
+//! The engine's Prometheus metrics (batch size, compute, queue wait),
+//! registered next to the unit's own and fed by the engine as its observer.
 
+use std::time::Duration;
+
+use dnet_model::observer::EngineObserver;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -48,5 +51,16 @@ impl EngineMetrics {
             metrics.queue_wait_seconds.clone(),
         );
         metrics
+    }
+}
+
+impl EngineObserver for EngineMetrics {
+    fn forward(&self, samples: usize, took: Duration) {
+        self.batch_size.observe(samples as f64);
+        self.compute_seconds.observe(took.as_secs_f64());
+    }
+
+    fn waited(&self, waited: Duration) {
+        self.queue_wait_seconds.observe(waited.as_secs_f64());
     }
 }

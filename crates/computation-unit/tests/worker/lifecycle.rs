@@ -1,0 +1,90 @@
+//! Lifecycle: SIGTERM finishes the current job and gives the rest back; ready only while consuming.
+
+use dnet_proto::StatusCode;
+use dnet_testkit::{wait_for, Broker, ComputationUnit, TestQueue};
+
+use super::support::{images, request};
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_current_job_requeues_the_rest_and_exits_zero() {
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &["--timeout", "120s"]).await;
+    // One request per forward pass, each long enough to stop in the middle of.
+    let mut stopping = worker(&broker, &queue, 16, &["--prefetch", "3", "--max-batch-size", "48"]).await;
+    let client = unit.client().await.expect("client");
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            let mut client = client.clone();
+            let request = request(0, &images(48, 200 + i));
+            tokio::spawn(async move { client.compute(request).await })
+        })
+        .collect();
+    wait_for_taken(&unit, 3).await;
+    // SIGTERM while a forward runs: the first has finished, the second is
+    // under way (each takes a while: 48 images on one thread). Right after
+    // the deliveries arrive, none may have reached the model yet.
+    wait_for("the first forward to finish", PATIENCE, || async {
+        let forwards = stopping.metrics().await.ok()?.value("dnet_batch_size_count").ok()?;
+        (forwards >= 1.0).then_some(())
+    })
+    .await
+    .expect("a forward finished");
+
+    stopping.process.signal("TERM").expect("SIGTERM");
+    let exit = stopping.process.wait_exit(PATIENCE).await.expect("exits");
+    assert!(exit.success(), "{exit:?}");
+    // What the worker itself did, from its own account: the broker would
+    // requeue the unacked requests of a worker that did nothing, so the
+    // count of nacks it sent is the proof.
+    let summary = stopping.process.events("computation unit stopped");
+    let summary = summary
+        .first()
+        .unwrap_or_else(|| panic!("no stop summary in:\n{}", stopping.process.log()));
+    let (published, requeued) = (summary["published"].as_u64(), summary["requeued"].as_u64());
+    assert!(
+        matches!((published, requeued), (Some(p), Some(r)) if p >= 1 && r >= 1 && p + r == 3),
+        "finished at least the current one and gave the rest back: {summary}"
+    );
+    let requeued = requeued.unwrap_or_default();
+
+    let successor = worker(&broker, &queue, 16, &[]).await;
+    for call in calls {
+        let answer = call.await.expect("task").expect("every call answered").into_inner();
+        assert_eq!(answer.status, StatusCode::Success as i32);
+    }
+    let metrics = successor.metrics().await.expect("successor metrics");
+    assert_eq!(
+        metrics.sum("dnet_worker_replies_total").expect("replies"),
+        requeued as f64,
+        "the successor computed exactly what was given back"
+    );
+    assert_eq!(
+        metrics.value("dnet_worker_redelivered_total").expect("counter"),
+        0.0,
+        "given back as fresh copies: a stop is not counted as a crash"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_is_ready_only_while_it_consumes() {
+    use dnet_testkit::metrics::http_status;
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let nowhere = format!("amqp://guest:guest@127.0.0.1:{}/%2f", dnet_testkit::free_port());
+    let lonely = ComputationUnit::launch(&broker, queue.name(), 8, SEED, &["-a", &nowhere])
+        .await
+        .expect("starts without a broker");
+    assert_eq!(http_status(lonely.metrics_address, "/livez").await.expect("probe"), 200);
+    assert_eq!(
+        http_status(lonely.metrics_address, "/readyz").await.expect("probe"),
+        503,
+        "model loaded but no queue to consume: not ready"
+    );
+    let consuming = worker(&broker, &queue, 8, &[]).await;
+    assert_eq!(
+        http_status(consuming.metrics_address, "/readyz").await.expect("probe"),
+        200
+    );
+}

@@ -1,0 +1,69 @@
+//! The workspace's dependency rules (docs/architecture.md, "Layout"), read
+//! from `cargo tree` of each crate (its normal and build dependencies, with
+//! the features it asks for): a crate that gains a forbidden dependency,
+//! directly or through another, fails here.
+
+use std::process::Command;
+
+/// (crate, dependencies it must not link, why).
+const RULES: [(&str, &[&str], &str); 5] = [
+    (
+        "dnet-edge",
+        &["lapin", "tch", "torch-sys"],
+        "the gRPC edge serves any backend: the broker and the model are the backends' business",
+    ),
+    (
+        "transmission-unit",
+        &["tch", "torch-sys"],
+        "a transmission unit never decodes tensors: it runs where libtorch is not installed",
+    ),
+    (
+        "dnet-model",
+        &["lapin", "tonic", "hyper", "clap", "prometheus-client"],
+        "the model library runs anywhere (tests, tools, benchmarks): no broker, network, command line or metrics library",
+    ),
+    (
+        "test-unit",
+        &["lapin"],
+        "the end device talks gRPC only",
+    ),
+    (
+        "computation-unit",
+        &["transmission-unit"],
+        "a direct unit is built on the edge, not on the broker unit",
+    ),
+];
+
+/// The names of every package `package` depends on, as cargo resolves it alone.
+fn dependencies(package: &str) -> Vec<String> {
+    let output = Command::new(env!("CARGO"))
+        .args(["tree", "--quiet", "--package", package, "--edges", "normal,build"])
+        .args(["--prefix", "none", "--format", "{p}"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo tree");
+    assert!(
+        output.status.success(),
+        "cargo tree -p {package} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn each_crate_links_only_what_its_layer_may() {
+    let mut broken = Vec::new();
+    for (package, forbidden, why) in RULES {
+        let linked = dependencies(package);
+        for name in forbidden {
+            if linked.iter().any(|dependency| dependency == name) {
+                broken.push(format!("{package} links {name}: {why}"));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}

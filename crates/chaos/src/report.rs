@@ -59,7 +59,7 @@ impl Row {
 
 /// Redeliveries counted by these workers; a worker whose metrics cannot be
 /// read fails the scenario rather than counting 0.
-pub async fn redelivered(workers: &[&ComputationUnit]) -> anyhow::Result<u64> {
+async fn redelivered(workers: &[&ComputationUnit]) -> anyhow::Result<u64> {
     let mut total = 0.0;
     for worker in workers {
         total += worker

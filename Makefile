@@ -17,13 +17,17 @@ export DNET_BIN_DIR := $(TARGET_DIR)/release
 # make fuzz-long FUZZ_SECONDS=600 FUZZ_TARGET=pickle (no FUZZ_TARGET: every target).
 FUZZ_SECONDS ?= 600
 FUZZ_TARGET ?=
+# make images IMAGES_MODE=host: the offline path even where a registry answers.
+IMAGES_MODE ?=
 
-.PHONY: help setup build test demo bench bench-link chaos soak fuzz-long
+.PHONY: help setup build images test test-images demo bench bench-link chaos soak fuzz-long
 
 help:
 	@echo "make demo   run a local cascade (starts RabbitMQ if needed; DNET_LAYOUT=direct: no broker)"
 	@echo "make test   fmt, clippy, unit and integration tests (real RabbitMQ, never restarted), fuzz, chaos"
 	@echo "make build  release binaries into $(DNET_BIN_DIR)"
+	@echo "make images  the Docker images the examples use (offline from the host's build where no registry answers; IMAGES_MODE=build|host)"
+	@echo "make test-images  the demo cascade from the images, as the manifests configure them, against the binaries (part of make test)"
 	@echo "make bench  measure and rewrite BENCHMARKS.md"
 	@echo "make bench-link  the cascade across a shaped slow link (root: network namespaces, tc netem); its BENCHMARKS.md section"
 	@echo "make chaos  fault injection under load (a private RabbitMQ node is restarted), rewrites RELIABILITY.md"
@@ -36,8 +40,16 @@ setup:
 build: setup
 	cargo build --release --workspace --bins
 
+images: build
+	@scripts/setup.sh docker
+	@scripts/dockerd.sh
+	@scripts/images.sh $(IMAGES_MODE)
+
 test: setup
 	@scripts/test.sh
+
+test-images: build
+	@scripts/test_images.sh
 
 demo: build
 	@scripts/demo.sh

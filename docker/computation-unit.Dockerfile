@@ -5,7 +5,12 @@
 #   TORCH_VARIANT=cu130  CUDA 13.0 wheels (amd64)
 #   docker buildx build --platform linux/amd64,linux/arm64 -f docker/computation-unit.Dockerfile \
 #     --build-arg TORCH_VARIANT=cpu -t dnet/computation-unit:0.1.0-cpu .
+# Without a registry (`make images`, scripts/images.sh): BINARIES=host takes
+# the binary built on the host and the project venv's libtorch (PyPI's wheel,
+# which carries CUDA's libraries), staged at the paths the build stage uses;
+# the runtime stage is the same text either way.
 ARG TORCH_VARIANT=cpu
+ARG BINARIES=build
 
 FROM rust:1.89-slim-bookworm AS build
 ARG TORCH_VARIANT
@@ -22,13 +27,22 @@ RUN cargo build --release --locked -p computation-unit \
     && strip target/release/computation-unit \
     && mkdir -p /opt/venv/lib/python3.11/site-packages/nvidia
 
+# The host's build, staged by scripts/images.sh at the paths the build stage uses.
+FROM scratch AS host
+COPY . /
+
+# hadolint ignore=DL3006
+FROM ${BINARIES} AS binaries
+
 FROM debian:bookworm-slim
 # The binary's rpath points at torch/lib under /opt/venv; keep the same paths.
-# nvidia/ holds the CUDA libraries of the cu130 variant (empty for cpu).
-COPY --from=build /opt/venv/lib/python3.11/site-packages/torch/lib /opt/venv/lib/python3.11/site-packages/torch/lib
-COPY --from=build /opt/venv/lib/python3.11/site-packages/nvidia /opt/venv/lib/python3.11/site-packages/nvidia
-COPY --from=build /src/target/release/computation-unit /usr/local/bin/computation-unit
+# nvidia/ holds CUDA's libraries (empty for the cpu variant).
+COPY --from=binaries /opt/venv/lib/python3.11/site-packages/torch/lib /opt/venv/lib/python3.11/site-packages/torch/lib
+COPY --from=binaries /opt/venv/lib/python3.11/site-packages/nvidia /opt/venv/lib/python3.11/site-packages/nvidia
+COPY --from=binaries /src/target/release/computation-unit /usr/local/bin/computation-unit
 RUN useradd --system --uid 10001 --no-create-home dnet
 USER 10001
-EXPOSE 9090
+# A worker's metrics (9091 in example/: beside a transmission unit's 9090);
+# a direct unit (`serve`): gRPC 8080 and metrics 9090.
+EXPOSE 8080 9090 9091
 ENTRYPOINT ["/usr/local/bin/computation-unit"]

@@ -1,5 +1,9 @@
 # test-unit: the benchmark client; links libtorch for its local layers (-e > 0).
 #   docker buildx build --platform linux/amd64,linux/arm64 -f docker/test-unit.Dockerfile -t dnet/test-unit:0.1.0 .
+# Without a registry (`make images`, scripts/images.sh): BINARIES=host, as
+# for the computation unit; the runtime stage is the same text either way.
+ARG BINARIES=build
+
 FROM rust:1.89-slim-bookworm AS build
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -10,15 +14,26 @@ RUN python3 -m venv /opt/venv \
 ENV PATH=/opt/venv/bin:$PATH LIBTORCH_USE_PYTORCH=1
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p test-unit && strip target/release/test-unit
+RUN cargo build --release --locked -p test-unit \
+    && strip target/release/test-unit \
+    && mkdir -p /opt/venv/lib/python3.11/site-packages/nvidia
+
+# The host's build, staged by scripts/images.sh at the paths the build stage uses.
+FROM scratch AS host
+COPY . /
+
+# hadolint ignore=DL3006
+FROM ${BINARIES} AS binaries
 
 FROM debian:bookworm-slim
+# libtorch first, as in the computation unit's image: the same layers, stored once.
+COPY --from=binaries /opt/venv/lib/python3.11/site-packages/torch/lib /opt/venv/lib/python3.11/site-packages/torch/lib
+COPY --from=binaries /opt/venv/lib/python3.11/site-packages/nvidia /opt/venv/lib/python3.11/site-packages/nvidia
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libfontconfig1 fonts-dejavu-core \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home dnet
-COPY --from=build /opt/venv/lib/python3.11/site-packages/torch/lib /opt/venv/lib/python3.11/site-packages/torch/lib
-COPY --from=build /src/target/release/test-unit /usr/local/bin/test-unit
+COPY --from=binaries /src/target/release/test-unit /usr/local/bin/test-unit
 USER 10001
 ENTRYPOINT ["/usr/local/bin/test-unit"]

@@ -1,23 +1,31 @@
-# transmission-unit: a static (musl) binary on an empty image, run as non-root.
-# No libtorch. Build from the repository root:
+# transmission-unit: no libtorch, run as a non-root user. Build from the
+# repository root:
 #   docker buildx build --platform linux/amd64,linux/arm64 -f docker/transmission-unit.Dockerfile -t dnet/transmission-unit:0.1.0 .
-FROM rust:1.89-alpine3.22 AS build
-# hadolint ignore=DL3018
-RUN apk add --no-cache musl-dev protobuf-dev ca-certificates
-# Alpine's protoc: the vendored one is built for glibc.
-ENV PROTOC=/usr/bin/protoc
+# Without a registry (`make images`, scripts/images.sh): BINARIES=host takes
+# the binary built on the host, from a staged context; the runtime stage is
+# the same text either way.
+ARG BINARIES=build
+
+FROM rust:1.89-slim-bookworm AS build
 WORKDIR /src
 COPY . .
 # Only this package: it does not depend on tch, so no libtorch is needed to build it.
 RUN cargo build --release --locked -p transmission-unit \
     && strip target/release/transmission-unit
 
-FROM scratch
-COPY --from=build /src/target/release/transmission-unit /transmission-unit
+# The host's build, staged by scripts/images.sh at the paths the build stage uses.
+FROM scratch AS host
+COPY . /
+
+# hadolint ignore=DL3006
+FROM ${BINARIES} AS binaries
+
+FROM debian:bookworm-slim
+COPY --from=binaries /src/target/release/transmission-unit /usr/local/bin/transmission-unit
 # The public CAs, so that amqps:// to a publicly signed broker works without
 # --amqp-ca (rustls-native-certs reads this file).
-COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
-# Any non-root uid: the binary needs no home, no shell and no files.
-USER 65532:65532
+COPY --from=binaries /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+RUN useradd --system --uid 65532 --no-create-home dnet
+USER 65532
 EXPOSE 8080 9090
-ENTRYPOINT ["/transmission-unit"]
+ENTRYPOINT ["/usr/local/bin/transmission-unit"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what DNet needs and is missing, on Debian as root; safe to run again.
-#   scripts/setup.sh [rust|rabbitmq|torch|all]   (default: all)
+#   scripts/setup.sh [rust|rabbitmq|torch|docker|all]   (default: all)
 # Environment: DNET_CACHE (default ~/.cache/dnet), DNET_VENV (default $DNET_CACHE/venv).
 set -euo pipefail
 
@@ -103,10 +103,22 @@ ensure_torch() {
   torch_ok || { say "torch $TORCH_VERSION is still not importable from $DNET_VENV"; exit 1; }
 }
 
+# The container test (`make test-images`): Docker with Debian's BuildKit
+# client, debootstrap for the base image where no registry supplies it, and
+# patchelf to point the host's binaries at the images' libtorch.
+ensure_docker() {
+  local missing=()
+  [ -x /usr/bin/docker ] || missing+=(docker.io)
+  command -v debootstrap >/dev/null || missing+=(debootstrap)
+  command -v patchelf >/dev/null || missing+=(patchelf)
+  [ ${#missing[@]} = 0 ] || apt_install "${missing[@]}"
+}
+
 case "${1:-all}" in
   rust) ensure_rust ;;
   rabbitmq) ensure_rabbitmq ;;
   torch) ensure_torch ;;
-  all) ensure_rust; ensure_rabbitmq; ensure_torch ;;
-  *) echo "usage: $0 [rust|rabbitmq|torch|all]" >&2; exit 2 ;;
+  docker) ensure_docker ;;
+  all) ensure_rust; ensure_rabbitmq; ensure_torch; ensure_docker ;;
+  *) echo "usage: $0 [rust|rabbitmq|torch|docker|all]" >&2; exit 2 ;;
 esac

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# `make test`: formatting, lints, every test suite, deployment checks, fuzzing
-# and the chaos suite, against the machine's RabbitMQ, which other work
-# shares: this never stops or restarts it (its pid is checked before and after;
-# the chaos suite restarts a private node of its own).
+# `make test`: formatting, lints, every test suite, deployment checks, fuzzing,
+# the images run as deployed, and the chaos suite, against the machine's
+# RabbitMQ, which other work shares: this never stops or restarts it (its pid
+# is checked before and after; the chaos suite restarts a private node of its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${DNET_BIN_DIR:-target/release}
@@ -17,6 +17,7 @@ cargo test --workspace
 "$DNET_VENV/bin/python" tests/deploy/check_deploy.py
 scripts/fuzz.sh 10
 cargo build --release --workspace --bins
+scripts/test_images.sh
 "$BIN/chaos" --bin-dir "$BIN" --seconds 8
 
 after=$(broker_pid)

@@ -10,6 +10,13 @@
    every dnet image is listed in docker/README.md.
 4. One minimum Rust version: every Rust build stage uses the `rust-version` of
    the workspace Cargo.toml, and scripts/setup.sh reads it from there.
+5. Every dnet image a manifest names is one `make images` builds (scripts/images.sh,
+   both paths), and its container agrees with that image's Dockerfile: declared
+   ports are EXPOSEd, the USER is a non-root uid (runAsNonRoot can verify only a
+   number), gRPC probes go to a program that serves gRPC on the port it listens
+   on, HTTP probes to /livez or /readyz on its metrics port.
+6. example/compose/ runs the units of example/distrib: the same images, the same
+   variables with the same values (but addresses and credentials), the same limits.
 The consistency checker is also run on broken copies, which it must reject.
 """
 import copy
@@ -261,8 +268,111 @@ def rust_stages(dockerfile, version):
             if not tag.startswith(f"{version}-")]
 
 
+def built_images():
+    """{tag: Dockerfile} of what scripts/images.sh builds, and problems if its two paths differ."""
+    with open(os.path.join(ROOT, "scripts/images.sh")) as f:
+        text = f.read()
+    # if [ "$mode" = host ]; then OFFLINE else REGISTRY fi, then what both build.
+    branches = re.search(r'^if \[ "\$mode" = host \]; then\n(.*?)^else\n(.*?)^fi\n', text, re.M | re.S)
+    pattern = re.compile(r"^\s*build (\S+) (dnet/\S+) ", re.M)
+    tags = {tag: f"docker/{name}.Dockerfile" for name, tag in pattern.findall(text)}
+    if branches is None:
+        return tags, ["scripts/images.sh has no if/else of its two paths"]
+    on_host, in_image = (set(dict(pattern.findall(b)).items()) for b in branches.groups())
+    return tags, [] if on_host == in_image else [f"offline: {sorted(on_host)}, registry: {sorted(in_image)}"]
+
+
+def runtime_stage(dockerfile):
+    """(EXPOSEd ports, USER, ENTRYPOINT program) of a Dockerfile's last stage."""
+    with open(os.path.join(ROOT, dockerfile)) as f:
+        last = re.split(r"^FROM ", f.read(), flags=re.M)[-1]
+    ports = {int(p) for line in re.findall(r"^EXPOSE (.+)$", last, re.M) for p in line.split()}
+    users = re.findall(r"^USER (\S+)", last, re.M)
+    entry = re.findall(r'^ENTRYPOINT \["([^"]+)"', last, re.M)
+    return ports, (users[-1] if users else None), (os.path.basename(entry[-1]) if entry else None)
+
+
+def image_consistency(docs, built):
+    """Problems between the manifests' containers and the images they name."""
+    problems = []
+    for d in docs:
+        spec = d.get("spec", {}).get("template", {}).get("spec", {})
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            where = f"{d['metadata']['name']}/{c['name']}"
+            if not c["image"].startswith("dnet/"):
+                continue
+            if c["image"] not in built:
+                problems.append(f"{where}: image {c['image']} is not built by make images")
+                continue
+            dockerfile = built[c["image"]]
+            exposed, user, program = runtime_stage(dockerfile)
+            ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+            problems += [f"{where}: port {p} is not EXPOSEd by {dockerfile}" for p in ports.values() if p not in exposed]
+            uid = (user or "").partition(":")[0]
+            if not uid.isdigit() or int(uid) == 0:
+                problems.append(f"{where}: {dockerfile} has USER {user}, not a non-root uid")
+            run_as = c.get("securityContext", {}).get("runAsUser", spec.get("securityContext", {}).get("runAsUser"))
+            if run_as is not None and str(run_as) != uid:
+                problems.append(f"{where}: runs as {run_as}, its image as {uid}")
+            env = env_of(c)
+            listen = int((env.get("DNET_LISTEN_ADDRESS") or ":8080").rpartition(":")[2])
+            metrics = env.get("DNET_METRICS_ADDRESS", "").rpartition(":")[2]
+            serves_grpc = program == "transmission-unit" or (program == "computation-unit" and is_direct(c))
+            for kind in ("readinessProbe", "livenessProbe"):
+                probe = c.get(kind, {})
+                if "grpc" in probe and (not serves_grpc or ports.get(probe["grpc"]["port"], probe["grpc"]["port"]) != listen):
+                    problems.append(f"{where}: {kind} asks gRPC on port {probe['grpc']['port']}; {program} serves it on {listen}"
+                                    if serves_grpc else f"{where}: {kind} asks gRPC of {program}, which serves none")
+                get = probe.get("httpGet")
+                if get and (get["path"] not in ("/livez", "/readyz")
+                            or str(ports.get(get["port"], get["port"])) != metrics):
+                    problems.append(f"{where}: {kind} GET {get['path']} on {get['port']}: "
+                                    f"{program} answers /livez and /readyz on its metrics port ({metrics or 'off'})")
+    return problems
+
+
+# What example/compose/ may set otherwise than Kubernetes: addresses on the
+# host's network, and credentials from the shell instead of a Secret.
+COMPOSE_OWN = {"DNET_LISTEN_ADDRESS", "DNET_AMQP_ADDRESS", "DNET_ADDRESS", "DNET_NEXT_ADDRESS",
+               "DNET_METRICS_ADDRESS", "DNET_AMQP_USER", "DNET_AMQP_PASSWORD"}
+
+
+def compose_consistency(compose, distrib):
+    """Problems between example/compose/'s units and example/distrib's."""
+    problems = []
+    containers = {}
+    for name, _, pod in pods(distrib):
+        exit_layer = re.search(r"-(\d+)$", name)
+        for c in pod if exit_layer else []:
+            containers[f"{c['name']}-{exit_layer.group(1)}"] = c
+    units = {name: service for name, service in compose["services"].items() if re.search(r"-unit-\d+$", name)}
+    if set(units) != set(containers):
+        problems.append(f"compose runs {sorted(units)}, example/distrib {sorted(containers)}")
+    memory = {"Mi": "m", "Gi": "g"}
+    for name in sorted(set(units) & set(containers)):
+        service, c = units[name], containers[name]
+        if service["image"] != c["image"]:
+            problems.append(f"{name}: image {service['image']}, in example/distrib {c['image']}")
+        ours = {k: str(v) for k, v in service.get("environment", {}).items()}
+        theirs = {e["name"]: e.get("value") for e in c.get("env", [])}
+        if set(ours) != set(theirs):
+            problems.append(f"{name}: variables {sorted(set(ours) ^ set(theirs))} are set by only one of them")
+        problems += [f"{name}: {k}={ours[k]}, in example/distrib {theirs[k]}"
+                     for k in sorted(set(ours) & set(theirs) - COMPOSE_OWN) if ours[k] != theirs[k]]
+        limits = c.get("resources", {}).get("limits", {})
+        mem = re.sub(r"(Mi|Gi)$", lambda m: memory[m.group(1)], limits.get("memory", ""))
+        if str(service.get("mem_limit")) != mem or str(service.get("cpus")) != str(limits.get("cpu")):
+            problems.append(f"{name}: limits {service.get('mem_limit')}/{service.get('cpus')} cpus, "
+                            f"in example/distrib {limits}")
+        if service.get("network_mode") != "host":
+            problems.append(f"{name}: not on the host's network")
+    return problems
+
+
 def main():
-    manifests = sorted(glob.glob(os.path.join(ROOT, "example/**/*.yaml"), recursive=True))
+    # example/compose/ is for docker-compose, not Kubernetes.
+    manifests = sorted(p for p in glob.glob(os.path.join(ROOT, "example/**/*.yaml"), recursive=True)
+                       if "/example/compose/" not in p)
     dockerfiles = sorted(glob.glob(os.path.join(ROOT, "docker/*.Dockerfile")))
     for path in manifests:
         report(f"kubernetes-validate --strict {os.path.relpath(path, ROOT)}",
@@ -276,6 +386,35 @@ def main():
     with open(os.path.join(ROOT, "scripts/setup.sh")) as f:
         report("scripts/setup.sh reads rust-version from Cargo.toml",
                [] if "rust-version" in f.read() else ["setup.sh does not read rust-version"])
+
+    built, problems = built_images()
+    report("scripts/images.sh builds the same images offline and from a registry", problems)
+    every = load(manifests)
+    report("every dnet image of example/ is built by make images and agrees with its Dockerfile",
+           image_consistency(every, built))
+    broken = copy.deepcopy(every)
+    for d in broken:
+        for c in d.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            if c["name"] == "transmission-unit":
+                c["ports"][0]["containerPort"] = 8081
+            if c["name"] == "computation-unit" and not is_direct(c):
+                c["readinessProbe"]["httpGet"]["path"] = "/healthz"
+            if c["name"] == "test-unit":
+                c["image"] = "dnet/test-unit:unbuilt"
+    found = image_consistency(broken, built)
+    report("the image check rejects an unEXPOSEd port, a probe path no program serves and an unbuilt image",
+           [f"missed: {e}" for e in ("is not EXPOSEd", "GET /healthz", "not built by make images")
+            if not any(e in p for p in found)])
+
+    compose = load([os.path.join(ROOT, "example/compose/docker-compose.yaml")])[0]
+    distrib = load(sorted(glob.glob(os.path.join(ROOT, "example", "distrib", "*.yaml"))))
+    report("example/compose runs the units of example/distrib", compose_consistency(compose, distrib))
+    broken = copy.deepcopy(compose)
+    broken["services"]["computation-unit-12"]["environment"]["DNET_EXIT_LAYER"] = "11"
+    del broken["services"]["transmission-unit-8"]["environment"]["DNET_MAX_MESSAGE_BYTES"]
+    found = compose_consistency(broken, distrib)
+    report("the compose check rejects a changed value and a missing variable",
+           [f"missed: {e}" for e in ("DNET_EXIT_LAYER=11", "set by only one") if not any(e in p for p in found)])
 
     images = readme_images()
     shared = load([os.path.join(ROOT, "example/dnet-nodeport.yaml"), os.path.join(ROOT, "example/dnet-testunit.yaml")])

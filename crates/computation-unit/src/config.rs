@@ -43,6 +43,21 @@ pub enum Command {
     /// process's own model, no broker (the transmission unit's gRPC flags,
     /// the worker's model flags).
     Serve(Box<ServeArgs>),
+    /// Write the random weights of a seed to a .safetensors file, as
+    /// --weights reads them (what --random-weights SEED computes with).
+    ExportWeights(ExportArgs),
+}
+
+/// `computation-unit export-weights`.
+#[derive(Clone, Debug, Args)]
+pub struct ExportArgs {
+    /// The seed (as --random-weights takes it).
+    #[arg(long, value_name = "SEED")]
+    pub random_weights: u64,
+
+    /// The .safetensors file to write.
+    #[arg(long)]
+    pub output: PathBuf,
 }
 
 /// `computation-unit serve`: the gRPC side of a transmission unit and the

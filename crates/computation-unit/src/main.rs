@@ -34,6 +34,15 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Serve(args)) => serve_direct(*args),
+        Some(Command::ExportWeights(args)) => {
+            dnet_model::weights::write_random(args.random_weights, &args.output)?;
+            println!(
+                "wrote the weights of --random-weights {} to {}",
+                args.random_weights,
+                args.output.display()
+            );
+            Ok(())
+        }
         None => consume(cli.worker),
     }
 }

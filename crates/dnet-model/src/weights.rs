@@ -80,6 +80,28 @@ pub fn load(source: &WeightSource, device: Device, precision: Precision) -> Resu
     Ok(LoadedModel { model, vars })
 }
 
+/// Writes the weights of random seed `seed` to `path` (safetensors, the
+/// original state_dict names), as `--weights` reads them: what a unit with
+/// `--random-weights SEED` computes with, for images and tests that mount a
+/// weights file.
+///
+/// # Errors
+/// The file cannot be written.
+pub fn write_random(seed: u64, path: &Path) -> Result<(), WeightsError> {
+    let vars = VarStore::new(Device::Cpu);
+    {
+        let _seeded = RANDOM_INIT.lock().unwrap_or_else(PoisonError::into_inner);
+        tch::manual_seed(seed as i64);
+        let _model = MultiExitInception::new(&vars.root());
+    }
+    let mut named: Vec<(String, Tensor)> = vars.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    Tensor::write_safetensors(&named, path).map_err(|e| WeightsError::Read {
+        path: path.to_owned(),
+        message: format!("cannot write: {e}"),
+    })
+}
+
 /// Copies every variable from `path`, after checking that each exists with
 /// the right shape. Extra tensors (AuxLogits, num_batches_tracked) are ignored.
 fn copy_from_file(vars: &VarStore, path: &Path) -> Result<(), WeightsError> {
@@ -129,4 +151,27 @@ fn copy_from_file(vars: &VarStore, path: &Path) -> Result<(), WeightsError> {
         Ok(())
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::Kind;
+
+    use super::*;
+
+    #[test]
+    fn written_random_weights_load_to_the_same_model() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("seed-5.safetensors");
+        write_random(5, &path).expect("written");
+        let random = load(&WeightSource::Random(5), Device::Cpu, Precision::F32).expect("random");
+        let file = load(&WeightSource::File(path), Device::Cpu, Precision::F32).expect("from the file");
+        let x = Tensor::ones([1, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let _no_grad = tch::no_grad_guard();
+        let (a, b) = (
+            random.model.forward(&x, 0, 16).expect("forward").probs,
+            file.model.forward(&x, 0, 16).expect("forward").probs,
+        );
+        assert!(a.allclose(&b, 0.0, 0.0, false));
+    }
 }

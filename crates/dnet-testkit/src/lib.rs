@@ -11,6 +11,8 @@
 //!   processes, ready when they say so, with their addresses read from their logs.
 //! - `metrics`: reading a program's `/metrics`.
 //! - `grpc`: clients, health and queue status of a unit.
+//! - `container`: containers of DNet's images on the host's network
+//!   (Docker's client), removed on `Drop`; an image's file listing.
 //! - `flood`: many large calls at once over raw HTTP/2, and a process's peak memory.
 //! - `wait`: waiting for a condition, failing with what never came.
 //! - `stats`: median and spread of repeated measurements, for benchmarks.
@@ -23,6 +25,7 @@
 //! stop before their queue is deleted (a consumer would declare it again).
 
 pub mod broker;
+pub mod container;
 pub mod flood;
 pub mod grpc;
 pub mod hostile;

@@ -159,7 +159,7 @@ async fn compute(
         return None;
     }
     match outcome.await {
-        Ok(Outcome::Reply(response)) => Some(response),
+        Ok(Outcome::Reply(response)) => Some(*response),
         Ok(Outcome::Expired) => {
             expire(delivery, context).await;
             None

@@ -110,7 +110,7 @@ impl Backend for EngineBackend {
         match outcome.await {
             Ok(Outcome::Reply(reply)) => {
                 self.refusals.log_if_error(&reply, None);
-                Ok(reply)
+                Ok(*reply)
             }
             Ok(Outcome::Expired) => Err(BackendError::new(
                 Code::DeadlineExceeded,

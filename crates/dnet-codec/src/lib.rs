@@ -7,9 +7,11 @@
 //! - `pickle`: the original DNet's tensor pickles, read (bounded by the caller's element count and fixed caps) and written without executing them.
 //! - `request`: decoding a `ComputationRequest`, checking its start layer for a unit of exit E and its own thresholds.
 //! - `answers`: the rows of a `result`; merging a unit's `answered` with the next unit's `result`.
+//! - `bounds`: a range of thresholds (`LO..HI`).
 //! - `echo`: input-derived text in error messages, cut to a bounded length.
 
 pub mod answers;
+pub mod bounds;
 mod echo;
 pub mod pickle;
 pub mod request;

@@ -2,7 +2,10 @@
 //! `Sync`) and runs one forward pass at a time, never preempted. Requests
 //! waiting for it that share a start layer run together as one batch
 //! (`batch.rs` states the policy); each keeps its own decision, reply,
-//! confidence and hop record.
+//! confidence and hop record. Shadow work (`--shadow-rate`) waits in a lane
+//! of its own: it runs only when no ordinary request waits, never in a batch
+//! with one, and the oldest is dropped when more than
+//! [`MAX_SHADOW_WAITING`] wait.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -19,9 +22,15 @@ use tracing::{error, info};
 use crate::batch::{self, BatchPolicy, Batchable, CostModel};
 use crate::model::MultiExitInception;
 use crate::observer::EngineObserver;
-use crate::request::{error_response, hop_record, prepare_request, refusal, respond, Prepared, UnitSettings};
+use crate::request::{
+    effective_threshold, error_response, hop_record, prepare_request, refusal, respond, Prepared, UnitSettings,
+};
 use crate::settings::Precision;
 use crate::weights::{load, WeightSource, WeightsError};
+
+/// Shadow jobs that may wait; a newer one drops the oldest (it would be
+/// stale by the time the model is free).
+pub const MAX_SHADOW_WAITING: usize = 16;
 
 /// A request waiting for the model.
 #[derive(Debug)]
@@ -80,7 +89,7 @@ enum Incoming {
 #[derive(Debug)]
 pub enum Outcome {
     /// Computed: publish this reply.
-    Reply(ComputationResponse),
+    Reply(Box<ComputationResponse>),
     /// Not computed because the engine is stopping: give it back.
     Requeue,
     /// Not computed: its deadline passed while it waited, or would pass
@@ -106,6 +115,19 @@ pub struct Engine {
     /// Jobs submitted and not yet taken into a forward or settled otherwise.
     waiting: Arc<AtomicUsize>,
     thread: std::thread::JoinHandle<()>,
+}
+
+/// The requests waiting for the model: ordinary ones, and shadow work.
+#[derive(Default)]
+struct Lanes {
+    ordinary: VecDeque<Job>,
+    shadow: VecDeque<Job>,
+}
+
+impl Lanes {
+    fn is_empty(&self) -> bool {
+        self.ordinary.is_empty() && self.shadow.is_empty()
+    }
 }
 
 /// What the compute thread owns.
@@ -241,11 +263,11 @@ impl Engine {
 impl Worker {
     /// Forms and computes batches until every sender is gone.
     fn run(mut self, queue: &mpsc::Receiver<Incoming>) {
-        let mut waiting = VecDeque::new();
+        let mut lanes = Lanes::default();
         loop {
-            if waiting.is_empty() {
+            if lanes.is_empty() {
                 match queue.recv() {
-                    Ok(incoming) => waiting.extend(self.intake(incoming)),
+                    Ok(incoming) => self.admit(incoming, &mut lanes),
                     Err(_) => {
                         info!(
                             forwards = self.forwards,
@@ -257,13 +279,24 @@ impl Worker {
                 }
             }
             for incoming in queue.try_iter() {
-                waiting.extend(self.intake(incoming));
+                self.admit(incoming, &mut lanes);
             }
-            let mut batch = batch::take(&mut waiting, self.batching.max_samples);
-            self.wait_for_more(queue, &mut batch, &mut waiting);
+            // Shadow work only when no ordinary request waits.
+            let shadow = lanes.ordinary.is_empty();
+            let lane = if shadow { &mut lanes.shadow } else { &mut lanes.ordinary };
+            let mut batch = batch::take(lane, self.batching.max_samples);
+            if !shadow {
+                self.wait_for_more(queue, &mut batch, &mut lanes);
+            }
             if self.stopping.load(Ordering::SeqCst) {
-                for job in batch.into_iter().chain(waiting.drain(..)) {
-                    self.settle(job, Outcome::Requeue);
+                let shadows: Vec<Job> = lanes.shadow.drain(..).collect();
+                for job in batch.into_iter().chain(lanes.ordinary.drain(..)).chain(shadows) {
+                    let outcome = if job.request.shadow {
+                        Outcome::Expired
+                    } else {
+                        Outcome::Requeue
+                    };
+                    self.settle(job, outcome);
                 }
                 continue;
             }
@@ -271,8 +304,9 @@ impl Worker {
             for job in fitted.hopeless {
                 self.settle(job, Outcome::Expired);
             }
+            let lane = if shadow { &mut lanes.shadow } else { &mut lanes.ordinary };
             for job in fitted.later.into_iter().rev() {
-                waiting.push_front(job);
+                lane.push_front(job);
             }
             if !fitted.run.is_empty() {
                 self.compute(fitted.run);
@@ -280,9 +314,31 @@ impl Worker {
         }
     }
 
+    /// Takes an incoming request into its lane once checked and decoded.
+    fn admit(&mut self, incoming: Incoming, lanes: &mut Lanes) {
+        if let Some(job) = self.intake(incoming) {
+            self.queue(job, lanes);
+        }
+    }
+
+    /// Puts a job in its lane; a shadow job beyond [`MAX_SHADOW_WAITING`]
+    /// drops the oldest.
+    fn queue(&mut self, job: Job, lanes: &mut Lanes) {
+        if !job.request.shadow {
+            lanes.ordinary.push_back(job);
+            return;
+        }
+        lanes.shadow.push_back(job);
+        if lanes.shadow.len() > MAX_SHADOW_WAITING {
+            if let Some(oldest) = lanes.shadow.pop_front() {
+                self.settle(oldest, Outcome::Expired);
+            }
+        }
+    }
+
     /// Lets a batch that is not full wait up to the batch timeout for more
     /// jobs of its start layer; jobs of other start layers queue up.
-    fn wait_for_more(&mut self, queue: &mpsc::Receiver<Incoming>, batch: &mut Vec<Job>, waiting: &mut VecDeque<Job>) {
+    fn wait_for_more(&mut self, queue: &mpsc::Receiver<Incoming>, batch: &mut Vec<Job>, lanes: &mut Lanes) {
         if self.batching.timeout.is_zero() {
             return;
         }
@@ -290,8 +346,10 @@ impl Worker {
         while batch::samples(batch) < self.batching.max_samples {
             let left = until.saturating_duration_since(Instant::now());
             match queue.recv_timeout(left).map(|incoming| self.intake(incoming)) {
-                Ok(Some(job)) if batch::fits(batch, &job, self.batching.max_samples) => batch.push(job),
-                Ok(Some(job)) => waiting.push_back(job),
+                Ok(Some(job)) if !job.request.shadow && batch::fits(batch, &job, self.batching.max_samples) => {
+                    batch.push(job);
+                }
+                Ok(Some(job)) => self.queue(job, lanes),
                 Ok(None) => {}
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
             }
@@ -324,7 +382,7 @@ impl Worker {
             Err(refused) => {
                 self.waiting.fetch_sub(1, Ordering::Relaxed);
                 let reply = refusal(&self.unit, refused, encoded.received.elapsed());
-                let _ = encoded.done.send(Outcome::Reply(reply));
+                let _ = encoded.done.send(Outcome::Reply(Box::new(reply)));
                 None
             }
         }
@@ -369,14 +427,10 @@ impl Worker {
             let queue_wait = started.saturating_duration_since(job.received);
             self.observer.waited(queue_wait);
             let mut response = reply.unwrap_or_else(error_response);
-            response.hops = vec![hop_record(
-                &self.unit,
-                job.request.start as u64,
-                queue_wait,
-                compute,
-                samples,
-            )];
-            let _ = job.done.send(Outcome::Reply(response));
+            let mut hop = hop_record(&self.unit, job.request.start as u64, queue_wait, compute, samples);
+            hop.threshold = effective_threshold(&self.unit, &job.request).unwrap_or(0.0);
+            response.hops = vec![hop];
+            let _ = job.done.send(Outcome::Reply(Box::new(response)));
         }
     }
 

@@ -81,6 +81,11 @@ pub struct Prepared {
     pub thresholds: Option<Box<[f64; SIDE_EXITS]>>,
     /// Units that ended holding it so far; handed on with it.
     pub attempts: u32,
+    /// Shadow work: computed only when nothing else waits, never answered
+    /// early, handed on to the last exit.
+    pub shadow: bool,
+    /// Share of the samples answered here to send on as shadow work (0..=1).
+    pub shadow_rate: f32,
 }
 
 impl Prepared {
@@ -95,6 +100,8 @@ impl Prepared {
             pickled: false,
             thresholds: None,
             attempts: 0,
+            shadow: false,
+            shadow_rate: 0.0,
         }
     }
 }
@@ -159,6 +166,13 @@ pub fn prepare_request(request: &ComputationRequest, settings: &UnitSettings) ->
         pickled,
         thresholds: thresholds.map(Box::new),
         attempts: request.attempts,
+        shadow: request.shadow,
+        // A rate outside 0..=1 (or NaN) samples nothing or everything, no more.
+        shadow_rate: if request.shadow_rate.is_nan() {
+            0.0
+        } else {
+            request.shadow_rate.clamp(0.0, 1.0)
+        },
     })
 }
 
@@ -216,6 +230,7 @@ pub fn hop_record(
     batch_size: usize,
 ) -> HopRecord {
     HopRecord {
+        threshold: 0.0,
         unit: settings.unit_name.clone(),
         start_layer,
         exit_layer: settings.exit as u64,
@@ -245,11 +260,31 @@ pub fn error_response(message: String) -> ComputationResponse {
     }
 }
 
+/// The threshold this unit's exit decides `request` with: the request's own
+/// entry, else the unit's; `None` at exit 16 (it answers every sample).
+#[must_use]
+pub fn effective_threshold(settings: &UnitSettings, request: &Prepared) -> Option<f64> {
+    if settings.exit >= TRUNK_LAYERS {
+        return None;
+    }
+    let thresholds = request
+        .thresholds
+        .as_deref()
+        .copied()
+        .unwrap_or_else(|| settings.thresholds.get());
+    Some(thresholds[settings.exit - 1])
+}
+
 /// Decides and encodes one request's answer from its slice of a forward's
 /// outputs: `probs` [N, 10] and, below exit 16, `trunk` (the tensor to hand
 /// on). A request in the original DNet's format (`pickled`: `x` an F32
 /// pickle, `result` the pickled categories) exits as a whole: its format has
-/// no room for per-sample exits.
+/// no room for per-sample exits. Shadow work never exits here below exit 16.
+///
+/// A NOT_SUCCESS reply (but to pickles and shadow work) carries every
+/// sample's row of this exit in `answered` (exit layer 0 where handed on);
+/// with `shadow_rate` > 0, a sampled share of the samples answered here
+/// comes back as `shadow` work for the next unit.
 ///
 /// # Errors
 /// A tensor that cannot be encoded.
@@ -260,17 +295,30 @@ pub fn respond(
     trunk: Option<&Tensor>,
 ) -> Result<ComputationResponse, String> {
     let exit = settings.exit;
-    let thresholds = request
-        .thresholds
-        .as_deref()
-        .copied()
-        .unwrap_or_else(|| settings.thresholds.get());
-    let decision = decide(probs, (exit < TRUNK_LAYERS).then(|| thresholds[exit - 1]))?;
+    let threshold = effective_threshold(settings, request);
+    let mut decision = decide(probs, threshold)?;
+    if request.shadow && trunk.is_some() {
+        decision.confident.fill(false);
+    }
     let per_sample = settings.exit_rule == ExitRule::PerSample && !request.pickled;
+    if !per_sample && !decision.all_confident() {
+        decision.confident.fill(false);
+    }
     let mut response = ComputationResponse {
         confidence: decision.min_confidence,
         ..ComputationResponse::default()
     };
+    if let Some(trunk) = trunk.filter(|_| request.shadow_rate > 0.0 && !request.pickled && !request.shadow) {
+        let sampled: Vec<i64> = (0..)
+            .zip(&decision.confident)
+            .filter(|&(_, &confident)| confident && fastrand::f32() < request.shadow_rate)
+            .map(|(i, _)| i)
+            .collect();
+        if !sampled.is_empty() {
+            response.shadow = Some(shadow_work(settings, trunk, &sampled)?);
+            response.shadow_rows = sampled.iter().map(|&i| i as u32).collect();
+        }
+    }
     let Some(trunk) = trunk.filter(|_| !decision.all_confident()) else {
         let result = if request.pickled {
             codec::encode_pickle(&decision.category)
@@ -283,17 +331,19 @@ pub fn respond(
         response.exit_layer = exit as u64;
         return Ok(response);
     };
-    let hand_on = if per_sample && !decision.none_confident() {
+    if !request.pickled && !request.shadow {
         let answered = codec::encode_result(&decision.category, probs, &exit_layers(&decision, exit));
         response.answered = answered.map_err(|e| e.to_string())?.into();
+    }
+    let hand_on = if decision.none_confident() {
+        trunk.shallow_clone()
+    } else {
         let pending: Vec<i64> = (0..)
             .zip(&decision.confident)
             .filter(|(_, &c)| !c)
             .map(|(i, _)| i)
             .collect();
         trunk.index_select(0, &Tensor::from_slice(&pending))
-    } else {
-        trunk.shallow_clone()
     };
     let x = if request.pickled {
         codec::encode_pickle(&hand_on)
@@ -307,8 +357,23 @@ pub fn respond(
         x: x.into(),
         thresholds: request.thresholds.as_deref().map(|t| t.to_vec()).unwrap_or_default(),
         attempts: request.attempts,
+        shadow: request.shadow,
+        shadow_rate: 0.0,
     }));
     Ok(response)
+}
+
+/// The request for the next unit that carries the `rows` of `trunk` as
+/// shadow work.
+fn shadow_work(settings: &UnitSettings, trunk: &Tensor, rows: &[i64]) -> Result<ComputationRequest, String> {
+    let x = trunk.index_select(0, &Tensor::from_slice(rows));
+    let x = codec::encode_x(&x.to_kind(settings.wire_dtype.kind())).map_err(|e| e.to_string())?;
+    Ok(ComputationRequest {
+        start_layer: settings.exit as u64,
+        x: x.into(),
+        shadow: true,
+        ..ComputationRequest::default()
+    })
 }
 
 /// Each sample's exit layer, I64 [N]: `exit` where confident (answered

@@ -91,7 +91,7 @@ fn job(start: usize, x: &Tensor) -> (Job, tokio::sync::oneshot::Receiver<Outcome
 
 fn reply(outcome: Outcome) -> ComputationResponse {
     match outcome {
-        Outcome::Reply(response) => response,
+        Outcome::Reply(response) => *response,
         other => panic!("not computed: {other:?}"),
     }
 }

@@ -84,7 +84,7 @@ async fn run(engine: &Engine, start: usize, x: Tensor) -> anyhow::Result<Computa
         })
         .map_err(|_| anyhow::anyhow!("the local model thread has ended"))?;
     match outcome.await {
-        Ok(Outcome::Reply(response)) => Ok(response),
+        Ok(Outcome::Reply(response)) => Ok(*response),
         _ => anyhow::bail!("the local model thread has ended"),
     }
 }

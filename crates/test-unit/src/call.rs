@@ -5,22 +5,30 @@ use std::time::{Duration, Instant};
 use dnet_common::balance::Balanced;
 use dnet_model::codec;
 use dnet_proto::{ComputationRequest, ComputationResponse, DNetClient, Data, HopRecord, StatusCode};
-use result::category_of;
+use result::{answers_of, category_of};
 use tonic::transport::Channel;
 
 use crate::inputs::{Inputs, Sample};
 use crate::local::LocalLayers;
 
+/// One sample's answer: the exit layer that gave it and its category.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SampleAnswer {
+    pub exit: u64,
+    pub category: Option<i64>,
+}
+
 /// How one request ended.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
-    /// Answered on the device at local exit `exit`; never sent.
+    /// Answered on the device at local exit `exit`; never sent (one sample).
     Local { exit: u64, category: Option<i64> },
-    /// Answered by the units.
+    /// Answered by the units: each sample at its own exit, in input order;
+    /// `degraded`: a unit answered early because the rest was late.
     Answered {
-        exit: u64,
-        category: Option<i64>,
+        samples: Vec<SampleAnswer>,
         hops: Vec<HopRecord>,
+        degraded: bool,
     },
     /// Failed; the kind is a gRPC code name or a reply status.
     Failed { kind: String, sent: bool },
@@ -29,9 +37,12 @@ pub enum Outcome {
 /// A finished request.
 #[derive(Clone, Debug)]
 pub struct Record {
+    /// The request's number (its inputs: `Inputs::request(index, n)`).
+    pub index: u64,
     pub outcome: Outcome,
     pub latency: Duration,
-    pub label: Option<u8>,
+    /// The label of each sample of the request, when known.
+    pub labels: Vec<Option<u8>>,
 }
 
 impl Record {
@@ -49,7 +60,11 @@ impl Record {
                 )
             }
             Outcome::Failed { kind, .. } => format!("failed: {kind} after {latency:.1} ms"),
-            Outcome::Answered { exit, category, hops } => {
+            Outcome::Answered {
+                samples,
+                hops,
+                degraded,
+            } => {
                 let hops: Vec<String> = hops
                     .iter()
                     .map(|h| {
@@ -64,12 +79,43 @@ impl Record {
                         )
                     })
                     .collect();
-                format!(
-                    "exit {exit} (category {}) in {latency:.1} ms; hops: {}",
-                    shown(category),
-                    hops.join(" | ")
-                )
+                let answers = match samples.as_slice() {
+                    [one] => format!("exit {} (category {})", one.exit, shown(&one.category)),
+                    many => format!(
+                        "exits {:?} (categories {})",
+                        many.iter().map(|a| a.exit).collect::<Vec<_>>(),
+                        many.iter().map(|a| shown(&a.category)).collect::<Vec<_>>().join(", ")
+                    ),
+                };
+                let late = if *degraded {
+                    " (answered early: the rest was late)"
+                } else {
+                    ""
+                };
+                format!("{answers}{late} in {latency:.1} ms; hops: {}", hops.join(" | "))
             }
+        }
+    }
+
+    /// One JSON line for `--answers`: the request's number, latency, each
+    /// sample's exit and category (and whether answered late), or how it failed.
+    #[must_use]
+    pub fn answer_line(&self) -> serde_json::Value {
+        let latency_ms = self.latency.as_secs_f64() * 1e3;
+        match &self.outcome {
+            Outcome::Local { exit, category } => serde_json::json!({
+                "request": self.index, "latency_ms": latency_ms, "local": true,
+                "exits": [exit], "categories": [category], "labels": self.labels,
+            }),
+            Outcome::Answered { samples, degraded, .. } => serde_json::json!({
+                "request": self.index, "latency_ms": latency_ms, "degraded": degraded,
+                "exits": samples.iter().map(|s| s.exit).collect::<Vec<_>>(),
+                "categories": samples.iter().map(|s| s.category).collect::<Vec<_>>(),
+                "labels": self.labels,
+            }),
+            Outcome::Failed { kind, .. } => serde_json::json!({
+                "request": self.index, "latency_ms": latency_ms, "error": kind, "labels": self.labels,
+            }),
         }
     }
 
@@ -94,6 +140,8 @@ pub struct Context {
     pub legacy_pickle: bool,
     /// Thresholds every request carries (empty: the units' own).
     pub request_thresholds: Vec<f64>,
+    /// Samples each request carries (1 with local layers or pickles).
+    pub samples_per_request: u64,
 }
 
 /// The first unit: a client whose calls spread over its live addresses.
@@ -104,9 +152,9 @@ pub struct FirstUnit {
 }
 
 /// Sends `sample` (after the local layers, when there are any) and waits for its answer.
-pub async fn run(sample: Sample, context: &Context) -> Record {
+pub async fn run(index: u64, sample: Sample, context: &Context) -> Record {
     let started = Instant::now();
-    let label = sample.label;
+    let labels = sample.labels;
     let image = |x: Result<Vec<u8>, _>| {
         x.map(|x| ComputationRequest {
             start_layer: 0,
@@ -128,9 +176,10 @@ pub async fn run(sample: Sample, context: &Context) -> Record {
         Err(outcome) => outcome,
     };
     Record {
+        index,
         outcome,
         latency: started.elapsed(),
-        label,
+        labels,
     }
 }
 
@@ -174,9 +223,9 @@ async fn send(request: ComputationRequest, mut first: FirstUnit, timeout: Durati
 fn answered(answer: ComputationResponse) -> Outcome {
     match (StatusCode::try_from(answer.status), answer.data) {
         (Ok(StatusCode::Success), Some(Data::Result(result))) => Outcome::Answered {
-            exit: answer.exit_layer,
-            category: category_of(&result),
+            samples: answers_of(&result, answer.exit_layer),
             hops: answer.hops,
+            degraded: answer.degraded,
         },
         (Ok(StatusCode::NotSuccess), _) => Outcome::Failed {
             kind: "NOT_SUCCESS".into(),
@@ -192,7 +241,31 @@ fn answered(answer: ComputationResponse) -> Outcome {
 mod result {
     use safetensors::SafeTensors;
 
+    use dnet_codec::answers::Answers;
     use dnet_codec::pickle::{self, PickleDtype};
+
+    use super::SampleAnswer;
+
+    /// Every sample's exit and category from a `result`: its `exit_layer`
+    /// rows, or `exit` for all (a pickled result, or one from units before
+    /// per-sample exits). An unreadable result: one sample, category unknown.
+    pub fn answers_of(result: &[u8], exit: u64) -> Vec<SampleAnswer> {
+        if let Ok(answers) = Answers::parse(result, exit) {
+            return answers
+                .category
+                .iter()
+                .zip(&answers.exit_layer)
+                .map(|(&category, &exit)| SampleAnswer {
+                    exit: u64::try_from(exit).unwrap_or_default(),
+                    category: Some(category),
+                })
+                .collect();
+        }
+        vec![SampleAnswer {
+            exit,
+            category: category_of(result),
+        }]
+    }
 
     /// The most categories a pickled `result` may hold: each request carries
     /// one image, so its result holds one category; 64 (a unit's default

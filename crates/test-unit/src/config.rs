@@ -62,6 +62,15 @@ pub struct Args {
     #[arg(long, env = "DNET_SEED", default_value_t = 0)]
     pub seed: u64,
 
+    /// Samples (images) per request: request i carries the inputs i*N to
+    /// i*N+N-1, the units answer each at its own exit, and the report counts
+    /// exits and accuracy per sample. Needs -e 0 and no --legacy-pickle
+    /// (the device's layers and the original's format take one image); a
+    /// unit refuses more than its --max-request-samples.
+    #[arg(long, env = "DNET_SAMPLES_PER_REQUEST", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub samples_per_request: u64,
+
     /// Closed loop: this many callers, each sending its next request when answered.
     #[arg(short = 'c', long, env = "DNET_CONCURRENCY", default_value_t = 1, conflicts_with = "rate",
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -105,9 +114,15 @@ pub struct Args {
     #[arg(long, env = "DNET_QSTATUS")]
     pub qstatus: bool,
 
-    /// Print one line per request: its exit layer and per-hop times.
+    /// Print one line per request: its exit layer (each sample's) and per-hop times.
     #[arg(long, env = "DNET_EACH")]
     pub each: bool,
+
+    /// Write one JSON line per request to this file, in request order: its
+    /// number, latency, each sample's exit and category (and `degraded`), or
+    /// how it failed; with the labels when the dataset has them.
+    #[arg(long, env = "DNET_ANSWERS")]
+    pub answers: Option<PathBuf>,
 
     /// Also write the report as JSON to this file.
     #[arg(long, env = "DNET_JSON")]

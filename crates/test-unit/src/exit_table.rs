@@ -61,7 +61,7 @@ impl ExitTable {
             table.confidence.extend(confidence);
             table.answer.extend(answer);
             if let Some(labels) = &mut table.label {
-                labels.extend(samples.iter().filter_map(|s| s.label));
+                labels.extend(samples.iter().flat_map(|s| s.labels.iter().flatten().copied()));
             }
             next = end;
         }

@@ -12,11 +12,11 @@ pub const PIXELS: usize = 3 * 32 * 32;
 const MEAN: [f64; 3] = [0.4914, 0.4822, 0.4465];
 const STD: [f64; 3] = [0.2023, 0.1994, 0.2010];
 
-/// One image, normalised [1, 3, 32, 32], and its label when known.
+/// One request's images, normalised [N, 3, 32, 32], and their labels when known.
 #[derive(Debug)]
 pub struct Sample {
     pub image: Tensor,
-    pub label: Option<u8>,
+    pub labels: Vec<Option<u8>>,
 }
 
 /// Where the images come from.
@@ -86,7 +86,7 @@ impl Inputs {
                 };
                 Sample {
                     image: normalise(pixels),
-                    label,
+                    labels: vec![label],
                 }
             }
             Inputs::Synthetic(seed) => {
@@ -94,9 +94,23 @@ impl Inputs {
                 let pixels: Vec<u8> = (0..PIXELS).map(|_| (splitmix64(&mut state) >> 56) as u8).collect();
                 Sample {
                     image: normalise(&pixels),
-                    label: None,
+                    labels: vec![None],
                 }
             }
+        }
+    }
+
+    /// Request number `i` of `n` samples each: samples `i * n` to `i * n + n - 1`.
+    #[must_use]
+    pub fn request(&self, i: u64, n: u64) -> Sample {
+        if n == 1 {
+            return self.get(i);
+        }
+        let samples: Vec<Sample> = (0..n).map(|k| self.get(i * n + k)).collect();
+        let images: Vec<&Tensor> = samples.iter().map(|s| &s.image).collect();
+        Sample {
+            image: Tensor::cat(&images, 0),
+            labels: samples.iter().flat_map(|s| s.labels.iter().copied()).collect(),
         }
     }
 }
@@ -153,6 +167,6 @@ mod tests {
         let inputs = Inputs::Synthetic(3);
         assert!(inputs.get(5).image.equal(&inputs.get(5).image));
         assert!(!inputs.get(5).image.equal(&inputs.get(6).image));
-        assert!(inputs.get(0).label.is_none());
+        assert_eq!(inputs.get(0).labels, vec![None]);
     }
 }

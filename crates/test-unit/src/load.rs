@@ -52,8 +52,8 @@ pub async fn closed_loop(context: Arc<Context>, concurrency: u64, until: Until) 
                 if !until.more(index, started) {
                     return records;
                 }
-                let sample = context.inputs.get(index);
-                records.push(call::run(sample, &context).await);
+                let sample = context.inputs.request(index, context.samples_per_request);
+                records.push(call::run(index, sample, &context).await);
                 bar.inc(1);
             }
         })
@@ -81,8 +81,8 @@ pub async fn open_loop(context: Arc<Context>, rate: f64, seed: u64, until: Until
         let context = Arc::clone(&context);
         let bar = bar.clone();
         calls.push(tokio::spawn(async move {
-            let sample = context.inputs.get(index);
-            let record = call::run(sample, &context).await;
+            let sample = context.inputs.request(index, context.samples_per_request);
+            let record = call::run(index, sample, &context).await;
             bar.inc(1);
             record
         }));

@@ -42,6 +42,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.legacy_pickle && !args.exit.0.is_empty() {
         anyhow::bail!("--legacy-pickle sends raw images as the original client did: it does not go with -e");
     }
+    if args.samples_per_request > 1 && (args.legacy_pickle || !args.exit.0.is_empty()) {
+        anyhow::bail!(
+            "--samples-per-request {} goes with -e 0 and without --legacy-pickle: \
+             the device's layers and the original's format take one image per request",
+            args.samples_per_request
+        );
+    }
     let exits = args.exit.0.clone();
     let local = match (exits.is_empty(), args.model.weight_source()) {
         (true, _) => None,
@@ -78,23 +85,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .as_ref()
             .map(|t| t.0.to_vec())
             .unwrap_or_default(),
+        samples_per_request: args.samples_per_request,
     });
     let started = Instant::now();
-    let records = match args.rate {
+    let mut records = match args.rate {
         Some(rate) if rate > 0.0 => load::open_loop(context, rate, args.seed, until).await,
         Some(rate) => anyhow::bail!("--rate must be positive, got {rate}"),
         None => load::closed_loop(context, args.concurrency, until).await,
     };
+    records.sort_by_key(|record| record.index);
     let mut report = Report::new(&records, started.elapsed(), labelled);
     report.qstatus_before = qstatus_before;
     report.qstatus_after = if args.qstatus { qstatus(&client).await } else { None };
 
     if args.each {
-        for (i, record) in records.iter().enumerate() {
-            println!("#{i}: {}", record.describe());
+        for record in &records {
+            println!("#{}: {}", record.index, record.describe());
         }
     }
     print!("{}", report.text());
+    if let Some(path) = &args.answers {
+        let lines: String = records.iter().map(|r| r.answer_line().to_string() + "\n").collect();
+        std::fs::write(path, lines).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;

@@ -52,11 +52,15 @@ pub fn draw(path: &Path, records: &[Record]) -> anyhow::Result<()> {
         }))
         .map_err(|e| error(&e))?;
 
-    let mut by_exit = [(0_u32, 0_u32); 17]; // (units, local) per exit layer
+    let mut by_exit = [(0_u32, 0_u32); 17]; // (units, local) samples per exit layer
     for r in records {
-        match r.outcome {
-            Outcome::Answered { exit, .. } if exit <= 16 => by_exit[exit as usize].0 += 1,
-            Outcome::Local { exit, .. } if exit <= 16 => by_exit[exit as usize].1 += 1,
+        match &r.outcome {
+            Outcome::Answered { samples, .. } => {
+                for sample in samples.iter().filter(|s| s.exit <= 16) {
+                    by_exit[sample.exit as usize].0 += 1;
+                }
+            }
+            Outcome::Local { exit, .. } if *exit <= 16 => by_exit[*exit as usize].1 += 1,
             _ => {}
         }
     }

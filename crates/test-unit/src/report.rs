@@ -52,11 +52,21 @@ pub struct Report {
     pub throughput_rps: f64,
     /// Latency of the answered requests (local ones included), ms.
     pub latency_ms: Option<Latency>,
-    /// Exit layer -> count, over the requests the units answered (JSON keys are strings).
+    /// Samples the units answered (requests times samples per request).
+    pub answered_samples: u64,
+    /// Requests a unit answered early because the units after it were late
+    /// (`degraded`: --answer-when-late).
+    pub degraded: u64,
+    /// Model time per answered request: over its hops, each forward's
+    /// compute time divided by the samples in that forward (its share of a
+    /// batch), summed; exact for requests of one sample. Null without hops.
+    pub compute_ms_per_answer: Option<f64>,
+    /// Exit layer -> count, over the samples the units answered, each at its
+    /// own exit (JSON keys are strings).
     pub exits: BTreeMap<u64, u64>,
     /// Exit layer -> count, over the requests answered locally.
     pub local_exits: BTreeMap<u64, u64>,
-    /// Share of answered requests (units and local) whose category is the label; null without labels.
+    /// Share of the answered samples (units and local) whose category is the label; null without labels.
     pub accuracy: Option<f64>,
     /// Mean per-hop split of the requests the units answered.
     pub hops: Vec<HopSplit>,
@@ -71,6 +81,9 @@ impl Report {
         let mut report = Report {
             sent: records.iter().filter(|r| r.sent()).count() as u64,
             answered: 0,
+            answered_samples: 0,
+            degraded: 0,
+            compute_ms_per_answer: None,
             errors: BTreeMap::new(),
             local: 0,
             throughput_rps: 0.0,
@@ -84,18 +97,22 @@ impl Report {
             qstatus_after: None,
         };
         let mut latencies = Vec::new();
-        let mut correct = 0_u64;
+        let (mut correct, mut judged) = (0_u64, 0_u64);
         for record in records {
-            let category = match &record.outcome {
+            let categories: Vec<Option<i64>> = match &record.outcome {
                 Outcome::Local { exit, category } => {
                     report.local += 1;
                     *report.local_exits.entry(*exit).or_default() += 1;
-                    category
+                    vec![*category]
                 }
-                Outcome::Answered { exit, category, .. } => {
+                Outcome::Answered { samples, degraded, .. } => {
                     report.answered += 1;
-                    *report.exits.entry(*exit).or_default() += 1;
-                    category
+                    report.degraded += u64::from(*degraded);
+                    report.answered_samples += samples.len() as u64;
+                    for sample in samples {
+                        *report.exits.entry(sample.exit).or_default() += 1;
+                    }
+                    samples.iter().map(|s| s.category).collect()
                 }
                 Outcome::Failed { kind, .. } => {
                     *report.errors.entry(kind.clone()).or_default() += 1;
@@ -103,8 +120,13 @@ impl Report {
                 }
             };
             latencies.push(record.latency.as_secs_f64() * 1e3);
-            if category.is_some() && category.map(|c| c as u8) == record.label {
-                correct += 1;
+            // A sample the answer has no row for counts as wrong.
+            for (i, label) in record.labels.iter().enumerate() {
+                judged += 1;
+                let category = categories.get(i).copied().flatten();
+                if category.is_some() && category.map(|c| c as u8) == *label {
+                    correct += 1;
+                }
             }
         }
         let done = report.answered + report.local;
@@ -114,8 +136,9 @@ impl Report {
             0.0
         };
         report.latency_ms = percentiles(latencies);
-        report.accuracy = (labelled && done > 0).then(|| correct as f64 / done as f64);
+        report.accuracy = (labelled && judged > 0).then(|| correct as f64 / judged as f64);
         report.hops = hop_splits(records);
+        report.compute_ms_per_answer = compute_per_answer(records);
         report
     }
 
@@ -160,10 +183,22 @@ impl Report {
                 l.mean, l.p50, l.p90, l.p99, l.max
             ));
         }
+        if self.answered_samples != self.answered {
+            line(format!(
+                "answered samples: {} (exits and accuracy below are per sample)",
+                self.answered_samples
+            ));
+        }
         line(format!(
             "exits (units): {:?}  local exits: {:?}",
             self.exits, self.local_exits
         ));
+        if self.degraded > 0 {
+            line(format!(
+                "answered early because the rest was late (degraded): {}",
+                self.degraded
+            ));
+        }
         line(format!(
             "accuracy: {}",
             self.accuracy
@@ -200,6 +235,22 @@ fn percentiles(mut values: Vec<f64>) -> Option<Latency> {
         p99: at(0.99),
         max: values[values.len() - 1],
     })
+}
+
+/// Mean model time per answered request (see `Report::compute_ms_per_answer`).
+fn compute_per_answer(records: &[Record]) -> Option<f64> {
+    let shares: Vec<f64> = records
+        .iter()
+        .filter_map(|record| match &record.outcome {
+            Outcome::Answered { hops, .. } if !hops.is_empty() => Some(
+                hops.iter()
+                    .map(|h| h.compute_us as f64 / f64::from(h.batch_size.max(1)) / 1e3)
+                    .sum(),
+            ),
+            _ => None,
+        })
+        .collect();
+    (!shares.is_empty()).then(|| shares.iter().sum::<f64>() / shares.len() as f64)
 }
 
 /// Mean queue wait, compute and network time per hop position.
@@ -252,6 +303,7 @@ fn hop_splits(records: &[Record]) -> Vec<HopSplit> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::call::SampleAnswer;
     use dnet_proto::HopRecord;
 
     fn answered(latency_ms: u64, exit: u64, category: i64, label: u8) -> Record {
@@ -262,13 +314,17 @@ mod tests {
             ..HopRecord::default()
         };
         Record {
+            index: 0,
             outcome: Outcome::Answered {
-                exit,
-                category: Some(category),
+                samples: vec![SampleAnswer {
+                    exit,
+                    category: Some(category),
+                }],
                 hops: vec![hop(8_000, 1_000, 2_000), hop(4_000, 1_000, 3_000)],
+                degraded: false,
             },
             latency: Duration::from_millis(latency_ms),
-            label: Some(label),
+            labels: vec![Some(label)],
         }
     }
 
@@ -278,20 +334,22 @@ mod tests {
             answered(10, 16, 3, 3),
             answered(20, 12, 1, 2),
             Record {
+                index: 2,
                 outcome: Outcome::Local {
                     exit: 4,
                     category: Some(5),
                 },
                 latency: Duration::from_millis(5),
-                label: Some(5),
+                labels: vec![Some(5)],
             },
             Record {
+                index: 3,
                 outcome: Outcome::Failed {
                     kind: "Unavailable".into(),
                     sent: true,
                 },
                 latency: Duration::ZERO,
-                label: None,
+                labels: vec![None],
             },
         ];
         let report = Report::new(&records, Duration::from_secs(2), true);
@@ -316,5 +374,28 @@ mod tests {
         assert_eq!((report.hops[1].network_ms, report.hops[1].queue_wait_ms), (1.0, 1.0));
         assert!(!report.all_answered());
         assert_eq!(report.failure_line(), "1 of 4 requests failed: Unavailable=1");
+    }
+
+    #[test]
+    fn counts_exits_and_accuracy_per_sample() {
+        let answer = |exit, category| SampleAnswer {
+            exit,
+            category: Some(category),
+        };
+        let records = vec![Record {
+            index: 0,
+            outcome: Outcome::Answered {
+                samples: vec![answer(8, 1), answer(16, 2), answer(8, 3)],
+                hops: Vec::new(),
+                degraded: false,
+            },
+            latency: Duration::from_millis(10),
+            // The third sample is wrong; a fourth has no row in the answer.
+            labels: vec![Some(1), Some(2), Some(4), Some(5)],
+        }];
+        let report = Report::new(&records, Duration::from_secs(1), true);
+        assert_eq!((report.answered, report.answered_samples), (1, 3));
+        assert_eq!(report.exits, BTreeMap::from([(8, 2), (16, 1)]));
+        assert_eq!(report.accuracy, Some(0.5));
     }
 }

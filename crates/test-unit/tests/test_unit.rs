@@ -201,6 +201,80 @@ async fn every_mode_against_a_real_unit() {
     );
 }
 
+/// A request of several samples through a cascade of direct units 8 -> 16:
+/// each sample answers at its own exit, and the client counts exits and
+/// accuracy per sample (this fails with whole-request counting: two requests
+/// cannot make four answers at each exit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn samples_of_one_request_exit_at_their_own_units_and_count_per_sample() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let dataset = dir.path().join("data_batch.bin");
+    write_cifar(&dataset, 8);
+    let inputs = Inputs::dataset(&dataset).expect("a valid dataset");
+    let model = load(&WeightSource::Random(SEED), Device::Cpu, Precision::F32)
+        .expect("weights")
+        .model;
+    // Per sample: exit 8's confidence, exit 8's and exit 16's category, the label.
+    let samples: Vec<(f64, i64, i64, i64)> = (0..8)
+        .map(|i| {
+            let sample = inputs.get(i);
+            let at = |exit| model.forward(&sample.image, 0, exit).expect("forward").probs;
+            let (early, last) = (at(8), at(16));
+            (
+                early.max().double_value(&[]),
+                early.argmax(1, false).int64_value(&[0]),
+                last.argmax(1, false).int64_value(&[0]),
+                i64::from(sample.labels[0].expect("label")),
+            )
+        })
+        .collect();
+    // The threshold in the widest gap between the 3rd and 6th confidences:
+    // batching cannot move a sample across it.
+    let mut sorted: Vec<f64> = samples.iter().map(|s| s.0).collect();
+    sorted.sort_by(f64::total_cmp);
+    let split = (2..6)
+        .max_by(|&a, &b| (sorted[a + 1] - sorted[a]).total_cmp(&(sorted[b + 1] - sorted[b])))
+        .expect("a split");
+    let threshold = (sorted[split] + sorted[split + 1]) / 2.0;
+    let early = samples.iter().filter(|s| s.0 >= threshold).count() as u64;
+    let correct = samples
+        .iter()
+        .filter(|s| (if s.0 >= threshold { s.1 } else { s.2 }) == s.3)
+        .count();
+    let thresholds: Vec<String> = (1..=15)
+        .map(|e| if e == 8 { threshold.to_string() } else { "1".into() })
+        .collect();
+
+    let last = TransmissionUnit::direct(16, SEED, &[]).await.expect("unit 16");
+    let first = TransmissionUnit::direct(
+        8,
+        SEED,
+        &["-n", &last.endpoint(), "--thresholds", &thresholds.join(",")],
+    )
+    .await
+    .expect("unit 8");
+    let (ok, report) = run_test_unit(args(&[
+        "-a",
+        &first.endpoint(),
+        "-n",
+        "2",
+        "--samples-per-request",
+        "4",
+        "--dataset",
+        dataset.to_str().expect("path"),
+    ]))
+    .await;
+    assert!(ok, "{report}");
+    assert_eq!(
+        (report["answered"].as_u64(), report["answered_samples"].as_u64()),
+        (Some(2), Some(8)),
+        "{report}"
+    );
+    assert_eq!(report["exits"]["8"].as_u64(), Some(early), "{report}");
+    assert_eq!(report["exits"]["16"].as_u64(), Some(8 - early), "{report}");
+    assert_eq!(report["accuracy"].as_f64(), Some(correct as f64 / 8.0), "{report}");
+}
+
 #[tokio::test]
 async fn a_unit_that_is_down_counts_errors_and_fails() {
     let port = dnet_testkit::free_port();
@@ -238,7 +312,7 @@ fn write_cifar(path: &Path, n: usize) -> f64 {
         .filter(|&i| {
             let sample = inputs.get(i);
             let probs = model.forward(&sample.image, 0, 16).expect("forward").probs;
-            probs.argmax(1, false).int64_value(&[0]) == i64::from(sample.label.expect("label"))
+            probs.argmax(1, false).int64_value(&[0]) == i64::from(sample.labels[0].expect("label"))
         })
         .count();
     correct as f64 / n as f64

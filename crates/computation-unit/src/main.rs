@@ -57,15 +57,22 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// `computation-unit serve`: the gRPC edge and the engine in one process.
 /// The edge serves from the start, NOT_SERVING while the model loads.
-fn serve_direct(args: ServeArgs) -> anyhow::Result<()> {
+fn serve_direct(mut args: ServeArgs) -> anyhow::Result<()> {
     dnet_common::telemetry::init(args.edge.observability.log_format);
+    // The edge moves this exit's threshold through request overrides: in
+    // one process, the range it moves in and the range the engine accepts
+    // are one, either flag giving both.
+    if args.edge.target_agreement.is_some() {
+        args.edge.threshold_range = args.edge.threshold_range.or(args.unit.allow_threshold_override);
+        args.unit.allow_threshold_override = args.unit.allow_threshold_override.or(args.edge.threshold_range);
+    }
     let exit_on_start_layer = args.unit.test_exit_on_start_layer().map_err(anyhow::Error::msg)?;
     let slot = runtime()?.block_on(async {
         let (listener, metrics_listener) = dnet_edge::server::bind(&args.edge).await?;
         let unit_name = args.edge.unit_name(listener.local_addr()?.port());
         let settings = args.unit.settings(args.edge.max_message_bytes, unit_name.clone())?;
         let mut registry = Registry::default();
-        thresholds_file::start(
+        let exit_threshold = thresholds_file::start(
             args.unit.thresholds_file.clone(),
             settings.thresholds.clone(),
             settings.exit,
@@ -96,6 +103,7 @@ fn serve_direct(args: ServeArgs) -> anyhow::Result<()> {
             args: args.edge,
             unit_name,
             registry,
+            exit_threshold: Some(exit_threshold),
         };
         dnet_edge::server::serve(listener, metrics_listener, edge, backend, shutdown).await?;
         match failed.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {

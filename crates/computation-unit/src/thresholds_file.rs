@@ -39,9 +39,16 @@ pub fn read(path: &Path) -> anyhow::Result<[f64; SIDE_EXITS]> {
 }
 
 /// Registers the metrics and, with a file, starts re-reading it (inside a
-/// tokio runtime).
-pub fn start(path: Option<PathBuf>, live: LiveThresholds, exit: usize, registry: &mut Registry) {
+/// tokio runtime). Returns the `dnet_exit_threshold` gauge (a direct unit's
+/// edge sets it when it moves the threshold).
+pub fn start(
+    path: Option<PathBuf>,
+    live: LiveThresholds,
+    exit: usize,
+    registry: &mut Registry,
+) -> Gauge<f64, AtomicU64> {
     let threshold = Gauge::<f64, AtomicU64>::default();
+    let gauge = threshold.clone();
     let changes = Family::<OutcomeLabel, Counter>::default();
     registry.register(
         "dnet_exit_threshold",
@@ -60,6 +67,7 @@ pub fn start(path: Option<PathBuf>, live: LiveThresholds, exit: usize, registry:
     if let Some(path) = path {
         tokio::spawn(watch(path, live, exit, show, changes));
     }
+    gauge
 }
 
 async fn watch(

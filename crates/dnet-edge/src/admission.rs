@@ -4,7 +4,9 @@
 //! before tonic reads its message. A call that finds no slot, or the unit's
 //! queue over `--max-queue`, is answered RESOURCE_EXHAUSTED at once, naming
 //! the limit, and its message is never read. Health, reflection and
-//! `Qstatus` are not admitted: probes must pass under load.
+//! `Qstatus` are not admitted: probes must pass under load. Shadow work
+//! (marked by its `dnet-shadow` header) is refused first: it gets a slot
+//! only while the unit is at most half busy.
 //!
 //! A tower layer around the whole gRPC server (the shape of tower's
 //! `GlobalConcurrencyLimit` + `LoadShed`, with a message that names the flag
@@ -87,8 +89,10 @@ impl Admission {
         }
     }
 
-    /// A slot for one call on `connection`, or why there is none.
-    fn admit(&self, connection: Option<ConnectionId>) -> Result<Slot, Status> {
+    /// A slot for one call on `connection`, or why there is none. Shadow
+    /// work gets one only while at most half the slots are taken and at
+    /// most half of `--max-queue` waits: it is refused first under load.
+    fn admit(&self, connection: Option<ConnectionId>, shadow: bool) -> Result<Slot, Status> {
         let global = Arc::clone(&self.slots).try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "unit saturated: {} calls in flight (--max-in-flight); try again later or elsewhere",
@@ -96,6 +100,12 @@ impl Admission {
             ))
         })?;
         let waiting = (self.waiting)();
+        let taken = self.max_in_flight as usize - self.slots.available_permits();
+        if shadow && (taken > (self.max_in_flight as usize).div_ceil(2) || waiting > self.max_queue / 2) {
+            return Err(Status::resource_exhausted(
+                "shadow work refused: the unit is busy (over half of --max-in-flight or --max-queue)",
+            ));
+        }
         if waiting > self.max_queue {
             return Err(Status::resource_exhausted(format!(
                 "unit saturated: {waiting} requests wait to be computed, more than --max-queue {}",
@@ -160,7 +170,8 @@ where
         if request.uri().path() != COMPUTE_PATH {
             return Box::pin(self.inner.call(request));
         }
-        match self.admission.admit(connections::of(&request)) {
+        let shadow = request.headers().contains_key(crate::shadow::SHADOW_HEADER);
+        match self.admission.admit(connections::of(&request), shadow) {
             Ok(slot) => {
                 let answer = self.inner.call(request);
                 Box::pin(async move {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use dnet_codec::bounds::{parse_override_bounds, OverrideBounds};
 use dnet_common::duration::parse_duration;
 use dnet_common::telemetry::ObservabilityArgs;
 
@@ -134,6 +135,52 @@ pub struct EdgeArgs {
     /// On SIGTERM/SIGINT, how long in-flight calls may take to finish.
     #[arg(long, env = "DNET_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// Answer from this unit's exit when the units after it cannot answer
+    /// before the call's deadline: when the time they have needed lately
+    /// (the slowest tenth of the last forwards, or the age of the oldest
+    /// forward still out if longer) exceeds what is left, or when a forward
+    /// has not answered a tenth of the call's budget (at least 20 ms) before
+    /// its deadline. Only when every sample still waiting is at least
+    /// --answer-floor confident here; the answer is marked `degraded`
+    /// (counted in dnet_late_answers).
+    #[arg(long, env = "DNET_ANSWER_WHEN_LATE")]
+    pub answer_when_late: bool,
+
+    /// The least confidence (0..1) --answer-when-late answers with.
+    #[arg(long, env = "DNET_ANSWER_FLOOR", default_value_t = 0.0, value_parser = unit_interval)]
+    pub answer_floor: f64,
+
+    /// Share (0..1) of the samples answered at this exit that are also sent
+    /// on to the last exit as shadow work (never on the caller's path, never
+    /// retried, refused first under load), to measure this exit's agreement
+    /// with the last one (dnet_exit_agreement, dnet_shadow); 0: off. Needs a
+    /// next unit.
+    #[arg(long, env = "DNET_SHADOW_RATE", default_value_t = 0.0, value_parser = unit_interval)]
+    pub shadow_rate: f64,
+
+    /// Move this exit's threshold to hold its agreement with the last exit,
+    /// as shadow work measures it, at or above this (0..1), answering as
+    /// many samples here as that allows (docs/calibrate-and-plan.md,
+    /// "Thresholds that hold a target"). Needs --shadow-rate and
+    /// --threshold-range.
+    #[arg(long, env = "DNET_TARGET_AGREEMENT", value_parser = unit_interval)]
+    pub target_agreement: Option<f64>,
+
+    /// Where --target-agreement may move the threshold (LO..HI). It reaches
+    /// the computation as a request override, which the computing side must
+    /// accept (a computation unit's --allow-threshold-override; a direct
+    /// unit's own --allow-threshold-override is the default).
+    #[arg(long, env = "DNET_THRESHOLD_RANGE", value_parser = parse_override_bounds)]
+    pub threshold_range: Option<OverrideBounds>,
+}
+
+/// Parses a number in 0..=1.
+fn unit_interval(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        _ => Err(format!("'{text}' is not a number in 0..1")),
+    }
 }
 
 /// The default `--max-message-bytes`: 64 samples at the largest boundary
@@ -200,7 +247,29 @@ impl EdgeArgs {
                 self.timeout, self.max_deadline
             ));
         }
+        if self.shadow_rate > 0.0 && self.next_address.is_none() {
+            return Err("--shadow-rate sends samples on to the next unit: give --next-address".to_owned());
+        }
+        if self.target_agreement.is_some() && self.shadow_rate == 0.0 {
+            return Err("--target-agreement needs shadow work to measure agreement: give --shadow-rate".to_owned());
+        }
+        if self.target_agreement.is_some() && self.threshold_range.is_none() {
+            return Err(
+                "--target-agreement needs --threshold-range LO..HI (the computing side must accept it: \
+                        --allow-threshold-override)"
+                    .to_owned(),
+            );
+        }
         Ok(())
+    }
+
+    /// The controller's target, with `--target-agreement`.
+    #[must_use]
+    pub fn target(&self) -> Option<crate::agreement::Target> {
+        Some(crate::agreement::Target {
+            agreement: self.target_agreement?,
+            range: self.threshold_range?,
+        })
     }
 
     /// The unit name for hop records: `--unit-name`, else `HOSTNAME:port`.

@@ -32,6 +32,7 @@ pub fn record(
         compute_us,
         total_us: 0,
         batch_size: worker.map_or(0, |hop| hop.batch_size),
+        threshold: worker.map_or(0.0, |hop| hop.threshold),
     }
 }
 

@@ -14,12 +14,16 @@
 //! - `next_unit`: the gRPC client to the next unit, and how far a failed call got.
 //! - `retry`: retries of what did not get through (full jitter, a budget).
 //! - `answered`: merging the next unit's answer into the samples this unit answered.
+//! - `late`: answering from here when the units after this one cannot make the deadline.
+//! - `shadow`: shadow work, sent on to the last exit to measure this exit's agreement.
+//! - `agreement`: the windowed agreement, and the threshold that holds a target.
 //! - `hop`: this unit's per-hop timing record.
 //! - `metrics`: Prometheus counters and histograms.
 //! - `error`: error kinds and their gRPC status codes.
 //! - `tls`: TLS settings of the server and of the client to the next unit.
 
 pub mod admission;
+pub mod agreement;
 pub mod answered;
 pub mod backend;
 pub mod config;
@@ -27,9 +31,11 @@ pub mod connections;
 pub mod deadline;
 pub mod error;
 pub mod hop;
+pub mod late;
 pub mod metrics;
 pub mod next_unit;
 pub mod retry;
 pub mod server;
 pub mod service;
+pub mod shadow;
 pub mod tls;

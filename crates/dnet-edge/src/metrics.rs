@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// The edge's metrics; cheap to update from any task.
 #[derive(Debug)]
@@ -35,6 +36,25 @@ pub struct Metrics {
     pub connections: Gauge,
     /// gRPC connections closed on arrival: `--max-connections` were open.
     pub connections_refused: Counter,
+    /// Samples answered at this exit because the units after it could not
+    /// have answered before the deadline (`--answer-when-late`).
+    pub late_answers: Family<ExitLabel, Counter>,
+    /// Shadow samples by outcome (agreed, disagreed, dropped, failed).
+    pub shadow: Family<OutcomeLabel, Counter>,
+    /// This exit's windowed agreement with the last, from shadow work.
+    pub exit_agreement: Family<ExitLabel, Gauge<f64, AtomicU64>>,
+}
+
+/// Label of the per-exit metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExitLabel {
+    pub exit: u64,
+}
+
+/// Label of `dnet_shadow`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
 }
 
 /// Label of `dnet_retries`: what was tried again.
@@ -60,6 +80,9 @@ impl Metrics {
             deadline_clamped: Counter::default(),
             connections: Gauge::default(),
             connections_refused: Counter::default(),
+            late_answers: Family::default(),
+            shadow: Family::default(),
+            exit_agreement: Family::default(),
         };
         registry.register(
             "dnet_requests",
@@ -117,7 +140,32 @@ impl Metrics {
             "gRPC connections closed on arrival because --max-connections were open",
             metrics.connections_refused.clone(),
         );
+        registry.register(
+            "dnet_late_answers",
+            "Samples answered at this exit because the units after it could not have answered before the deadline (--answer-when-late)",
+            metrics.late_answers.clone(),
+        );
+        registry.register(
+            "dnet_shadow",
+            "Shadow samples (--shadow-rate) by outcome: agreed or disagreed with the last exit, dropped under load, failed",
+            metrics.shadow.clone(),
+        );
+        registry.register(
+            "dnet_exit_agreement",
+            "Agreement of this exit's answers with the last exit's over the last 200 shadow samples",
+            metrics.exit_agreement.clone(),
+        );
         metrics
+    }
+
+    /// Counts one shadow sample by outcome.
+    pub fn shadow(&self, outcome: &'static str) {
+        self.shadow_n(outcome, 1);
+    }
+
+    /// Counts `samples` shadow samples by outcome.
+    pub fn shadow_n(&self, outcome: &'static str, samples: u64) {
+        self.shadow.get_or_create(&OutcomeLabel { outcome }).inc_by(samples);
     }
 
     /// Marks a call in flight until the returned guard is dropped (also when

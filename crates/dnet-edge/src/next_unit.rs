@@ -6,7 +6,7 @@ use dnet_proto::{ComputationRequest, ComputationResponse, DNetClient};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 use tonic::transport::{Channel, ClientTlsConfig};
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::error::Error;
 
@@ -60,6 +60,28 @@ impl NextUnit {
     /// computed), `NextDeadline` when it does not answer by `deadline`, and
     /// `Next` with its code for any error it answered itself.
     pub async fn compute(&self, request: ComputationRequest, deadline: Instant) -> Result<ComputationResponse, Error> {
+        self.call(request, deadline, false).await
+    }
+
+    /// Calls the next unit with shadow work: marked so (its admission refuses
+    /// it first under load), never retried by the caller.
+    ///
+    /// # Errors
+    /// As [`NextUnit::compute`].
+    pub async fn compute_shadow(
+        &self,
+        request: ComputationRequest,
+        deadline: Instant,
+    ) -> Result<ComputationResponse, Error> {
+        self.call(request, deadline, true).await
+    }
+
+    async fn call(
+        &self,
+        request: ComputationRequest,
+        deadline: Instant,
+        shadow: bool,
+    ) -> Result<ComputationResponse, Error> {
         let address = self.address.clone();
         if self.balanced.live() == 0 {
             // With no address to call, the balancer would wait until the deadline.
@@ -68,6 +90,12 @@ impl NextUnit {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let mut request = tonic::Request::new(request);
         request.set_timeout(remaining);
+        if shadow {
+            request.metadata_mut().insert(
+                crate::shadow::SHADOW_HEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+        }
         let mut client = self.client.clone();
         match tokio::time::timeout_at(deadline, client.compute(request)).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
@@ -83,7 +111,10 @@ impl NextUnit {
 /// started computing.
 fn classify(address: String, status: &Status, deadline: Instant) -> Error {
     let message = status.message().to_owned();
-    if status.code() == Code::DeadlineExceeded && Instant::now() >= deadline {
+    // At the deadline tonic's own timer (from the call's grpc-timeout) may
+    // fire before ours, as a transport error: either way the next unit did
+    // not answer in time.
+    if Instant::now() >= deadline {
         return Error::NextDeadline { address };
     }
     let Some(source) = std::error::Error::source(status) else {
@@ -176,7 +207,7 @@ mod tests {
         );
         match failure(address).await {
             Error::Next { code, message, .. } => {
-                assert_eq!(code, Code::Unavailable);
+                assert_eq!(code, tonic::Code::Unavailable);
                 assert!(message.contains("c:1"), "{message}");
             }
             other => panic!("answered by the next unit, not {other:?}"),

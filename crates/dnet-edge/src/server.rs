@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use dnet_proto::{DNetServer, FILE_DESCRIPTOR_SET};
 use futures::Stream;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +22,7 @@ use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
 use crate::admission::Admission;
+use crate::agreement::Agreement;
 use crate::backend::Backend;
 use crate::config::EdgeArgs;
 use crate::connections;
@@ -69,6 +72,10 @@ pub struct Edge {
     pub unit_name: String,
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
+    /// The program's `dnet_exit_threshold`, when it exports one (a direct
+    /// unit); otherwise the edge registers its own when it moves the
+    /// threshold (`--target-agreement`).
+    pub exit_threshold: Option<Gauge<f64, AtomicU64>>,
 }
 
 /// Serves `unit.DNet` on `listener` with `backend` computing this unit's exit
@@ -90,17 +97,26 @@ pub async fn serve<B: Backend>(
         args: config,
         unit_name,
         metrics,
-        registry,
+        mut registry,
+        exit_threshold,
     } = edge;
     config.check().map_err(ServeError::Config)?;
     let next = next_unit(&config, &metrics).await?;
+    let agreement = agreement(&config, &mut registry, exit_threshold, &metrics);
     let ready = backend.ready();
     let backend = Arc::new(backend);
     // Ready as the gRPC health of unit.DNet: while the backend can compute.
     let stop_metrics = serve_metrics(metrics_listener, registry, ready.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(follow_readiness(health.clone(), ready));
-    let service = unit_service(&config, unit_name.clone(), Arc::clone(&backend), next, &metrics);
+    let service = unit_service(
+        &config,
+        unit_name.clone(),
+        Arc::clone(&backend),
+        next,
+        &metrics,
+        agreement,
+    );
     let waiting = Arc::clone(&backend);
     let admission = Admission::new(
         config.max_in_flight(),
@@ -161,6 +177,39 @@ fn serve_metrics(listener: Option<TcpListener>, registry: Registry, ready: watch
     stop
 }
 
+/// The agreement of this exit with the last, when shadow work measures it
+/// (`--shadow-rate`), and its threshold's controller (`--target-agreement`).
+fn agreement(
+    config: &EdgeArgs,
+    registry: &mut Registry,
+    exit_threshold: Option<Gauge<f64, AtomicU64>>,
+    metrics: &Metrics,
+) -> Option<Arc<Agreement>> {
+    if config.shadow_rate <= 0.0 {
+        return None;
+    }
+    let target = config.target();
+    let threshold = match exit_threshold {
+        Some(gauge) => gauge,
+        None => {
+            let gauge = Gauge::<f64, AtomicU64>::default();
+            if target.is_some() {
+                registry.register(
+                    "dnet_exit_threshold",
+                    "Threshold of this unit's exit, as --target-agreement holds it",
+                    gauge.clone(),
+                );
+            }
+            gauge
+        }
+    };
+    Some(Arc::new(Agreement::new(
+        target,
+        metrics.exit_agreement.clone(),
+        threshold,
+    )))
+}
+
 /// The `unit.DNet` service with its settings and message limits.
 fn unit_service<B: Backend>(
     config: &EdgeArgs,
@@ -168,6 +217,7 @@ fn unit_service<B: Backend>(
     backend: Arc<B>,
     next: Option<NextUnit>,
     metrics: &Arc<Metrics>,
+    agreement: Option<Arc<Agreement>>,
 ) -> DNetServer<UnitService<B>> {
     let settings = ServiceSettings {
         unit_name,
@@ -175,10 +225,18 @@ fn unit_service<B: Backend>(
         max_deadline: config.max_deadline,
         forward_delay: Duration::from_millis(config.test_delay),
         retry_budget: config.retry_budget,
+        answer_floor: config.answer_when_late.then_some(config.answer_floor),
+        shadow_rate: config.shadow_rate as f32,
     };
-    DNetServer::new(UnitService::new(backend, next, settings, Arc::clone(metrics)))
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes)
+    DNetServer::new(UnitService::new(
+        backend,
+        next,
+        settings,
+        Arc::clone(metrics),
+        agreement,
+    ))
+    .max_decoding_message_size(config.max_message_bytes)
+    .max_encoding_message_size(config.max_message_bytes)
 }
 
 /// The "serving" line: where, for which unit, and with which limits.
@@ -192,6 +250,9 @@ fn log_serving(config: &EdgeArgs, listener: &TcpListener, unit_name: &str) {
         max_connections = config.max_connections(),
         max_queue = config.max_queue,
         memory_bound_mib = config.memory_bound() >> 20,
+        answer_when_late = config.answer_when_late,
+        shadow_rate = config.shadow_rate,
+        target_agreement = config.target_agreement,
         "serving"
     );
 }

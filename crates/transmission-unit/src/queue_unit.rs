@@ -55,6 +55,7 @@ pub async fn run(
         unit_name,
         metrics,
         registry,
+        exit_threshold: None,
     };
     serve(listener, metrics_listener, edge, queue, shutdown).await
 }

@@ -137,11 +137,11 @@ pub struct EdgeArgs {
     pub shutdown_grace: Duration,
 
     /// Answer from this unit's exit when the units after it cannot answer
-    /// before the call's deadline: when the time they have needed lately
-    /// (the slowest tenth of the last forwards, or the age of the oldest
-    /// forward still out if longer) exceeds what is left, or when a forward
-    /// has not answered a tenth of the call's budget (at least 20 ms) before
-    /// its deadline. Only when every sample still waiting is at least
+    /// before the call's deadline. A late answer is due a tenth of the
+    /// call's budget (at least 20 ms) before the deadline: it is given at
+    /// once when the time they have needed lately (the slowest tenth of the
+    /// last forwards, or the age of the oldest forward still out if longer)
+    /// would end past that, and instead of a forward that has not answered by then. Only when every sample still waiting is at least
     /// --answer-floor confident here; the answer is marked `degraded`
     /// (counted in dnet_late_answers).
     #[arg(long, env = "DNET_ANSWER_WHEN_LATE")]

@@ -173,7 +173,11 @@ impl<B: Backend> UnitService<B> {
     ) -> Result<ComputationResponse, Error> {
         let late = self.settings.answer_floor.filter(|_| !call.shadow);
         let late_answer = |floor| self.late_answer(answered_here, exit, floor);
-        let left = call.deadline.saturating_duration_since(Instant::now());
+        // A forward must be back by the time a late answer would be given.
+        let left = call
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(call.margin);
         if let Some(answer) = late
             .filter(|_| self.downstream.expected(Instant::now()) > left)
             .and_then(late_answer)

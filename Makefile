@@ -20,15 +20,17 @@ FUZZ_TARGET ?=
 # make images IMAGES_MODE=host: the offline path even where a registry answers.
 IMAGES_MODE ?=
 
-.PHONY: help setup build images test test-images demo bench bench-link chaos soak fuzz-long
+.PHONY: help setup build images test test-images demo demo-trained bench bench-trained bench-link chaos soak fuzz-long
 
 help:
 	@echo "make demo   run a local cascade (starts RabbitMQ if needed; DNET_LAYOUT=direct: no broker)"
+	@echo "make demo-trained  early exit on real data: trains the demo model on scikit-learn's digits if missing (~15 min), calibrates, runs the test set through the cascade"
 	@echo "make test   fmt, clippy, unit and integration tests (real RabbitMQ, never restarted), fuzz, chaos"
 	@echo "make build  release binaries into $(DNET_BIN_DIR)"
 	@echo "make images  the Docker images the examples use (offline from the host's build where no registry answers; IMAGES_MODE=build|host)"
 	@echo "make test-images  the demo cascade from the images, as the manifests configure them, against the binaries (part of make test)"
 	@echo "make bench  measure and rewrite BENCHMARKS.md"
+	@echo "make bench-trained  early exit on the trained demo model: the calibrated cascade against exit 16 alone, shadow work, answers at 3x capacity; its BENCHMARKS.md section"
 	@echo "make bench-link  the cascade across a shaped slow link (root: network namespaces, tc netem); its BENCHMARKS.md section"
 	@echo "make chaos  fault injection under load (a private RabbitMQ node is restarted), rewrites RELIABILITY.md"
 	@echo "make soak   10 minutes at ~80% load, memory and fds per process, rewrites RELIABILITY.md"
@@ -54,8 +56,17 @@ test-images: build
 demo: build
 	@scripts/demo.sh
 
+demo-trained: build
+	@scripts/demo_trained.sh
+
 bench: setup
 	@scripts/bench.sh
+
+bench-trained: build
+	@rm -rf bench-out/trained-runs && scripts/bench_trained.sh bench-out/trained-runs
+	@python3 scripts/bench_trained_report.py bench-out/trained-runs > bench-out/trained.md
+	@python3 scripts/bench_assemble.py --only trained bench-out
+	@echo "[bench] BENCHMARKS.md: section trained rewritten"
 
 bench-link: build
 	@scripts/bench_link.sh

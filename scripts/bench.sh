@@ -32,6 +32,9 @@ DNET_CASCADE_THREADS=1 scripts/cascade.sh bash -c '
   done' "$OUT/runs" "$SECONDS_EACH" "$REPEATS" "$BIN"
 python3 scripts/bench_cascade_report.py "$OUT/runs" "$SECONDS_EACH" "$REPEATS" > "$OUT/30-cascade.md"
 
+scripts/bench_trained.sh "$OUT/trained-runs"
+python3 scripts/bench_trained_report.py "$OUT/trained-runs" > "$OUT/trained.md"
+
 if scripts/bench_gpu.sh --check; then
   scripts/bench_gpu.sh "$OUT/gpu.md"
 fi

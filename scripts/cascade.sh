@@ -9,6 +9,14 @@
 # every process it started (also on failure or Ctrl-C).
 #   scripts/cascade.sh COMMAND [ARGS...]
 # DNET_CASCADE_THREADS: libtorch threads per computation unit (default: theirs).
+# DNET_CASCADE_WEIGHTS: a .safetensors file for every unit (default: random
+# weights DNET_DEMO_SEED); DNET_CASCADE_THRESHOLDS_FILE: the units of exits 8
+# and 12 read their thresholds from it (--thresholds-file) instead of the
+# demo's; DNET_CASCADE_UNIT8_ARGS: more flags for the first unit (its
+# transmission unit, or the direct unit); DNET_CASCADE_CU_ARGS: more flags
+# for every computation unit (broker layout). DNET_CASCADE_PIN=1: unit 8's
+# processes run on CPU 0 and the other units' on the remaining CPUs (taskset),
+# as if the first unit were a host of its own.
 set -euo pipefail
 LAYOUT=${DNET_LAYOUT:-broker}
 case "$LAYOUT" in broker|direct) ;; *) echo "[cascade] DNET_LAYOUT must be broker or direct, not '$LAYOUT'"; exit 2;; esac
@@ -20,6 +28,17 @@ THREADS=${DNET_CASCADE_THREADS:-}
 # answer at exit 8 or 12 and the rest go on to 16. Trained weights use the defaults.
 THRESHOLDS_8=${DNET_DEMO_THRESHOLDS_8:-0.10682}
 THRESHOLDS_12=${DNET_DEMO_THRESHOLDS_12:-0.10888}
+WEIGHTS=${DNET_CASCADE_WEIGHTS:-}
+THRESHOLDS_FILE=${DNET_CASCADE_THRESHOLDS_FILE:-}
+read -r -a UNIT8_ARGS <<<"${DNET_CASCADE_UNIT8_ARGS:-}"
+read -r -a CU_ARGS <<<"${DNET_CASCADE_CU_ARGS:-}"
+if [ -n "$WEIGHTS" ]; then MODEL=(--weights "$WEIGHTS"); else MODEL=(--random-weights "$SEED"); fi
+CPUS=$(nproc)
+pinned() { # exit: the taskset prefix of the unit's processes, if any
+  if [ "${DNET_CASCADE_PIN:-0}" = 1 ] && [ "$CPUS" -ge 2 ]; then
+    if [ "$1" = 8 ]; then echo "taskset -c 0"; else echo "taskset -c 1-$((CPUS - 1))"; fi
+  fi
+}
 LOGS=$(mktemp -d /tmp/dnet-cascade.XXXXXX)
 PIDS=()
 NAMES=()
@@ -33,22 +52,28 @@ trap cleanup EXIT INT TERM
 source "$(dirname "${BASH_SOURCE[0]}")/thresholds.sh"
 
 start_unit() { # exit port next thresholds
-  local exit=$1 port=$2 next=$3 queue="dnet-demo-$1"
+  local exit=$1 port=$2 next=$3 queue="dnet-demo-$1" thresholds=()
+  if [ -n "$4" ] && [ -n "$THRESHOLDS_FILE" ]; then thresholds=(--thresholds-file "$THRESHOLDS_FILE");
+  elif [ -n "$4" ]; then thresholds=(--thresholds "$4"); fi
+  local extra=()
+  [ "$exit" = 8 ] && extra=("${UNIT8_ARGS[@]}")
+  local pin
+  read -r -a pin <<<"$(pinned "$exit")"
   if [ "$LAYOUT" = direct ]; then
-    "$BIN/computation-unit" serve -l "127.0.0.1:$port" ${next:+-n "127.0.0.1:$next"} -e "$exit" \
-      --random-weights "$SEED" --unit-name "unit-$exit" ${THREADS:+--threads "$THREADS"} ${4:+--thresholds "$4"} \
+    "${pin[@]}" "$BIN/computation-unit" serve -l "127.0.0.1:$port" ${next:+-n "127.0.0.1:$next"} -e "$exit" \
+      "${MODEL[@]}" --unit-name "unit-$exit" ${THREADS:+--threads "$THREADS"} "${thresholds[@]}" "${extra[@]}" \
       >"$LOGS/unit-$exit.log" 2>&1 &
     PIDS+=($!)
     NAMES+=("direct-unit-$exit")
     return
   fi
-  "$BIN/computation-unit" -q "$queue" -e "$exit" --random-weights "$SEED" --unit-name "cu-$exit" ${THREADS:+--threads "$THREADS"} \
-    ${4:+--thresholds "$4"} >"$LOGS/computation-unit-$exit.log" 2>&1 &
+  "${pin[@]}" "$BIN/computation-unit" -q "$queue" -e "$exit" "${MODEL[@]}" --unit-name "cu-$exit" ${THREADS:+--threads "$THREADS"} \
+    "${thresholds[@]}" "${CU_ARGS[@]}" >"$LOGS/computation-unit-$exit.log" 2>&1 &
   PIDS+=($!)
   NAMES+=("computation-unit-$exit")
-  local args=(-l "127.0.0.1:$port" -q "$queue" --unit-name "unit-$exit")
+  local args=(-l "127.0.0.1:$port" -q "$queue" --unit-name "unit-$exit" "${extra[@]}")
   [ -n "$next" ] && args+=(-n "127.0.0.1:$next")
-  "$BIN/transmission-unit" "${args[@]}" >"$LOGS/transmission-unit-$exit.log" 2>&1 &
+  "${pin[@]}" "$BIN/transmission-unit" "${args[@]}" >"$LOGS/transmission-unit-$exit.log" 2>&1 &
   PIDS+=($!)
   NAMES+=("transmission-unit-$exit")
 }

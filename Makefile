@@ -24,7 +24,7 @@ IMAGES_MODE ?=
 
 help:
 	@echo "make demo   run a local cascade (starts RabbitMQ if needed; DNET_LAYOUT=direct: no broker)"
-	@echo "make demo-trained  early exit on real data: trains the demo model on scikit-learn's digits if missing (~15 min), calibrates, runs the test set through the cascade"
+	@echo "make demo-trained  early exit on real data: trains the demo model on scikit-learn's digits if missing (12-15 min on 2 cores), calibrates, runs the test set through the cascade"
 	@echo "make test   fmt, clippy, unit and integration tests (real RabbitMQ, never restarted), fuzz, chaos"
 	@echo "make build  release binaries into $(DNET_BIN_DIR)"
 	@echo "make images  the Docker images the examples use (offline from the host's build where no registry answers; IMAGES_MODE=build|host)"

@@ -13,7 +13,7 @@ gradient of each reaches the trunk below it). Adam, learning rate 1e-3 with
 cosine decay, batches of 32, no augmentation; every random choice comes from
 the seed, and the run is repeatable with the same thread count.
 
-With --heads-only (for tests: about a minute) the trunk keeps the random
+With --heads-only (for tests: about 1.5 minutes) the trunk keeps the random
 weights of reference.randomize(seed) and only the exit heads are trained,
 on the trunk's features computed once: confidences that mean something, at
 a fraction of the cost, written as digits-heads.safetensors.

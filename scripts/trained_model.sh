@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes sure the demo model trained on scikit-learn's digits is in
-# $DNET_CACHE/demo (scripts/train_demo.py: about 15 minutes on 2 cores the
+# $DNET_CACHE/demo (scripts/train_demo.py: 12-15 minutes on 2 cores the
 # first time), and prints its accuracy per exit on the test set.
 #   scripts/trained_model.sh [--heads-only]
 # --heads-only: the fast variant the tests use (random trunk, trained heads).

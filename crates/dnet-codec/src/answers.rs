@@ -88,10 +88,13 @@ impl Answers {
     /// The smallest per-sample confidence (largest probability of a row).
     #[must_use]
     pub fn min_confidence(&self) -> f32 {
-        self.probs
-            .chunks(CLASSES)
-            .map(|row| row.iter().copied().fold(f32::MIN, f32::max))
-            .fold(f32::INFINITY, f32::min)
+        self.probs.chunks(CLASSES).map(largest).fold(f32::INFINITY, f32::min)
+    }
+
+    /// The confidence of row `row` (its largest probability); `None` past the last row.
+    #[must_use]
+    pub fn confidence(&self, row: usize) -> Option<f32> {
+        self.probs.chunks(CLASSES).nth(row).map(largest)
     }
 
     /// The safetensors buffer: `category`, `probs`, `exit_layer`.
@@ -114,6 +117,11 @@ impl Answers {
         .map_err(|e| e.to_string())?;
         safetensors::serialize(views, None).map_err(|e| e.to_string())
     }
+}
+
+/// The largest of `probs`.
+fn largest(probs: &[f32]) -> f32 {
+    probs.iter().copied().fold(f32::MIN, f32::max)
 }
 
 fn read_i64(tensors: &SafeTensors<'_>, name: &str) -> Result<Option<Vec<i64>>, String> {

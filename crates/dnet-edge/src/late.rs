@@ -134,14 +134,10 @@ impl Downstream {
 #[must_use]
 pub fn answer_here(answered: &Bytes, exit: u64, floor: f64) -> Option<(ComputationResponse, u64)> {
     let mut rows = Answers::parse(answered, 0).ok()?;
-    let classes = rows.probs.len() / rows.category.len().max(1);
     let waiting: Vec<usize> = (0..rows.exit_layer.len())
         .filter(|&i| rows.exit_layer[i] == 0)
         .collect();
-    let confident = |i: usize| {
-        let row = &rows.probs[i * classes..(i + 1) * classes];
-        f64::from(row.iter().copied().fold(0.0_f32, f32::max)) >= floor
-    };
+    let confident = |i: usize| rows.confidence(i).is_some_and(|c| f64::from(c) >= floor);
     if waiting.is_empty() || !waiting.iter().all(|&i| confident(i)) {
         return None;
     }

@@ -65,7 +65,7 @@ impl Shadow {
             .iter()
             .filter_map(|&row| {
                 let row = usize::try_from(row).ok()?;
-                Some((*ours.category.get(row)?, confidence(&ours, row)?))
+                Some((*ours.category.get(row)?, f64::from(ours.confidence(row)?)))
             })
             .collect();
         if local.len() != rows.len() {
@@ -121,11 +121,4 @@ impl Shadow {
             }
         });
     }
-}
-
-/// The largest probability of row `row`.
-fn confidence(answers: &Answers, row: usize) -> Option<f64> {
-    let classes = answers.probs.len() / answers.category.len().max(1);
-    let probs = answers.probs.get(row * classes..(row + 1) * classes)?;
-    Some(f64::from(probs.iter().copied().fold(0.0_f32, f32::max)))
 }

@@ -83,9 +83,6 @@ async fn every_bad_request_gets_an_error_naming_it_and_the_worker_keeps_serving(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_messages_straight_onto_the_queue_get_errors_or_are_dropped_and_the_worker_keeps_serving() {
-    use futures::StreamExt;
-    use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
     use lapin::BasicProperties;
     use prost::Message;
 
@@ -95,53 +92,28 @@ async fn bad_messages_straight_onto_the_queue_get_errors_or_are_dropped_and_the_
     let _worker = worker(&broker, &queue, 8, &["--max-request-samples", "2"]).await;
     let queue = queue.name();
 
-    let connection = lapin::Connection::connect(&broker.uri, lapin::ConnectionProperties::default())
-        .await
-        .expect("connect");
-    let channel = connection.create_channel().await.expect("channel");
-    let replies = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("reply queue");
-    let mut consumer = channel
-        .basic_consume(
-            replies.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume replies");
+    let mut client = RawClient::new(&broker).await;
+    let channel = &client.channel;
     let with_reply = |id: &str| {
         BasicProperties::default()
-            .with_reply_to(replies.name().clone())
+            .with_reply_to(client.reply_to.as_str().into())
             .with_correlation_id(id.into())
     };
 
     // Dropped (nobody could receive an answer): no reply_to, no correlation id.
     let good = request(0, &images(1, 9)).encode_to_vec();
     publish_raw(
-        &channel,
+        channel,
         queue,
         &good,
         BasicProperties::default().with_correlation_id("no-reply-to".into()),
     )
     .await;
     publish_raw(
-        &channel,
+        channel,
         queue,
         &good,
-        BasicProperties::default().with_reply_to(replies.name().clone()),
+        BasicProperties::default().with_reply_to(client.reply_to.as_str().into()),
     )
     .await;
     // Answered with ERROR: malformed protobuf, oversize x, absurd start_layer.
@@ -162,24 +134,16 @@ async fn bad_messages_straight_onto_the_queue_get_errors_or_are_dropped_and_the_
         ("absurd", absurd, "out of range"),
     ];
     for (id, body, _) in &cases {
-        publish_raw(&channel, queue, body, with_reply(id)).await;
+        publish_raw(channel, queue, body, with_reply(id)).await;
     }
-    publish_raw(&channel, queue, &good, with_reply("good")).await;
+    publish_raw(channel, queue, &good, with_reply("good")).await;
 
     let mut answers = std::collections::HashMap::new();
     while answers.len() < cases.len() + 1 {
-        let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+        let (id, response) = client
+            .reply(Duration::from_secs(30))
             .await
-            .expect("every answerable message is answered")
-            .expect("stream")
-            .expect("delivery");
-        let id = delivery
-            .properties
-            .correlation_id()
-            .clone()
-            .expect("correlation id")
-            .to_string();
-        let response = ComputationResponse::decode(delivery.data.as_slice()).expect("a ComputationResponse");
+            .expect("every answerable message is answered, with a correlation id and a ComputationResponse");
         assert!(answers.insert(id, response).is_none(), "answered once");
     }
     for (id, _, expected) in &cases {
@@ -201,7 +165,7 @@ async fn bad_messages_straight_onto_the_queue_get_errors_or_are_dropped_and_the_
         (0, 1),
         "nothing left behind, the worker still consumes"
     );
-    let _ = connection.close(200, "done".into()).await;
+    let _ = client.connection.close(200, "done".into()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use dnet_proto::StatusCode;
-use dnet_testkit::{Broker, TestQueue};
+use dnet_testkit::{wait_for, Broker, TestQueue};
 
 use super::support::{images, request};
 use super::*;
@@ -60,17 +60,24 @@ async fn requests_past_their_deadline_are_skipped_not_computed() {
         ["long", "no deadline"],
         "only the requests someone waits for are answered"
     );
-    let metrics = worker.metrics().await.expect("metrics");
+    // Each expiry is counted by its delivery's own task, which nothing orders
+    // before the replies above; acknowledgements follow the reply's confirm.
+    let metrics = wait_for("the worker to count the expired", PATIENCE, || async {
+        let metrics = worker.metrics().await.ok()?;
+        (metrics.value("dnet_expired_total").ok()? >= 4.0).then_some(metrics)
+    })
+    .await
+    .expect("expired counted");
     assert_eq!(metrics.value("dnet_expired_total").expect("expired"), 4.0);
     assert_eq!(
         metrics.value("dnet_batch_size_sum").expect("batches"),
         49.0,
         "the expired were not computed"
     );
-    assert_eq!(
-        broker.queue_counts(queue.name()).expect("rabbitmqctl"),
-        Some((0, 0, 1)),
-        "the expired were acknowledged"
-    );
+    wait_for("the expired to be acknowledged", PATIENCE, || async {
+        (broker.queue_counts(queue.name()).ok()? == Some((0, 0, 1))).then_some(())
+    })
+    .await
+    .expect("the expired were acknowledged");
     let _ = client.connection.close(200, "done".into()).await;
 }

@@ -28,11 +28,7 @@ async fn two_workers_on_one_queue_share_the_load() {
         assert_ne!(answer.status, StatusCode::Error as i32);
     }
 
-    let mut replies = Vec::new();
-    for worker in [&first, &second] {
-        let metrics = worker.metrics().await.expect("worker metrics");
-        replies.push(metrics.sum("dnet_worker_replies_total").expect("replies counter"));
-    }
+    let replies = replies_reaching(&[&first, &second], 8.0).await;
     assert_eq!(replies.iter().sum::<f64>(), 8.0, "{replies:?}");
     assert!(replies.iter().all(|&n| n > 0.0), "both workers answered: {replies:?}");
 }

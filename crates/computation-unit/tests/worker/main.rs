@@ -45,6 +45,21 @@ pub async fn wait_for_taken(unit: &TransmissionUnit, calls: u32) {
     .expect("taken");
 }
 
+/// Each worker's published replies, once they add up to at least `total`.
+/// A worker counts a reply when the broker confirms it, which can be after
+/// the caller already holds the answer: read the counters only then.
+pub async fn replies_reaching(workers: &[&ComputationUnit], total: f64) -> Vec<f64> {
+    wait_for("the workers to count their replies", PATIENCE, || async {
+        let mut replies = Vec::new();
+        for worker in workers {
+            replies.push(worker.metrics().await.ok()?.sum("dnet_worker_replies_total").ok()?);
+        }
+        (replies.iter().sum::<f64>() >= total).then_some(replies)
+    })
+    .await
+    .expect("replies counted")
+}
+
 /// Publishes `body` straight onto `queue` with the given properties.
 pub async fn publish_raw(channel: &lapin::Channel, queue: &str, body: &[u8], properties: lapin::BasicProperties) {
     channel

@@ -5,10 +5,12 @@ use std::time::Duration;
 
 use tonic::metadata::MetadataMap;
 
-/// Time kept back from the caller's deadline (at most a tenth of it) so that
-/// this unit answers DEADLINE_EXCEEDED itself, with a message, before the
-/// caller's transport cancels; 20 ms covers the answer's way back on a busy host.
-const MARGIN: Duration = Duration::from_millis(20);
+/// What an answer's way back to the caller takes on a busy host. A call's
+/// budget keeps it back from the caller's deadline (at most a tenth of it) so
+/// that this unit answers DEADLINE_EXCEEDED itself, with a message, before
+/// the caller's transport cancels; a late answer is given at least this long
+/// before the budget ends (`service`).
+pub const WAY_BACK: Duration = Duration::from_millis(20);
 
 /// How long a call may take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,7 +31,7 @@ pub fn budget(metadata: &MetadataMap, default: Duration, max: Duration) -> Budge
         .get("grpc-timeout")
         .and_then(|value| value.to_str().ok())
         .and_then(parse_grpc_timeout)
-        .map_or(default, |timeout| timeout.saturating_sub(MARGIN.min(timeout / 10)));
+        .map_or(default, |timeout| timeout.saturating_sub(WAY_BACK.min(timeout / 10)));
     Budget {
         time: asked.min(max),
         clamped: asked > max,

@@ -56,10 +56,6 @@ pub struct UnitService<B> {
     shadow: Option<Shadow>,
 }
 
-/// The least time a late answer is given before the deadline, so that it
-/// reaches the caller in time (else a tenth of the call's budget).
-const LATE_MARGIN: Duration = Duration::from_millis(20);
-
 impl<B: Backend> UnitService<B> {
     #[must_use]
     pub fn new(
@@ -302,7 +298,9 @@ impl<B: Backend> DNet for UnitService<B> {
         let started = Instant::now();
         let call = Call {
             deadline,
-            margin: LATE_MARGIN.max(budget.time / 10),
+            // A late answer must reach the caller in time: its way back, or a
+            // tenth of the budget if longer.
+            margin: deadline::WAY_BACK.max(budget.time / 10),
             shadow: request.shadow,
         };
         let outcome = self.handle(request, call).await;

@@ -12,12 +12,12 @@
 //! agreed, disagreed, dropped (not sent, or refused or expired on the way)
 //! and failed.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use dnet_codec::Answers;
 use dnet_proto::{Bytes, ComputationRequest, Data, StatusCode};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -40,7 +40,8 @@ pub struct Shadow {
     next: NextUnit,
     agreement: Arc<Agreement>,
     metrics: Arc<Metrics>,
-    in_flight: Arc<AtomicUsize>,
+    /// One permit per shadow call out, [`MAX_SHADOW_IN_FLIGHT`] in all.
+    in_flight: Arc<Semaphore>,
 }
 
 impl Shadow {
@@ -50,7 +51,7 @@ impl Shadow {
             next,
             agreement,
             metrics,
-            in_flight: Arc::default(),
+            in_flight: Arc::new(Semaphore::new(MAX_SHADOW_IN_FLIGHT)),
         }
     }
 
@@ -72,20 +73,18 @@ impl Shadow {
             self.metrics.shadow("failed");
             return;
         }
-        if self.in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_SHADOW_IN_FLIGHT {
-            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {
             self.metrics.shadow_n("dropped", local.len() as u64);
             return;
-        }
-        let (next, agreement, metrics, in_flight) = (
+        };
+        let (next, agreement, metrics) = (
             self.next.clone(),
             Arc::clone(&self.agreement),
             Arc::clone(&self.metrics),
-            Arc::clone(&self.in_flight),
         );
         tokio::spawn(async move {
             let answer = next.compute_shadow(work, Instant::now() + SHADOW_BUDGET).await;
-            in_flight.fetch_sub(1, Ordering::SeqCst);
+            drop(permit);
             let last = match answer {
                 Ok(answer) => match (StatusCode::try_from(answer.status), &answer.data) {
                     (Ok(StatusCode::Success), Some(Data::Result(result))) => {

@@ -256,7 +256,7 @@ async fn a_request_given_back_while_the_queue_refuses_copies_is_not_counted_as_a
         .into_iter()
         .enumerate()
         .map(|(i, n)| {
-            let (mut client, request) = (client.clone(), request(0, &images(n, 400 + i as i64)));
+            let (mut client, request) = (client.clone(), request(0, &images(n, 400 + i as u64)));
             tokio::spawn(async move { client.compute(request).await })
         })
         .collect();

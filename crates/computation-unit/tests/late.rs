@@ -40,7 +40,7 @@ async fn stalled_cascade(flags: &[&str]) -> (TransmissionUnit, TransmissionUnit)
 }
 
 /// A call of image `seed` with `deadline`.
-async fn call(unit: &TransmissionUnit, seed: i64, deadline: Duration) -> Result<ComputationResponse, tonic::Status> {
+async fn call(unit: &TransmissionUnit, seed: u64, deadline: Duration) -> Result<ComputationResponse, tonic::Status> {
     let mut client = unit.client().await.expect("client");
     let mut call = tonic::Request::new(request(0, &images(1, seed)));
     call.set_timeout(deadline);

@@ -21,8 +21,19 @@ pub enum WeightSource {
     Random(u64),
 }
 
-/// Held while random weights are seeded and drawn.
-static RANDOM_INIT: Mutex<()> = Mutex::new(());
+/// Held while libtorch's generator is seeded and drawn from.
+static SEEDED_DRAW: Mutex<()> = Mutex::new(());
+
+/// What `draw` makes from libtorch's generator seeded with `seed`. The
+/// generator is global to the process: every seeded draw holds one lock, so
+/// that draws made at once on several threads (a model loading while a test
+/// makes its images) each get their own seed's values.
+pub fn seeded<T>(seed: u64, draw: impl FnOnce() -> T) -> T {
+    let _held = SEEDED_DRAW.lock().unwrap_or_else(PoisonError::into_inner);
+    // The seed is an i64 in libtorch; reinterpreting the bits keeps every u64 usable.
+    tch::manual_seed(seed as i64);
+    draw()
+}
 
 /// Why the weights could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -58,16 +69,14 @@ pub fn load(source: &WeightSource, device: Device, precision: Precision) -> Resu
         }
     }
     let mut vars = VarStore::new(Device::Cpu);
-    // libtorch's generator is global: seeding and initialising hold one lock,
-    // so that models loaded at once in one process each get their seed's weights.
-    let seeded =
-        matches!(source, WeightSource::Random(_)).then(|| RANDOM_INIT.lock().unwrap_or_else(PoisonError::into_inner));
-    if let WeightSource::Random(seed) = source {
-        // The seed is an i64 in libtorch; reinterpreting the bits keeps every u64 usable.
-        tch::manual_seed(*seed as i64);
-    }
-    let mut model = MultiExitInception::new(&vars.root());
-    drop(seeded);
+    // Building the model draws its initial weights from libtorch's generator,
+    // also when a file then replaces them all: always under the lock, so that
+    // it cannot disturb another thread's seeded draw.
+    let seed = match source {
+        WeightSource::Random(seed) => *seed,
+        WeightSource::File(_) => 0,
+    };
+    let mut model = seeded(seed, || MultiExitInception::new(&vars.root()));
     if let WeightSource::File(path) = source {
         copy_from_file(&vars, path)?;
     }
@@ -89,11 +98,7 @@ pub fn load(source: &WeightSource, device: Device, precision: Precision) -> Resu
 /// The file cannot be written.
 pub fn write_random(seed: u64, path: &Path) -> Result<(), WeightsError> {
     let vars = VarStore::new(Device::Cpu);
-    {
-        let _seeded = RANDOM_INIT.lock().unwrap_or_else(PoisonError::into_inner);
-        tch::manual_seed(seed as i64);
-        let _model = MultiExitInception::new(&vars.root());
-    }
+    seeded(seed, || MultiExitInception::new(&vars.root()));
     let mut named: Vec<(String, Tensor)> = vars.variables().into_iter().collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     Tensor::write_safetensors(&named, path).map_err(|e| WeightsError::Read {

@@ -10,7 +10,7 @@ use dnet_model::model::DEFAULT_THRESHOLDS;
 use dnet_model::observer::EngineObserver;
 use dnet_model::request::{Prepared, UnitSettings};
 use dnet_model::settings::Precision;
-use dnet_model::weights::WeightSource;
+use dnet_model::weights::{seeded, WeightSource};
 use dnet_proto::{ComputationResponse, Data, StatusCode};
 use safetensors::SafeTensors;
 use tch::{Device, Kind, Tensor};
@@ -68,14 +68,15 @@ fn engine(threshold: f64, max_samples: usize, timeout: Duration) -> (Engine, Arc
 
 /// Requests of start layers 0 and 4 and of 1 to 3 samples, deterministic.
 fn requests() -> Vec<(usize, Tensor)> {
-    tch::manual_seed(5);
-    [(0, 1), (4, 2), (0, 3), (0, 1), (4, 1), (0, 2), (4, 3), (0, 1)]
-        .into_iter()
-        .map(|(start, n)| {
-            let [c, h, w] = dnet_codec::BOUNDARY_SHAPES[start].map(|d| d as i64);
-            (start, Tensor::randn([n, c, h, w], (Kind::Float, Device::Cpu)))
-        })
-        .collect()
+    seeded(5, || {
+        [(0, 1), (4, 2), (0, 3), (0, 1), (4, 1), (0, 2), (4, 3), (0, 1)]
+            .into_iter()
+            .map(|(start, n)| {
+                let [c, h, w] = dnet_codec::BOUNDARY_SHAPES[start].map(|d| d as i64);
+                (start, Tensor::randn([n, c, h, w], (Kind::Float, Device::Cpu)))
+            })
+            .collect()
+    })
 }
 
 fn job(start: usize, x: &Tensor) -> (Job, tokio::sync::oneshot::Receiver<Outcome>) {

@@ -9,10 +9,12 @@ use dnet_model::codec;
 use dnet_proto::{ComputationRequest, ComputationResponse, Data};
 use tch::Tensor;
 
-/// Normalised-image-like input [n, 3, 32, 32], deterministic.
-pub fn images(n: i64, seed: i64) -> Tensor {
-    tch::manual_seed(seed);
-    Tensor::randn([n, 3, 32, 32], (tch::Kind::Float, tch::Device::Cpu))
+/// Normalised-image-like input [n, 3, 32, 32], the same for the same seed
+/// whatever other tests draw beside it.
+pub fn images(n: i64, seed: u64) -> Tensor {
+    dnet_model::weights::seeded(seed, || {
+        Tensor::randn([n, 3, 32, 32], (tch::Kind::Float, tch::Device::Cpu))
+    })
 }
 
 /// A request carrying `x` for `start_layer`.

@@ -46,6 +46,21 @@ struct Args {
     /// Keep every process's log in this folder [default: a new folder in /tmp].
     #[arg(long)]
     logs: Option<PathBuf>,
+
+    /// Run only these groups of scenarios (comma-separated) [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Group>,
+}
+
+/// The groups of scenarios, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Group {
+    /// Processes and links failing under load.
+    Faults,
+    /// Overload, a stall then a burst, a poison request.
+    Overload,
+    /// Large calls against a stalled unit.
+    Flood,
 }
 
 #[tokio::main]
@@ -60,9 +75,17 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("[chaos] logs in {}", logs.display());
     dnet_testkit::process::keep_logs_in(logs);
     let broker = dnet_testkit::Broker::local();
-    let mut rows = faults::all(&broker, duration).await?;
-    rows.extend(overload::all(&broker, duration).await?);
-    rows.push(flood::flood_a_stalled_unit(&broker).await?);
+    let runs = |group| args.only.is_empty() || args.only.contains(&group);
+    let mut rows = Vec::new();
+    if runs(Group::Faults) {
+        rows.extend(faults::all(&broker, duration).await?);
+    }
+    if runs(Group::Overload) {
+        rows.extend(overload::all(&broker, duration).await?);
+    }
+    if runs(Group::Flood) {
+        rows.push(flood::flood_a_stalled_unit(&broker).await?);
+    }
     for row in &mut rows {
         let reference = verify::Reference::new(faults::SEED, usize::from(row.answer_exit))?;
         row.check = reference.check(&row.tally)?;

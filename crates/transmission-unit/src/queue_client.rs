@@ -8,8 +8,9 @@
 //! of that session with `ConnectionLost` and connects again. While a session
 //! lives, the queue's waiting messages are read every 250 ms (admission).
 //!
-//! Each request carries its deadline (docs/architecture.md, "Deadlines"):
-//! the broker drops it unread once it expires, and a worker skips it.
+//! Each request carries its deadline (docs/architecture.md, "Deadlines"),
+//! less the time its reply needs to come back: the broker drops it unread
+//! once it expires, and a worker skips it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +34,7 @@ use dnet_amqp::publish::{publish, PublishError};
 use dnet_amqp::{computation_queue_arguments, computation_queue_options, connect_with_backoff, redact};
 
 use dnet_edge::backend::QueueStatus;
+use dnet_edge::deadline::WAY_BACK;
 
 use crate::queue_error::QueueError;
 
@@ -202,7 +204,12 @@ impl QueueClient {
             let properties = BasicProperties::default()
                 .with_correlation_id(correlation_id.as_str().into())
                 .with_reply_to(session.reply_to.clone());
-            let properties = with_attempts(with_deadline(properties, deadline.into_std()), attempts);
+            // A reply needs time to come back (the worker's publish and
+            // confirm, the broker, this consumer): the worker is told to
+            // compute only what it can end that long (at most a tenth of the
+            // time left) before this call gives up.
+            let compute_by = deadline - WAY_BACK.min(deadline.saturating_duration_since(Instant::now()) / 10);
+            let properties = with_attempts(with_deadline(properties, compute_by.into_std()), attempts);
             self.publish(&session, body, properties).await?;
             reply_rx.await.unwrap_or(Err(QueueError::ConnectionLost))
         };

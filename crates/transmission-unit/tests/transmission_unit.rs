@@ -638,6 +638,13 @@ async fn requests_carry_their_deadline_and_expire_unread_in_the_queue() {
 
     let status = call.await.expect("call task").expect_err("nobody answers");
     assert_eq!(status.code(), Code::DeadlineExceeded);
+    // The worker is told to be done a reply's way back before the call gives
+    // up (the header is in whole milliseconds: 2 ms of rounding allowed).
+    let kept_back = Instant::now().saturating_duration_since(due);
+    assert!(
+        kept_back >= dnet_edge::deadline::WAY_BACK - Duration::from_millis(2),
+        "the call ended {kept_back:?} after the deadline the worker was given"
+    );
     // The broker drops it unread once it expires.
     wait_for_queue_counts(&broker, &queue, (0, 0, 0)).await;
 }

@@ -7,10 +7,12 @@
 //! Layout: `load` (callers in closed and open loop, how a call ended),
 //! `verify` (every answer against the model), `proxy` (a slow, cutting TCP
 //! link), `faults` (processes and links failing), `overload` (overload, a
-//! stall then a burst, a poison request), `twice` (work done twice),
-//! `flood` (large calls against a stalled unit), `report` (rows and the table).
+//! stall then a burst, a poison request), `cpus` (the overload's worker on a
+//! CPU of its own), `twice` (work done twice), `flood` (large calls against
+//! a stalled unit), `report` (rows and the table).
 //! Processes, queues and the private broker come from `dnet-testkit`.
 
+mod cpus;
 mod faults;
 mod flood;
 mod load;

@@ -8,6 +8,7 @@ use dnet_proto::{ComputationRequest, DNetClient, Data, StatusCode};
 use dnet_testkit::{Broker, ComputationUnit, TestQueue};
 use safetensors::tensor::{Dtype, TensorView};
 
+use crate::cpus::Isolated;
 use crate::faults::{unit, worker, ANSWER_EXIT, SEED};
 use crate::load::{closed_loop, open_loop};
 use crate::report::{Ran, Row, CALLERS};
@@ -128,6 +129,8 @@ async fn overload(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
     let queue = TestQueue::new(broker);
     let unit = unit(broker, &queue, &[]).await?;
     let worker = worker(broker, &queue, FULL_NETWORK, true).await?;
+    // Capacity and overload measured alike, the worker on a CPU of its own.
+    let cpus = Isolated::worker(worker.process.id(), &[unit.process.id()])?;
     let address = unit.endpoint();
     let generous = Duration::from_secs(5);
     let step = (duration / 4).max(Duration::from_secs(2));
@@ -156,7 +159,7 @@ async fn overload(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
          {:.2} of capacity (goal >= 0.9); {refused} refused at once; {expired:.0} expired jobs skipped by the \
          worker; the next call after: {next_ms:.1} ms ({:.1}x the {normal_ms:.1} ms of a call alone, goal <= 2), \
          the median of the next second {then_ms:.1} ms; the worker's forwards: {} at capacity, \
-         {forward_overloaded} under overload",
+         {forward_overloaded} under overload; {}",
         capacity.rate,
         CONCURRENCIES.map(|c| c.to_string()).join("/"),
         capacity.rates,
@@ -165,6 +168,7 @@ async fn overload(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
         goodput / capacity.rate,
         next_ms / normal_ms,
         capacity.forwards,
+        cpus.described,
     );
     let ran = Ran {
         units: &[&unit],

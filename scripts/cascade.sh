@@ -84,7 +84,10 @@ start_unit 12 50061 50062 "$(thresholds 12 "$THRESHOLDS_12")"
 start_unit 8 50060 50061 "$(thresholds 8 "$THRESHOLDS_8")"
 ready() { # exit: the unit serves (direct) or consumes and publishes (broker)
   if [ "$LAYOUT" = direct ]; then
-    grep -qw "serving" "$LOGS/unit-$1.log"
+    # A direct unit binds before its model loads, and forwards only once its
+    # next unit's grpc.health says SERVING: wait for both, not the bind.
+    grep -q "model ready" "$LOGS/unit-$1.log" &&
+      { [ "$1" = 16 ] || grep -q "next address serving" "$LOGS/unit-$1.log"; }
   else
     grep -q "consuming" "$LOGS/computation-unit-$1.log" && grep -q "ready: publishing" "$LOGS/transmission-unit-$1.log"
   fi

@@ -70,15 +70,13 @@ impl Isolated {
                 all,
             });
         };
+        let rest = list(rest);
         pin(worker, &first.to_string())?;
         for pid in others.iter().copied().chain([std::process::id()]) {
-            pin(pid, &list(rest))?;
+            pin(pid, &rest)?;
         }
         Ok(Isolated {
-            described: format!(
-                "the worker alone on CPU {first}, the suite and the transmission unit on CPU {}",
-                list(rest)
-            ),
+            described: format!("the worker alone on CPU {first}, the suite and the transmission unit on CPU {rest}"),
             all,
         })
     }

@@ -14,17 +14,17 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Instant;
 
-use dnet_proto::{ComputationRequest, ComputationResponse};
+use dnet_proto::ComputationResponse;
 use tch::Tensor;
-use tokio::sync::oneshot;
 use tracing::{error, info};
 
-use crate::batch::{self, BatchPolicy, Batchable, CostModel};
+use crate::batch::{self, BatchPolicy, CostModel};
+use crate::decoder;
+pub use crate::decoder::EncodedJob;
+pub use crate::job::{Job, Outcome};
 use crate::model::MultiExitInception;
 use crate::observer::EngineObserver;
-use crate::request::{
-    effective_threshold, error_response, hop_record, prepare_request, refusal, respond, Prepared, UnitSettings,
-};
+use crate::request::{effective_threshold, error_response, hop_record, respond, UnitSettings};
 use crate::settings::Precision;
 use crate::weights::{load, WeightSource, WeightsError};
 
@@ -32,70 +32,10 @@ use crate::weights::{load, WeightSource, WeightsError};
 /// stale by the time the model is free).
 pub const MAX_SHADOW_WAITING: usize = 16;
 
-/// A request waiting for the model.
-#[derive(Debug)]
-pub struct Job {
-    pub request: Prepared,
-    /// When the request reached the engine's caller (its wait starts here).
-    pub received: Instant,
-    /// Past this, nobody waits for the answer: the job is not computed.
-    pub deadline: Option<Instant>,
-    /// Where the outcome goes.
-    pub done: oneshot::Sender<Outcome>,
-}
-
-impl Batchable for Job {
-    fn start(&self) -> usize {
-        self.request.start
-    }
-    fn samples(&self) -> usize {
-        self.request.samples
-    }
-    fn deadline(&self) -> Option<Instant> {
-        self.deadline
-    }
-}
-
-/// A request the model thread checks and decodes itself, on arrival and in
-/// arrival order: off the callers' threads (a large or hostile request must
-/// not hold up the runtime that serves gRPC or the broker session), and in
-/// the order requests came, which batching follows.
-#[derive(Debug)]
-pub struct EncodedJob {
-    pub request: ComputationRequest,
-    /// Units that ended holding it, as its carrier counted (the queue's
-    /// redeliveries); the larger of this and the request's own is kept.
-    pub attempts: u32,
-    /// When the request reached the engine's caller.
-    pub received: Instant,
-    pub deadline: Option<Instant>,
-    /// Where the outcome goes: a refusal (ERROR) if it does not pass the checks.
-    pub done: oneshot::Sender<Outcome>,
-}
-
 /// The model thread has ended: nothing more is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the model thread has ended")]
 pub struct Stopped;
-
-/// What goes to the model thread.
-#[derive(Debug)]
-enum Incoming {
-    Decoded(Job),
-    Encoded(EncodedJob),
-}
-
-/// What became of a job.
-#[derive(Debug)]
-pub enum Outcome {
-    /// Computed: publish this reply.
-    Reply(Box<ComputationResponse>),
-    /// Not computed because the engine is stopping: give it back.
-    Requeue,
-    /// Not computed: its deadline passed while it waited, or would pass
-    /// before a forward of it could end.
-    Expired,
-}
 
 /// How the engine computes, besides what a unit does with requests.
 #[derive(Clone, Debug)]
@@ -107,10 +47,14 @@ pub struct EngineSettings {
     pub batching: BatchPolicy,
 }
 
-/// Handle to the compute thread.
+/// Handle to the decode and compute threads.
 #[derive(Debug)]
 pub struct Engine {
-    jobs: mpsc::Sender<Incoming>,
+    /// Requests for the decode thread (`decoder.rs`).
+    encoded: mpsc::Sender<EncodedJob>,
+    decoder: std::thread::JoinHandle<()>,
+    /// Decoded jobs for the model thread.
+    jobs: mpsc::Sender<Job>,
     stopping: Arc<AtomicBool>,
     /// Jobs submitted and not yet taken into a forward or settled otherwise.
     waiting: Arc<AtomicUsize>,
@@ -147,8 +91,8 @@ struct Worker {
 }
 
 impl Engine {
-    /// Starts the thread, loads the weights there, and returns once the model
-    /// is ready (or failed to load).
+    /// Starts the model thread, loads the weights there, then the decode
+    /// thread, and returns once the model is ready (or failed to load).
     ///
     /// # Errors
     /// The weights could not be loaded; the message names what is wrong.
@@ -158,12 +102,13 @@ impl Engine {
         settings: EngineSettings,
         observer: Arc<dyn EngineObserver>,
     ) -> Result<Engine, WeightsError> {
-        let (jobs, queue) = mpsc::channel::<Incoming>();
+        let (jobs, queue) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel();
         let stopping = Arc::new(AtomicBool::new(false));
         let stop_flag = Arc::clone(&stopping);
         let waiting = Arc::new(AtomicUsize::new(0));
         let waiting_count = Arc::clone(&waiting);
+        let decode_unit = unit.clone();
         let thread = std::thread::Builder::new()
             .name("model".into())
             .spawn(move || {
@@ -200,18 +145,30 @@ impl Engine {
                 message: e.to_string(),
             })?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(Engine {
-                jobs,
-                stopping,
-                waiting,
-                thread,
-            }),
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(WeightsError::Read {
-                path: "(model thread)".into(),
-                message: "the model thread died while loading".into(),
-            }),
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(error),
+            Err(_) => {
+                return Err(WeightsError::Read {
+                    path: "(model thread)".into(),
+                    message: "the model thread died while loading".into(),
+                })
+            }
         }
+        let (encoded, encoded_queue) = mpsc::channel::<EncodedJob>();
+        let decoder = decoder::spawn(encoded_queue, decode_unit, jobs.clone(), Arc::clone(&waiting)).map_err(|e| {
+            WeightsError::Read {
+                path: "(decode thread)".into(),
+                message: e.to_string(),
+            }
+        })?;
+        Ok(Engine {
+            encoded,
+            decoder,
+            jobs,
+            stopping,
+            waiting,
+            thread,
+        })
     }
 
     /// Queues a job.
@@ -219,21 +176,21 @@ impl Engine {
     /// # Errors
     /// The compute thread is gone.
     pub fn submit(&self, job: Job) -> Result<(), Stopped> {
-        self.send(Incoming::Decoded(job))
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.jobs.send(job).map_err(|_| {
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            Stopped
+        })
     }
 
-    /// Queues a request for the model thread to check and decode (see
-    /// [`EncodedJob`]).
+    /// Queues a request for the decode thread to check and decode, in
+    /// arrival order, on its way to the model thread (`decoder.rs`).
     ///
     /// # Errors
-    /// The compute thread is gone.
+    /// The decode thread is gone.
     pub fn submit_encoded(&self, job: EncodedJob) -> Result<(), Stopped> {
-        self.send(Incoming::Encoded(job))
-    }
-
-    fn send(&self, incoming: Incoming) -> Result<(), Stopped> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
-        self.jobs.send(incoming).map_err(|_| {
+        self.encoded.send(job).map_err(|_| {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
             Stopped
         })
@@ -253,6 +210,12 @@ impl Engine {
 
     /// Ends the thread after the jobs already queued, and waits for it.
     pub fn join(self) {
+        // The decode thread hands on what it was given, then lets go of its
+        // sender of jobs; the model thread ends once no sender is left.
+        drop(self.encoded);
+        if self.decoder.join().is_err() {
+            error!("the decode thread panicked");
+        }
         drop(self.jobs);
         if self.thread.join().is_err() {
             error!("the model thread panicked");
@@ -262,12 +225,12 @@ impl Engine {
 
 impl Worker {
     /// Forms and computes batches until every sender is gone.
-    fn run(mut self, queue: &mpsc::Receiver<Incoming>) {
+    fn run(mut self, queue: &mpsc::Receiver<Job>) {
         let mut lanes = Lanes::default();
         loop {
             if lanes.is_empty() {
                 match queue.recv() {
-                    Ok(incoming) => self.admit(incoming, &mut lanes),
+                    Ok(job) => self.queue(job, &mut lanes),
                     Err(_) => {
                         info!(
                             forwards = self.forwards,
@@ -278,8 +241,8 @@ impl Worker {
                     }
                 }
             }
-            for incoming in queue.try_iter() {
-                self.admit(incoming, &mut lanes);
+            for job in queue.try_iter() {
+                self.queue(job, &mut lanes);
             }
             // Shadow work only when no ordinary request waits.
             let shadow = lanes.ordinary.is_empty();
@@ -314,13 +277,6 @@ impl Worker {
         }
     }
 
-    /// Takes an incoming request into its lane once checked and decoded.
-    fn admit(&mut self, incoming: Incoming, lanes: &mut Lanes) {
-        if let Some(job) = self.intake(incoming) {
-            self.queue(job, lanes);
-        }
-    }
-
     /// Puts a job in its lane; a shadow job beyond [`MAX_SHADOW_WAITING`]
     /// drops the oldest.
     fn queue(&mut self, job: Job, lanes: &mut Lanes) {
@@ -338,52 +294,19 @@ impl Worker {
 
     /// Lets a batch that is not full wait up to the batch timeout for more
     /// jobs of its start layer; jobs of other start layers queue up.
-    fn wait_for_more(&mut self, queue: &mpsc::Receiver<Incoming>, batch: &mut Vec<Job>, lanes: &mut Lanes) {
+    fn wait_for_more(&mut self, queue: &mpsc::Receiver<Job>, batch: &mut Vec<Job>, lanes: &mut Lanes) {
         if self.batching.timeout.is_zero() {
             return;
         }
         let until = Instant::now() + self.batching.timeout;
         while batch::samples(batch) < self.batching.max_samples {
             let left = until.saturating_duration_since(Instant::now());
-            match queue.recv_timeout(left).map(|incoming| self.intake(incoming)) {
-                Ok(Some(job)) if !job.request.shadow && batch::fits(batch, &job, self.batching.max_samples) => {
+            match queue.recv_timeout(left) {
+                Ok(job) if !job.request.shadow && batch::fits(batch, &job, self.batching.max_samples) => {
                     batch.push(job);
                 }
-                Ok(Some(job)) => self.queue(job, lanes),
-                Ok(None) => {}
+                Ok(job) => self.queue(job, lanes),
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
-            }
-        }
-    }
-
-    /// A job ready to wait for a batch, or `None` when the request did not
-    /// pass the checks (answered ERROR here).
-    fn intake(&mut self, incoming: Incoming) -> Option<Job> {
-        let encoded = match incoming {
-            Incoming::Decoded(job) => return Some(job),
-            Incoming::Encoded(encoded) => encoded,
-        };
-        if encoded.deadline.is_some_and(|deadline| deadline <= Instant::now()) {
-            // Nobody waits for it any more: not even decoded.
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
-            let _ = encoded.done.send(Outcome::Expired);
-            return None;
-        }
-        match prepare_request(&encoded.request, &self.unit) {
-            Ok(mut request) => {
-                request.attempts = request.attempts.max(encoded.attempts);
-                Some(Job {
-                    request,
-                    received: encoded.received,
-                    deadline: encoded.deadline,
-                    done: encoded.done,
-                })
-            }
-            Err(refused) => {
-                self.waiting.fetch_sub(1, Ordering::Relaxed);
-                let reply = refusal(&self.unit, refused, encoded.received.elapsed());
-                let _ = encoded.done.send(Outcome::Reply(Box::new(reply)));
-                None
             }
         }
     }
@@ -466,9 +389,11 @@ mod tests {
 
     use dnet_proto::StatusCode;
     use tch::{Device, Kind};
+    use tokio::sync::oneshot;
 
     use super::*;
     use crate::model::DEFAULT_THRESHOLDS;
+    use crate::request::Prepared;
     use crate::weights::WeightSource;
 
     fn job(x: Tensor) -> (Job, oneshot::Receiver<Outcome>) {

@@ -12,6 +12,8 @@
 //! - `thresholds`: a unit's thresholds, changeable while it runs; bounds of a request's own.
 //! - `request`: one request, bytes in, response out (decode, validate, forward, decide, encode).
 //! - `batch`: the batching policy: which waiting requests run together.
+//! - `job`: a request waiting for the model, and what became of it.
+//! - `decoder`: the thread that checks and decodes requests for the model thread, in arrival order.
 //! - `engine`: the OS thread that owns the model and runs one batch at a time.
 //! - `observer`: what the engine reports (forwards, waits) to the program that runs it.
 //! - `settings`: the model's settings as plain values, and the text forms of each.
@@ -20,7 +22,9 @@ pub mod batch;
 pub mod blocks;
 pub mod codec;
 pub mod decision;
+pub mod decoder;
 pub mod engine;
+pub mod job;
 pub mod model;
 pub mod observer;
 pub mod request;

@@ -181,6 +181,14 @@ impl TransmissionUnit {
     ) -> anyhow::Result<TransmissionUnit> {
         let mut unit = TransmissionUnit::launch_direct_unit(exit, seed, extra, hosts).await?;
         unit.process.wait_for_event("model ready", READY_WITHIN).await?;
+        // The model thread says "model ready" before the unit has taken the
+        // engine: calls count once its health says so.
+        crate::grpc::wait_for_health(
+            unit.address,
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+            READY_WITHIN,
+        )
+        .await?;
         Ok(unit)
     }
 

@@ -1,0 +1,46 @@
+//! A request waiting for the model thread, and what became of it: what the
+//! decode thread hands on and the model thread computes or settles.
+
+use std::time::Instant;
+
+use dnet_proto::ComputationResponse;
+use tokio::sync::oneshot;
+
+use crate::batch::Batchable;
+use crate::request::Prepared;
+
+/// A request waiting for the model.
+#[derive(Debug)]
+pub struct Job {
+    pub request: Prepared,
+    /// When the request reached the engine's caller (its wait starts here).
+    pub received: Instant,
+    /// Past this, nobody waits for the answer: the job is not computed.
+    pub deadline: Option<Instant>,
+    /// Where the outcome goes.
+    pub done: oneshot::Sender<Outcome>,
+}
+
+impl Batchable for Job {
+    fn start(&self) -> usize {
+        self.request.start
+    }
+    fn samples(&self) -> usize {
+        self.request.samples
+    }
+    fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+}
+
+/// What became of a job.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Computed: publish this reply.
+    Reply(Box<ComputationResponse>),
+    /// Not computed because the engine is stopping: give it back.
+    Requeue,
+    /// Not computed: its deadline passed while it waited, or would pass
+    /// before a forward of it could end.
+    Expired,
+}

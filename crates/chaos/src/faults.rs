@@ -91,9 +91,9 @@ async fn kill_a_worker(broker: &Broker, duration: Duration) -> anyhow::Result<Ro
     // The killed worker has no metrics left: what counts is what the survivor
     // received; its log still says what it answered before it died.
     let ran = Ran {
-        units: &[&unit],
-        workers: &[&survivor],
-        replaced_logs: &[doomed.process.log()],
+        units: vec![&unit],
+        workers: vec![&survivor],
+        replaced_logs: vec![doomed.process.log()],
     };
     let mut row = Row::of("kill -9 one of two workers", tally?, ANSWER_EXIT, ran, String::new()).await?;
     row.note = format!(
@@ -136,16 +136,8 @@ async fn restart_the_broker(duration: Duration, retries: bool) -> anyhow::Result
         fault
     );
     let (tally, back) = (tally?, back?);
-    let note = match tally.recovery_after(back) {
-        Some(s) => format!("first answer {s:.1} s after the broker was back"),
-        None => "no answer after the broker was back".into(),
-    };
-    let ran = Ran {
-        units: &[&unit],
-        workers: &[&worker],
-        replaced_logs: &[],
-    };
-    let row = Row::of(&name, tally, ANSWER_EXIT, ran, note).await?;
+    let note = tally.recovery_note(back, "the broker was back");
+    let row = Row::of(&name, tally, ANSWER_EXIT, Ran::one(&unit, &worker), note).await?;
     drop((worker, unit, queue));
     Ok(row)
 }
@@ -175,14 +167,11 @@ async fn restart_the_next_unit(broker: &Broker, duration: Duration, retries: boo
         fault
     );
     let (tally, second) = (tally?, restarted?);
-    let note = match tally.recovery_after(back) {
-        Some(s) => format!("first answer {s:.1} s after the restart"),
-        None => "no answer after the restart".into(),
-    };
+    let note = tally.recovery_note(back, "the restart");
     let ran = Ran {
-        units: &[&first, &second],
-        workers: &[&w1, &w2],
-        replaced_logs: &[],
+        units: vec![&first, &second],
+        workers: vec![&w1, &w2],
+        replaced_logs: Vec::new(),
     };
     Row::of(&name, tally, ANSWER_EXIT, ran, note).await
 }
@@ -206,9 +195,9 @@ async fn slow_cutting_link(broker: &Broker, duration: Duration) -> anyhow::Resul
         tally.max_over_deadline_ms.max(0.0)
     );
     let ran = Ran {
-        units: &[&first, &second],
-        workers: &[&w1, &w2],
-        replaced_logs: &[],
+        units: vec![&first, &second],
+        workers: vec![&w1, &w2],
+        replaced_logs: Vec::new(),
     };
     Row::of("slow link that cuts connections", tally, ANSWER_EXIT, ran, note).await
 }
@@ -232,16 +221,11 @@ async fn stall_a_worker(broker: &Broker, duration: Duration) -> anyhow::Result<R
     let tally = tally?;
     stalled?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let ran = Ran {
-        units: &[&unit],
-        workers: &[&worker],
-        replaced_logs: &[],
-    };
     Row::of(
         "worker stalled (SIGSTOP)",
         tally,
         ANSWER_EXIT,
-        ran,
+        Ran::one(&unit, &worker),
         "stalled 3 s with a 1 s deadline".into(),
     )
     .await

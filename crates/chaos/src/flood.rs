@@ -83,16 +83,11 @@ pub async fn flood_a_stalled_unit(broker: &Broker) -> anyhow::Result<Row> {
         if peak >> 20 <= BOUND_MIB { "under" } else { "OVER" },
         if ninth.is_ok() { "answered" } else { "failed" },
     );
-    let ran = Ran {
-        units: &[&unit],
-        workers: &[&worker],
-        replaced_logs: &[],
-    };
     let mut row = Row::of(
         "flood: 8 x 64 calls of 30 MB, worker stalled",
         tally,
         ANSWER_EXIT,
-        ran,
+        Ran::one(&unit, &worker),
         note,
     )
     .await?;

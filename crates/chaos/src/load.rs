@@ -46,6 +46,14 @@ impl Tally {
             .map(|t| t.duration_since(since).as_secs_f64())
     }
 
+    /// "first answer N s after `event`", or "no answer after `event`".
+    pub fn recovery_note(&self, since: Instant, event: &str) -> String {
+        match self.recovery_after(since) {
+            Some(s) => format!("first answer {s:.2} s after {event}"),
+            None => format!("no answer after {event}"),
+        }
+    }
+
     /// Answers per second inside the window of `length` from `start`: calls
     /// answered within `deadline` whose answer came before the window closed.
     /// A load's last calls end after its window; counting them would credit

@@ -9,9 +9,11 @@
 //! link), `faults` (processes and links failing), `overload` (overload, a
 //! stall then a burst, a poison request), `cpus` (the overload's worker on a
 //! CPU of its own), `twice` (work done twice), `flood` (large calls against
-//! a stalled unit), `report` (rows and the table).
+//! a stalled unit), `counters` (counters summed over programs), `report`
+//! (rows and the table).
 //! Processes, queues and the private broker come from `dnet-testkit`.
 
+mod counters;
 mod cpus;
 mod faults;
 mod flood;

@@ -3,11 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use dnet_proto::{ComputationRequest, DNetClient, Data, StatusCode};
 use dnet_testkit::{Broker, ComputationUnit, TestQueue};
 use safetensors::tensor::{Dtype, TensorView};
 
+use crate::counters;
 use crate::cpus::Isolated;
 use crate::faults::{unit, worker, ANSWER_EXIT, SEED};
 use crate::load::{closed_loop, open_loop};
@@ -39,11 +39,7 @@ pub async fn all(broker: &Broker, duration: Duration) -> anyhow::Result<Vec<Row>
 
 /// A counter of a worker, which must be readable.
 async fn counter(worker: &ComputationUnit, name: &str) -> anyhow::Result<f64> {
-    worker
-        .metrics()
-        .await
-        .context("reading a worker's metrics")?
-        .value(name)
+    counters::total(name, [worker.metrics()]).await
 }
 
 /// The worker's forward passes so far: how many, their time, and when read.
@@ -170,16 +166,11 @@ async fn overload(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
         capacity.forwards,
         cpus.described,
     );
-    let ran = Ran {
-        units: &[&unit],
-        workers: &[&worker],
-        replaced_logs: &[],
-    };
     Row::of(
         "overload: 3x capacity, 500 ms deadlines",
         tally,
         FULL_NETWORK,
-        ran,
+        Ran::one(&unit, &worker),
         note,
     )
     .await
@@ -206,25 +197,17 @@ async fn stall_then_burst(broker: &Broker, duration: Duration) -> anyhow::Result
     let (tally, resumed) = (tally?, resumed?);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let expired = counter(&worker, "dnet_expired_total").await?;
-    let recovery = tally.recovery_after(resumed).map_or_else(
-        || "no answer after".to_owned(),
-        |s| format!("first answer {s:.2} s after"),
-    );
+    let recovery = tally.recovery_note(resumed, "it resumed");
     let note = format!(
-        "{rate:.0} calls/s; the worker stopped {} s: {expired:.0} expired jobs skipped; {recovery} it resumed \
+        "{rate:.0} calls/s; the worker stopped {} s: {expired:.0} expired jobs skipped; {recovery} \
          (goal < 1 s)",
         stall.as_secs()
     );
-    let ran = Ran {
-        units: &[&unit],
-        workers: &[&worker],
-        replaced_logs: &[],
-    };
     Row::of(
         "stall then burst (SIGSTOP 5 s, 1 s deadlines)",
         tally,
         ANSWER_EXIT,
-        ran,
+        Ran::one(&unit, &worker),
         note,
     )
     .await
@@ -290,19 +273,15 @@ async fn poison(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
     let ((tally, answer), deaths) = tokio::join!(work, restarts);
     let (tally, answer, deaths) = (tally?, answer?, deaths?);
     let poisoned_answer = describe(answer);
-    let mut poisoned_total = 0.0;
-    for worker in &workers {
-        poisoned_total += counter(worker, "dnet_worker_poisoned_total").await?;
-    }
+    let poisoned_total = counters::total("dnet_worker_poisoned_total", workers.iter().map(|w| w.metrics())).await?;
     let note = format!(
         "the poison request (start layer 3, --max-attempts 3) stopped {deaths} workers (each restarted) and was \
          {poisoned_answer}; the surviving workers count {poisoned_total:.0} poisoned"
     );
-    let live: Vec<&ComputationUnit> = workers.iter().collect();
     let ran = Ran {
-        units: &[&unit],
-        workers: &live,
-        replaced_logs: &replaced_logs,
+        units: vec![&unit],
+        workers: workers.iter().collect(),
+        replaced_logs,
     };
     Row::of(
         "poison: a request that kills its workers",

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use dnet_testkit::{ComputationUnit, TransmissionUnit};
 
+use crate::counters;
 use crate::load::{self, Tally};
 use crate::twice::{self, Twice};
 use crate::verify::Check;
@@ -31,10 +31,21 @@ pub struct Row {
 
 /// What a scenario ran, for the counts its row reads from them.
 pub struct Ran<'a> {
-    pub units: &'a [&'a TransmissionUnit],
-    pub workers: &'a [&'a ComputationUnit],
+    pub units: Vec<&'a TransmissionUnit>,
+    pub workers: Vec<&'a ComputationUnit>,
     /// The logs of workers replaced during the scenario.
-    pub replaced_logs: &'a [String],
+    pub replaced_logs: Vec<String>,
+}
+
+impl<'a> Ran<'a> {
+    /// One unit and its one worker, none replaced.
+    pub fn one(unit: &'a TransmissionUnit, worker: &'a ComputationUnit) -> Self {
+        Ran {
+            units: vec![unit],
+            workers: vec![worker],
+            replaced_logs: Vec::new(),
+        }
+    }
 }
 
 impl Row {
@@ -49,26 +60,13 @@ impl Row {
             tally,
             answer_exit,
             check: Check::default(),
-            redelivered: redelivered(ran.workers).await?,
-            twice: twice::count(ran.units, ran.workers, ran.replaced_logs).await?,
+            redelivered: counters::total("dnet_worker_redelivered_total", ran.workers.iter().map(|w| w.metrics()))
+                .await? as u64,
+            twice: twice::count(&ran.units, &ran.workers, &ran.replaced_logs).await?,
             failures: Vec::new(),
             note,
         })
     }
-}
-
-/// Redeliveries counted by these workers; a worker whose metrics cannot be
-/// read fails the scenario rather than counting 0.
-async fn redelivered(workers: &[&ComputationUnit]) -> anyhow::Result<u64> {
-    let mut total = 0.0;
-    for worker in workers {
-        total += worker
-            .metrics()
-            .await
-            .context("reading a worker's redeliveries")?
-            .value("dnet_worker_redelivered_total")?;
-    }
-    Ok(total as u64)
 }
 
 /// The Markdown table of all rows.

@@ -7,8 +7,9 @@
 
 use std::collections::HashMap;
 
-use anyhow::Context;
 use dnet_testkit::{ComputationUnit, TransmissionUnit};
+
+use crate::counters;
 
 /// The workers' log filter: their own lines at info, and the line each
 /// answered request leaves (with its correlation id) at debug.
@@ -47,14 +48,7 @@ pub async fn count(
             }
         }
     }
-    let mut late_replies = 0.0;
-    for unit in units {
-        late_replies += unit
-            .metrics()
-            .await
-            .context("reading a unit's late replies")?
-            .value("dnet_late_replies_total")?;
-    }
+    let late_replies = counters::total("dnet_late_replies_total", units.iter().map(|u| u.metrics())).await?;
     Ok(Twice {
         computed_again: answered.values().map(|n| n.saturating_sub(1)).sum(),
         late_replies: late_replies as u64,

@@ -58,13 +58,7 @@ pub async fn closed_loop(context: Arc<Context>, concurrency: u64, until: Until) 
             }
         })
     });
-    let records = futures::future::join_all(callers)
-        .await
-        .into_iter()
-        .flat_map(Result::unwrap_or_default)
-        .collect();
-    bar.finish_and_clear();
-    records
+    gather(callers, &bar).await
 }
 
 /// Requests at `rate` per second on average, with exponential gaps
@@ -84,17 +78,27 @@ pub async fn open_loop(context: Arc<Context>, rate: f64, seed: u64, until: Until
             let sample = context.inputs.request(index, context.samples_per_request);
             let record = call::run(index, sample, &context).await;
             bar.inc(1);
-            record
+            Some(record)
         }));
         index += 1;
         // Exponential gap: -ln(U) / rate, with U uniform in (0, 1].
         let uniform = ((splitmix64(&mut state) >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
         due += Duration::from_secs_f64(-uniform.ln() / rate);
     }
-    let records = futures::future::join_all(calls)
+    gather(calls, &bar).await
+}
+
+/// The records of every task, once all have ended; then the bar is cleared.
+/// A task that panicked leaves no records.
+async fn gather<R: IntoIterator<Item = Record>>(
+    tasks: impl IntoIterator<Item = tokio::task::JoinHandle<R>>,
+    bar: &ProgressBar,
+) -> Vec<Record> {
+    let records = futures::future::join_all(tasks)
         .await
         .into_iter()
-        .filter_map(Result::ok)
+        .flatten()
+        .flatten()
         .collect();
     bar.finish_and_clear();
     records

@@ -170,7 +170,7 @@ where
         if request.uri().path() != COMPUTE_PATH {
             return Box::pin(self.inner.call(request));
         }
-        let shadow = request.headers().contains_key(crate::shadow::SHADOW_HEADER);
+        let shadow = request.headers().contains_key(dnet_proto::SHADOW_HEADER);
         match self.admission.admit(connections::of(&request), shadow) {
             Ok(slot) => {
                 let answer = self.inner.call(request);

@@ -92,7 +92,7 @@ impl NextUnit {
         request.set_timeout(remaining);
         if shadow {
             request.metadata_mut().insert(
-                crate::shadow::SHADOW_HEADER,
+                dnet_proto::SHADOW_HEADER,
                 tonic::metadata::MetadataValue::from_static("1"),
             );
         }

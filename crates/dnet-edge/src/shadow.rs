@@ -30,9 +30,6 @@ use crate::next_unit::NextUnit;
 pub const SHADOW_BUDGET: Duration = Duration::from_secs(2);
 /// Shadow calls out at once; more samples are dropped, not queued.
 pub const MAX_SHADOW_IN_FLIGHT: usize = 8;
-/// The gRPC metadata that marks a shadow call, so that admission can refuse
-/// it first, before reading its message.
-pub const SHADOW_HEADER: &str = "dnet-shadow";
 
 /// Sends shadow work and feeds its outcomes to the agreement.
 #[derive(Debug)]

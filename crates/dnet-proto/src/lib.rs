@@ -3,7 +3,8 @@
 //! `unit.DNet`. The model library uses the messages alone.
 //!
 //! Layout: everything is generated; `FILE_DESCRIPTOR_SET` feeds gRPC server
-//! reflection; `micros` is how hop records count time.
+//! reflection; `micros` is how hop records count time; `SHADOW_HEADER` is
+//! the call metadata that marks shadow work.
 
 #![allow(missing_docs, clippy::all)]
 
@@ -20,6 +21,11 @@ pub use computation_response::{Data, StatusCode};
 pub use d_net_client::DNetClient;
 #[cfg(feature = "grpc")]
 pub use d_net_server::{DNet, DNetServer};
+
+/// The gRPC metadata that marks a shadow call (`--shadow-rate`): the calling
+/// unit sets it, and the called unit's admission reads it to refuse shadow
+/// work first, before reading its message.
+pub const SHADOW_HEADER: &str = "dnet-shadow";
 
 /// Whole microseconds of `duration`, saturating: hop records carry u64 microseconds.
 #[must_use]

@@ -6,7 +6,7 @@
 //! region and took a CPU from every other process; three units with 2
 //! threads each on 2 CPUs answered about 20/s instead of about 100/s.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -15,7 +15,7 @@ use std::time::Instant;
 use dnet_proto::ComputationRequest;
 use tokio::sync::oneshot;
 
-use crate::job::{Job, Outcome};
+use crate::job::{settle, Job, Outcome};
 use crate::request::{prepare_request, refusal, UnitSettings};
 
 /// A request as it came, for the decode thread to check and decode.
@@ -48,8 +48,7 @@ pub fn spawn(
     std::thread::Builder::new().name("decode".into()).spawn(move || {
         for job in encoded.iter().filter_map(|e| decode(e, &unit, &waiting)) {
             if let Err(mpsc::SendError(job)) = jobs.send(job) {
-                waiting.fetch_sub(1, Ordering::Relaxed);
-                let _ = job.done.send(Outcome::Requeue);
+                settle(&waiting, job.done, Outcome::Requeue);
             }
         }
     })
@@ -60,8 +59,7 @@ pub fn spawn(
 fn decode(encoded: EncodedJob, unit: &UnitSettings, waiting: &AtomicUsize) -> Option<Job> {
     if encoded.deadline.is_some_and(|deadline| deadline <= Instant::now()) {
         // Nobody waits for it any more: not even decoded.
-        waiting.fetch_sub(1, Ordering::Relaxed);
-        let _ = encoded.done.send(Outcome::Expired);
+        settle(waiting, encoded.done, Outcome::Expired);
         return None;
     }
     match prepare_request(&encoded.request, unit) {
@@ -75,9 +73,8 @@ fn decode(encoded: EncodedJob, unit: &UnitSettings, waiting: &AtomicUsize) -> Op
             })
         }
         Err(refused) => {
-            waiting.fetch_sub(1, Ordering::Relaxed);
             let reply = refusal(unit, refused, encoded.received.elapsed());
-            let _ = encoded.done.send(Outcome::Reply(Box::new(reply)));
+            settle(waiting, encoded.done, Outcome::Reply(Box::new(reply)));
             None
         }
     }

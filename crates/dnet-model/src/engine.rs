@@ -176,11 +176,7 @@ impl Engine {
     /// # Errors
     /// The compute thread is gone.
     pub fn submit(&self, job: Job) -> Result<(), Stopped> {
-        self.waiting.fetch_add(1, Ordering::Relaxed);
-        self.jobs.send(job).map_err(|_| {
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
-            Stopped
-        })
+        self.send_counted(&self.jobs, job)
     }
 
     /// Queues a request for the decode thread to check and decode, in
@@ -189,8 +185,14 @@ impl Engine {
     /// # Errors
     /// The decode thread is gone.
     pub fn submit_encoded(&self, job: EncodedJob) -> Result<(), Stopped> {
+        self.send_counted(&self.encoded, job)
+    }
+
+    /// Counts `item` as waiting and sends it; counted out again if the
+    /// thread behind `to` is gone.
+    fn send_counted<T>(&self, to: &mpsc::Sender<T>, item: T) -> Result<(), Stopped> {
         self.waiting.fetch_add(1, Ordering::Relaxed);
-        self.encoded.send(job).map_err(|_| {
+        to.send(item).map_err(|_| {
             self.waiting.fetch_sub(1, Ordering::Relaxed);
             Stopped
         })
@@ -316,8 +318,7 @@ impl Worker {
         if matches!(outcome, Outcome::Requeue) {
             self.given_back += 1;
         }
-        self.waiting.fetch_sub(1, Ordering::Relaxed);
-        let _ = job.done.send(outcome);
+        crate::job::settle(&self.waiting, job.done, outcome);
     }
 
     /// One forward pass over `batch`; every job gets its reply.

@@ -1,6 +1,7 @@
 //! A request waiting for the model thread, and what became of it: what the
 //! decode thread hands on and the model thread computes or settles.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use dnet_proto::ComputationResponse;
@@ -43,4 +44,11 @@ pub enum Outcome {
     /// Not computed: its deadline passed while it waited, or would pass
     /// before a forward of it could end.
     Expired,
+}
+
+/// Ends a job without computing it: it no longer counts in `waiting`, and
+/// `outcome` goes to whoever waits for it.
+pub(crate) fn settle(waiting: &AtomicUsize, done: oneshot::Sender<Outcome>, outcome: Outcome) {
+    waiting.fetch_sub(1, Ordering::Relaxed);
+    let _ = done.send(outcome);
 }

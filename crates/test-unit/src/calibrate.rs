@@ -10,6 +10,7 @@
 //! is a point where lowering any one threshold enough to exit one more input
 //! there would miss the target.
 
+use dnet_calibration::choice::{lowest_threshold, meets, Candidate};
 use dnet_model::model::SIDE_EXITS;
 
 use crate::exit_table::{ExitTable, EXITS};
@@ -87,12 +88,6 @@ pub fn matching(table: &ExitTable, reference: Reference, cascade: &Cascade) -> u
         .count()
 }
 
-/// Whether `matched` of `inputs` reaches `target` (a share).
-#[must_use]
-pub fn meets(matched: usize, inputs: usize, target: f64) -> bool {
-    matched as f64 >= target * inputs as f64
-}
-
 /// Chooses thresholds for `exits` (the cascade's side exits) so that at
 /// least `target` of the inputs are answered as `reference` answers them,
 /// exiting as early as that allows.
@@ -117,7 +112,7 @@ pub fn choose(table: &ExitTable, target: Target, exits: &[usize]) -> Result<Casc
         exits: exits.to_vec(),
     };
     let start = matching(table, reference, &cascade);
-    if !meets(start, n, target) {
+    if !meets(i64::try_from(start).unwrap_or(i64::MAX), n, target) {
         return Err(format!(
             "exit 16 alone answers {:.4} of these {n} inputs as the reference, under the target {target}: \
              calibrate starts from exit 16 alone and lowers thresholds only while the target holds; \
@@ -130,44 +125,29 @@ pub fn choose(table: &ExitTable, target: Target, exits: &[usize]) -> Result<Casc
 }
 
 /// Lowers exit `e`'s threshold as far as the target allows, the others
-/// fixed; whether it moved.
-///
-/// The inputs that reach `e` and do not exit there yet would exit there in
-/// order of falling confidence as the threshold goes down; each changes the
-/// count of matching answers by its match at `e` minus its match where it
-/// exits now. The lowest confidence at which the running count still meets
-/// the target is where the threshold goes: halfway between that input's
-/// confidence and the next lower one, so that the rounding of another batch
-/// size cannot move an input across it (0 when every input that reaches `e`
-/// exits there).
+/// fixed; whether it moved. The step itself (`dnet_calibration::choice`)
+/// is the one a unit's live calibration takes over its window.
 fn lower(table: &ExitTable, reference: Reference, target: f64, cascade: &mut Cascade, e: usize) -> bool {
     // Inputs that reach `e` and go past it: below its threshold.
-    let mut waiting: Vec<(f32, i64)> = (0..table.len())
+    let mut waiting: Vec<Candidate> = (0..table.len())
         .filter(|&i| cascade.exit_of(table, i) > e)
         .map(|i| {
             let now = cascade.exit_after(table, i, e);
-            let gain = i64::from(matches(table, reference, i, e)) - i64::from(matches(table, reference, i, now));
-            (table.confidence[i][e - 1], gain)
+            Candidate {
+                confidence: table.confidence[i][e - 1],
+                gain: i64::from(matches(table, reference, i, e)) - i64::from(matches(table, reference, i, now)),
+            }
         })
         .collect();
-    waiting.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let mut matched = i64::try_from(matching(table, reference, cascade)).unwrap_or(i64::MAX);
-    let mut lowest = None;
-    let mut k = 0;
-    while k < waiting.len() {
-        let confidence = waiting[k].0;
-        while k < waiting.len() && waiting[k].0 == confidence {
-            matched += waiting[k].1;
-            k += 1;
+    let matched = i64::try_from(matching(table, reference, cascade)).unwrap_or(i64::MAX);
+    let inputs = table.len();
+    match lowest_threshold(&mut waiting, matched, |m| meets(m, inputs, target)) {
+        Some(threshold) => {
+            cascade.thresholds[e - 1] = threshold;
+            true
         }
-        if meets(usize::try_from(matched).unwrap_or(0), table.len(), target) {
-            lowest = Some(k);
-        }
+        None => false,
     }
-    let Some(end) = lowest else { return false };
-    let exiting = f64::from(waiting[end - 1].0);
-    cascade.thresholds[e - 1] = waiting.get(end).map_or(0.0, |next| (exiting + f64::from(next.0)) / 2.0);
-    true
 }
 
 /// How a cascade does on the data, in total and at each exit.

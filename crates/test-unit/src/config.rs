@@ -62,6 +62,12 @@ pub struct Args {
     #[arg(long, env = "DNET_SEED", default_value_t = 0)]
     pub seed: u64,
 
+    /// Gaussian noise of this standard deviation on every pixel (on the
+    /// 0..1 scale, clipped to it), the same for a sample in every run
+    /// (--seed): changed inputs, as live traffic drifts.
+    #[arg(long, env = "DNET_NOISE", default_value_t = 0.0, value_parser = noise)]
+    pub noise: f64,
+
     /// Samples (images) per request: request i carries the inputs i*N to
     /// i*N+N-1, the units answer each at its own exit, and the report counts
     /// exits and accuracy per sample. Needs -e 0 and no --legacy-pickle
@@ -174,9 +180,14 @@ pub struct CalibrateArgs {
     #[arg(long, group = "data", value_name = "N")]
     pub synthetic: Option<u64>,
 
-    /// Seed of the synthetic images.
+    /// Seed of the synthetic images and of --noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+
+    /// Gaussian noise of this standard deviation on every pixel, as
+    /// test-unit --noise adds it (same --seed: the same noisy inputs).
+    #[arg(long, default_value_t = 0.0, value_parser = noise)]
+    pub noise: f64,
 
     /// Choose thresholds so that at least this share of inputs get the answer
     /// exit 16 gives them (no labels needed), e.g. 0.99.
@@ -304,4 +315,14 @@ pub fn parse_exits(text: &str) -> Result<LocalExits, String> {
         return Err(format!("local exits must rise: {text}"));
     }
     Ok(LocalExits(exits))
+}
+
+/// Parses a noise level: a standard deviation in 0..=1 of the 0..1 pixel scale.
+fn noise(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(sigma) if (0.0..=1.0).contains(&sigma) => Ok(sigma),
+        _ => Err(format!(
+            "'{text}' is not a standard deviation in 0..1 (pixels are on the 0..1 scale)"
+        )),
+    }
 }

@@ -1,5 +1,7 @@
 //! Images to send: CIFAR-10 binary records, or deterministic synthetic ones,
-//! normalised as docs/model-spec.md says (pixels / 255, then per-channel mean/std).
+//! normalised as docs/model-spec.md says (pixels / 255, then per-channel
+//! mean/std); optionally with Gaussian noise on the pixels (`--noise`), to
+//! change the inputs as live traffic drifts.
 
 use std::path::Path;
 
@@ -27,6 +29,11 @@ pub enum Inputs {
     Dataset { bytes: Vec<u8>, labelled: bool },
     /// Pseudo-random pixels from a seed.
     Synthetic(u64),
+    /// Another source's images with Gaussian noise of standard deviation
+    /// `sigma` added to every pixel (on the 0..1 scale, clipped to it),
+    /// drawn from `seed` and the sample's number: sample `i` is the same
+    /// noisy image in every run.
+    Noisy { images: Box<Inputs>, sigma: f64, seed: u64 },
 }
 
 impl Inputs {
@@ -57,10 +64,28 @@ impl Inputs {
         Ok(Inputs::Dataset { bytes, labelled })
     }
 
+    /// These images with Gaussian noise of `sigma` (0: none) drawn from `seed`.
+    #[must_use]
+    pub fn with_noise(self, sigma: f64, seed: u64) -> Inputs {
+        if sigma > 0.0 {
+            Inputs::Noisy {
+                images: Box::new(self),
+                sigma,
+                seed,
+            }
+        } else {
+            self
+        }
+    }
+
     /// Whether samples carry labels.
     #[must_use]
     pub fn labelled(&self) -> bool {
-        matches!(self, Inputs::Dataset { labelled: true, .. })
+        match self {
+            Inputs::Dataset { labelled, .. } => *labelled,
+            Inputs::Synthetic(_) => false,
+            Inputs::Noisy { images, .. } => images.labelled(),
+        }
     }
 
     /// Images in a file; `None` for synthetic ones (endless).
@@ -69,33 +94,46 @@ impl Inputs {
         match self {
             Inputs::Dataset { bytes, labelled } => Some((bytes.len() / record_bytes(*labelled)) as u64),
             Inputs::Synthetic(_) => None,
+            Inputs::Noisy { images, .. } => images.records(),
         }
     }
 
     /// Sample number `i` (the dataset cycles).
     #[must_use]
     pub fn get(&self, i: u64) -> Sample {
+        let (pixels, label) = self.pixels(i);
+        Sample {
+            image: normalise_values(&pixels),
+            labels: vec![label],
+        }
+    }
+
+    /// Sample `i`'s pixels on the 0..1 scale, and its label.
+    fn pixels(&self, i: u64) -> (Vec<f64>, Option<u8>) {
+        let scale = |pixels: &[u8]| pixels.iter().map(|&p| f64::from(p) / 255.0).collect();
         match self {
             Inputs::Dataset { bytes, labelled } => {
                 let size = record_bytes(*labelled);
                 let start = (i % (bytes.len() / size) as u64) as usize * size;
                 let record = &bytes[start..start + size];
-                let (label, pixels) = match record.split_first() {
-                    Some((&label, pixels)) if *labelled => (Some(label), pixels),
-                    _ => (None, record),
-                };
-                Sample {
-                    image: normalise(pixels),
-                    labels: vec![label],
+                match record.split_first() {
+                    Some((&label, pixels)) if *labelled => (scale(pixels), Some(label)),
+                    _ => (scale(record), None),
                 }
             }
             Inputs::Synthetic(seed) => {
                 let mut state = seed.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
                 let pixels: Vec<u8> = (0..PIXELS).map(|_| (splitmix64(&mut state) >> 56) as u8).collect();
-                Sample {
-                    image: normalise(&pixels),
-                    labels: vec![None],
+                (scale(&pixels), None)
+            }
+            Inputs::Noisy { images, sigma, seed } => {
+                let (mut pixels, label) = images.pixels(i);
+                let mut state = seed ^ i.wrapping_mul(0xD1B5_4A32_D192_ED03);
+                for pixel in &mut pixels {
+                    let noise = *sigma * gaussian(&mut state);
+                    *pixel = (*pixel + noise).clamp(0.0, 1.0);
                 }
+                (pixels, label)
             }
         }
     }
@@ -126,15 +164,29 @@ fn record_bytes(labelled: bool) -> usize {
 
 /// 3072 pixel bytes (R, G, B planes) -> normalised F32 [1, 3, 32, 32].
 pub fn normalise(pixels: &[u8]) -> Tensor {
+    let scaled: Vec<f64> = pixels.iter().map(|&p| f64::from(p) / 255.0).collect();
+    normalise_values(&scaled)
+}
+
+/// 3072 pixels on the 0..1 scale (R, G, B planes) -> normalised F32 [1, 3, 32, 32].
+fn normalise_values(pixels: &[f64]) -> Tensor {
     let values: Vec<f32> = pixels
         .iter()
         .enumerate()
         .map(|(i, &p)| {
             let channel = i / (32 * 32);
-            ((f64::from(p) / 255.0 - MEAN[channel]) / STD[channel]) as f32
+            ((p - MEAN[channel]) / STD[channel]) as f32
         })
         .collect();
     Tensor::from_slice(&values).reshape([1, 3, 32, 32]).to_kind(Kind::Float)
+}
+
+/// A standard normal draw (Box-Muller) from the generator's state.
+fn gaussian(state: &mut u64) -> f64 {
+    // 53 random bits in (0, 1]: the logarithm never sees 0.
+    let uniform = |state: &mut u64| ((splitmix64(state) >> 11) + 1) as f64 / (1_u64 << 53) as f64;
+    let (u, v) = (uniform(state), uniform(state));
+    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
 }
 
 /// SplitMix64: a small, good, seedable generator (synthetic pixels, arrivals).
@@ -160,6 +212,19 @@ mod tests {
         assert!((at(0) - (1.0 - 0.4914) / 0.2023).abs() < 1e-5);
         assert!((at(1) - (0.0 - 0.4822) / 0.1994).abs() < 1e-5);
         assert!((at(2) - (1.0 - 0.4465) / 0.2010).abs() < 1e-5);
+    }
+
+    #[test]
+    fn noise_is_the_same_for_a_sample_in_every_run_and_has_its_spread() {
+        let noisy = Inputs::Synthetic(3).with_noise(0.1, 7);
+        assert!(noisy.get(5).image.equal(&noisy.get(5).image));
+        let clean = Inputs::Synthetic(3).get(5).image;
+        // Back on the 0..1 scale of the first plane: the noise added.
+        let difference = (noisy.get(5).image - &clean).narrow(1, 0, 1) * STD[0];
+        let spread = difference.std(true).double_value(&[]);
+        // Clipping at 0 and 1 narrows it a little.
+        assert!((0.07..0.11).contains(&spread), "{spread}");
+        assert!(Inputs::Synthetic(3).with_noise(0.0, 7).get(5).image.equal(&clean));
     }
 
     #[test]

@@ -37,7 +37,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let inputs = match &args.dataset {
         Some(path) => Inputs::dataset(path)?,
         None => Inputs::Synthetic(args.seed),
-    };
+    }
+    .with_noise(args.noise, args.seed);
     let labelled = inputs.labelled();
     if args.legacy_pickle && !args.exit.0.is_empty() {
         anyhow::bail!("--legacy-pickle sends raw images as the original client did: it does not go with -e");

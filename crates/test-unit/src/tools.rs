@@ -56,6 +56,12 @@ pub fn calibrate(args: &CalibrateArgs) -> anyhow::Result<()> {
         ),
         (None, None) => anyhow::bail!("give --dataset FILE or --synthetic N"),
     };
+    let inputs = inputs.with_noise(args.noise, args.seed);
+    let data = if args.noise > 0.0 {
+        format!("{data}, noise {} (seed {})", args.noise, args.seed)
+    } else {
+        data
+    };
     let count = inputs.records().or(args.synthetic).unwrap_or(0);
     let model = load_model(&args.model, None)?;
     let batch = usize::try_from(args.batch_size)?;

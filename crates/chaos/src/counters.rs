@@ -6,9 +6,9 @@ use std::future::Future;
 use anyhow::Context;
 use dnet_testkit::Metrics;
 
-/// The sum of the counter `name` over the metrics each read returns. A
-/// program whose metrics cannot be read fails the scenario rather than
-/// counting 0.
+/// The sum of the counter `name` (over its labels: shadow work is labelled
+/// apart) over the metrics each read returns. A program whose metrics
+/// cannot be read fails the scenario rather than counting 0.
 ///
 /// # Errors
 /// A read fails, or its metrics lack `name`.
@@ -18,7 +18,7 @@ where
 {
     let mut total = 0.0;
     for read in reads {
-        total += read.await.with_context(|| format!("reading {name}"))?.value(name)?;
+        total += read.await.with_context(|| format!("reading {name}"))?.sum(name)?;
     }
     Ok(total)
 }

@@ -83,6 +83,8 @@ pub async fn serve(mut delivery: Delivery, context: Arc<Context>, _held: Option<
         return expire(&delivery, &context).await;
     }
     let max_attempts = context.unit.max_attempts;
+    // Shadow work (marked by the transmission unit from its caller's header) is counted apart.
+    let mut shadow = false;
     let response = if attempts >= max_attempts {
         context.metrics.poisoned.inc();
         warn!(correlation_id = %correlation_id, attempts, "a request that stopped --max-attempts workers: answering ERROR");
@@ -95,14 +97,17 @@ pub async fn serve(mut delivery: Delivery, context: Arc<Context>, _held: Option<
         return give_back(&delivery, &body, &context, attempts, deadline).await;
     } else {
         match compute(&delivery, &body, &context, received, deadline, attempts).await {
-            Some(response) => response,
+            Some((response, computed_shadow)) => {
+                shadow = computed_shadow;
+                response
+            }
             None => return,
         }
     };
     context.refusals.log_if_error(&response, Some(correlation_id.as_str()));
     match publish_reply(&context.channel, reply_to, correlation_id.clone(), &response).await {
         Ok(()) => {
-            context.metrics.count_reply(&response);
+            context.metrics.count_reply(&response, shadow);
             if delivery.ack(BasicAckOptions::default()).await.is_err() {
                 // The broker puts it back, marked redelivered: not a death.
                 context.returned.returned(correlation_id.as_str());
@@ -117,8 +122,9 @@ pub async fn serve(mut delivery: Delivery, context: Arc<Context>, _held: Option<
     }
 }
 
-/// The reply to a request computed by the engine; `None` when the delivery
-/// was settled otherwise (expired, or given back).
+/// The reply to a request computed by the engine, and whether the request
+/// was shadow work; `None` when the delivery was settled otherwise
+/// (expired, or given back).
 async fn compute(
     delivery: &Delivery,
     body: &Bytes,
@@ -126,7 +132,7 @@ async fn compute(
     received: Instant,
     deadline: Option<Instant>,
     attempts: u32,
-) -> Option<ComputationResponse> {
+) -> Option<(ComputationResponse, bool)> {
     // The message is parsed here (the tensor stays a slice of it); the
     // model thread checks and decodes the tensor in arrival order.
     let request = match dnet_codec::decode_request(body.clone()) {
@@ -136,9 +142,10 @@ async fn compute(
                 start_layer: 0,
                 message,
             };
-            return Some(refusal(&context.unit, refused, received.elapsed()));
+            return Some((refusal(&context.unit, refused, received.elapsed()), false));
         }
     };
+    let shadow = request.shadow;
     if context.exit_on_start_layer == Some(request.start_layer) {
         error!(
             start_layer = request.start_layer,
@@ -159,7 +166,7 @@ async fn compute(
         return None;
     }
     match outcome.await {
-        Ok(Outcome::Reply(response)) => Some(*response),
+        Ok(Outcome::Reply(response)) => Some((*response, shadow)),
         Ok(Outcome::Expired) => {
             expire(delivery, context).await;
             None

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use dnet_common::labels::StatusLabel;
+use dnet_common::labels::{StatusLabel, Traffic};
 use dnet_proto::{ComputationResponse, StatusCode};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -39,13 +39,15 @@ impl WorkerMetrics {
             expired: Counter::default(),
             poisoned: Counter::default(),
         };
-        // Every status from the start, so that a scrape reads 0 rather than nothing.
+        // Every ordinary status from the start, so that a scrape reads 0 rather than nothing.
         for status in REPLY_STATUSES {
-            let _ = metrics.replies.get_or_create(&StatusLabel::new(status.as_str_name()));
+            let _ = metrics
+                .replies
+                .get_or_create(&StatusLabel::new(status.as_str_name(), Traffic::ordinary));
         }
         registry.register(
             "dnet_worker_replies",
-            "Replies published (confirmed by the broker), by status",
+            "Replies published (confirmed by the broker), by status and traffic (ordinary, shadow)",
             metrics.replies.clone(),
         );
         registry.register(
@@ -76,10 +78,12 @@ impl WorkerMetrics {
         Arc::new(metrics)
     }
 
-    /// Counts a reply the broker confirmed.
-    pub fn count_reply(&self, response: &ComputationResponse) {
+    /// Counts a reply the broker confirmed (to shadow work or not).
+    pub fn count_reply(&self, response: &ComputationResponse, shadow: bool) {
         let status = StatusCode::try_from(response.status).map_or("UNKNOWN", |s| s.as_str_name());
-        self.replies.get_or_create(&StatusLabel::new(status)).inc();
+        self.replies
+            .get_or_create(&StatusLabel::new(status, Traffic::of(shadow)))
+            .inc();
     }
 
     /// (replies published, requests requeued) so far, for the stop summary.
@@ -87,10 +91,11 @@ impl WorkerMetrics {
     pub fn totals(&self) -> (u64, u64) {
         let published = REPLY_STATUSES
             .iter()
-            .map(|status| {
+            .flat_map(|status| [Traffic::ordinary, Traffic::shadow].map(|traffic| (status, traffic)))
+            .filter_map(|(status, traffic)| {
                 self.replies
-                    .get_or_create(&StatusLabel::new(status.as_str_name()))
-                    .get()
+                    .get(&StatusLabel::new(status.as_str_name(), traffic))
+                    .map(|counter| counter.get())
             })
             .sum();
         (published, self.requeued.get())

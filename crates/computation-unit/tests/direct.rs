@@ -92,7 +92,7 @@ async fn concurrent_calls_share_forward_passes_and_qstatus_reports_one_consumer(
         "calls that waited together ran together: {batch_sizes:?}"
     );
     let metrics = unit.metrics().await.expect("metrics");
-    let forwards = metrics.value("dnet_batch_size_count").expect("batch sizes");
+    let forwards = metrics.ordinary("dnet_batch_size_count").expect("batch sizes");
     assert!(forwards < 8.0, "8 calls in {forwards} forward passes");
     let status = unit
         .client()
@@ -114,7 +114,7 @@ async fn a_call_that_cannot_finish_in_time_gets_deadline_exceeded_and_is_not_com
         .metrics()
         .await
         .expect("metrics")
-        .value("dnet_batch_size_count")
+        .ordinary("dnet_batch_size_count")
         .expect("count");
 
     // 16 images take four times the first call's forward; the deadline is far
@@ -134,7 +134,7 @@ async fn a_call_that_cannot_finish_in_time_gets_deadline_exceeded_and_is_not_com
     .expect("counted");
     let metrics = unit.metrics().await.expect("metrics");
     assert_eq!(
-        metrics.value("dnet_batch_size_count").expect("count"),
+        metrics.ordinary("dnet_batch_size_count").expect("count"),
         computed,
         "the late call was not computed"
     );
@@ -183,7 +183,7 @@ async fn sigterm_answers_the_calls_in_flight_then_exits_zero() {
         })
         .collect();
     wait_for("three calls in flight", PATIENCE, || async {
-        let in_flight = unit.metrics().await.ok()?.value("dnet_in_flight").ok()?;
+        let in_flight = unit.metrics().await.ok()?.ordinary("dnet_in_flight").ok()?;
         (in_flight == 3.0).then_some(())
     })
     .await

@@ -28,13 +28,18 @@ pub fn wilson(successes: f64, n: f64) -> (f64, f64) {
 /// them agreeing); `None` for a target of 1 or more, which no window proves.
 #[must_use]
 pub fn least_window(target: f64) -> Option<usize> {
-    if !(target < 1.0) {
+    // NaN is no target either.
+    if target.is_nan() || target >= 1.0 {
         return None;
     }
     let n = (Z * Z * target.max(0.0) / (1.0 - target)).ceil();
     // At the boundary rounding can leave the bound a hair under the target.
     let n = n as usize;
-    Some(if wilson(n as f64, n as f64).0 >= target { n } else { n + 1 })
+    Some(if wilson(n as f64, n as f64).0 >= target {
+        n
+    } else {
+        n + 1
+    })
 }
 
 #[cfg(test)]

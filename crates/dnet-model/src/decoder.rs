@@ -15,7 +15,7 @@ use std::time::Instant;
 use dnet_proto::ComputationRequest;
 use tokio::sync::oneshot;
 
-use crate::job::{settle, Job, Outcome};
+use crate::job::{settle, CallersGone, Job, Outcome};
 use crate::request::{prepare_request, refusal, UnitSettings};
 
 /// A request as it came, for the decode thread to check and decode.
@@ -35,18 +35,20 @@ pub struct EncodedJob {
 /// Starts the decode thread: it decodes what `encoded` brings and hands it
 /// to `jobs` until every sender of `encoded` is gone. `waiting` counts the
 /// jobs submitted and not yet settled; a request refused or expired here,
-/// or one the model thread can no longer take, is settled here.
+/// one whose caller has gone (counted in `gone`), or one the model thread
+/// can no longer take, is settled here.
 ///
 /// # Errors
 /// The thread could not be started.
-pub fn spawn(
+pub(crate) fn spawn(
     encoded: mpsc::Receiver<EncodedJob>,
     unit: UnitSettings,
     jobs: mpsc::Sender<Job>,
     waiting: Arc<AtomicUsize>,
+    gone: Arc<CallersGone>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("decode".into()).spawn(move || {
-        for job in encoded.iter().filter_map(|e| decode(e, &unit, &waiting)) {
+        for job in encoded.iter().filter_map(|e| decode(e, &unit, &waiting, &gone)) {
             if let Err(mpsc::SendError(job)) = jobs.send(job) {
                 settle(&waiting, job.done, Outcome::Requeue);
             }
@@ -54,9 +56,14 @@ pub fn spawn(
     })
 }
 
-/// A job ready to wait for a batch, or `None` when the request expired or
-/// did not pass the checks (answered ERROR here).
-fn decode(encoded: EncodedJob, unit: &UnitSettings, waiting: &AtomicUsize) -> Option<Job> {
+/// A job ready to wait for a batch, or `None` when nobody waits for it any
+/// more (its deadline passed, its caller has gone) or it did not pass the
+/// checks (answered ERROR here).
+fn decode(encoded: EncodedJob, unit: &UnitSettings, waiting: &AtomicUsize, gone: &CallersGone) -> Option<Job> {
+    if encoded.done.is_closed() {
+        gone.settle(waiting, encoded.done, encoded.request.shadow);
+        return None;
+    }
     if encoded.deadline.is_some_and(|deadline| deadline <= Instant::now()) {
         // Nobody waits for it any more: not even decoded.
         settle(waiting, encoded.done, Outcome::Expired);

@@ -21,6 +21,7 @@ use tracing::{error, info};
 use crate::batch::{self, BatchPolicy, CostModel};
 use crate::decoder;
 pub use crate::decoder::EncodedJob;
+use crate::job::CallersGone;
 pub use crate::job::{Job, Outcome};
 use crate::model::MultiExitInception;
 use crate::observer::EngineObserver;
@@ -88,6 +89,9 @@ struct Worker {
     /// engine was stopping: the last log line says both.
     forwards: u64,
     given_back: u64,
+    /// Jobs settled uncomputed because their caller had gone, here and in
+    /// the decode thread.
+    gone: Arc<CallersGone>,
 }
 
 impl Engine {
@@ -109,6 +113,8 @@ impl Engine {
         let waiting = Arc::new(AtomicUsize::new(0));
         let waiting_count = Arc::clone(&waiting);
         let decode_unit = unit.clone();
+        let gone = Arc::new(CallersGone::new(Arc::clone(&observer)));
+        let decode_gone = Arc::clone(&gone);
         let thread = std::thread::Builder::new()
             .name("model".into())
             .spawn(move || {
@@ -137,6 +143,7 @@ impl Engine {
                     cost: CostModel::default(),
                     forwards: 0,
                     given_back: 0,
+                    gone,
                 }
                 .run(&queue);
             })
@@ -155,11 +162,16 @@ impl Engine {
             }
         }
         let (encoded, encoded_queue) = mpsc::channel::<EncodedJob>();
-        let decoder = decoder::spawn(encoded_queue, decode_unit, jobs.clone(), Arc::clone(&waiting)).map_err(|e| {
-            WeightsError::Read {
-                path: "(decode thread)".into(),
-                message: e.to_string(),
-            }
+        let decoder = decoder::spawn(
+            encoded_queue,
+            decode_unit,
+            jobs.clone(),
+            Arc::clone(&waiting),
+            decode_gone,
+        )
+        .map_err(|e| WeightsError::Read {
+            path: "(decode thread)".into(),
+            message: e.to_string(),
         })?;
         Ok(Engine {
             encoded,
@@ -237,6 +249,7 @@ impl Worker {
                         info!(
                             forwards = self.forwards,
                             given_back = self.given_back,
+                            callers_gone = self.gone.count(),
                             "model thread stopped"
                         );
                         return;
@@ -253,6 +266,7 @@ impl Worker {
             if !shadow {
                 self.wait_for_more(queue, &mut batch, &mut lanes);
             }
+            let batch = self.without_callers_gone(batch);
             if self.stopping.load(Ordering::SeqCst) {
                 let shadows: Vec<Job> = lanes.shadow.drain(..).collect();
                 for job in batch.into_iter().chain(lanes.ordinary.drain(..)).chain(shadows) {
@@ -313,6 +327,17 @@ impl Worker {
         }
     }
 
+    /// The jobs of `batch` someone still waits for; the others (their
+    /// caller cancelled, or answered otherwise and dropped the call) are
+    /// settled without computing, and counted.
+    fn without_callers_gone(&mut self, batch: Vec<Job>) -> Vec<Job> {
+        let (gone, waited_for): (Vec<Job>, Vec<Job>) = batch.into_iter().partition(|job| job.done.is_closed());
+        for job in gone {
+            self.gone.settle(&self.waiting, job.done, job.request.shadow);
+        }
+        waited_for
+    }
+
     /// Ends a job without computing it.
     fn settle(&mut self, job: Job, outcome: Outcome) {
         if matches!(outcome, Outcome::Requeue) {
@@ -328,6 +353,8 @@ impl Worker {
         let started = Instant::now();
         let samples = batch::samples(&batch);
         let start = batch.first().map_or(0, |job| job.request.start);
+        // Shadow work is never batched with ordinary requests.
+        let shadow = batch.first().is_some_and(|job| job.request.shadow);
         let replies = catch_unwind(AssertUnwindSafe(|| self.forward(&batch))).unwrap_or_else(|panic| {
             let message = panic
                 .downcast_ref::<String>()
@@ -345,11 +372,11 @@ impl Worker {
             // that failed slowly would make every request look hopeless.
             self.cost.observe(start, samples, compute, Instant::now());
         }
-        self.observer.forward(samples, compute);
+        self.observer.forward(samples, compute, shadow);
         let replies = replies.unwrap_or_else(|message| vec![Err(message); batch.len()]);
         for (job, reply) in batch.into_iter().zip(replies) {
             let queue_wait = started.saturating_duration_since(job.received);
-            self.observer.waited(queue_wait);
+            self.observer.waited(queue_wait, shadow);
             let mut response = reply.unwrap_or_else(error_response);
             let mut hop = hop_record(&self.unit, job.request.start as u64, queue_wait, compute, samples);
             hop.threshold = effective_threshold(&self.unit, &job.request).unwrap_or(0.0);
@@ -434,6 +461,7 @@ mod tests {
             cost: CostModel::default(),
             forwards: 0,
             given_back: 0,
+            gone: Arc::new(CallersGone::new(Arc::new(crate::observer::Unobserved))),
         };
 
         // Images far too small for the network: the forward fails.

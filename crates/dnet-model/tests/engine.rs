@@ -36,11 +36,11 @@ fn unit(threshold: f64) -> UnitSettings {
 struct Forwards(std::sync::atomic::AtomicU64);
 
 impl EngineObserver for Forwards {
-    fn forward(&self, _samples: usize, _took: Duration) {
+    fn forward(&self, _samples: usize, _took: Duration, _shadow: bool) {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
-    fn waited(&self, _waited: Duration) {}
+    fn waited(&self, _waited: Duration, _shadow: bool) {}
 }
 
 impl Forwards {

@@ -73,6 +73,7 @@ impl Metrics {
         let family = name
             .strip_suffix("_total")
             .or_else(|| name.strip_suffix("_count"))
+            .or_else(|| name.strip_suffix("_sum"))
             .unwrap_or(name);
         if !self
             .text
@@ -97,6 +98,16 @@ impl Metrics {
             .filter(|(labels, _)| labels.split(',').any(|pair| pair == wanted))
             .map(|(_, value)| value)
             .sum())
+    }
+
+    /// The value of `name` for ordinary calls (`traffic="ordinary"`: the
+    /// metrics shadow work touches are labelled by traffic), 0 when other
+    /// series of the family exist but not this one.
+    ///
+    /// # Errors
+    /// No series of `name` at all.
+    pub fn ordinary(&self, name: &str) -> anyhow::Result<f64> {
+        self.labelled(name, "traffic", "ordinary")
     }
 
     /// (labels without braces, value) of every line of series `name`.

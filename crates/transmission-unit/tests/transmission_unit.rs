@@ -539,7 +539,7 @@ async fn calls_beyond_max_in_flight_are_refused_at_once() {
         })
         .collect();
     wait_for("two calls in flight", PATIENCE, || async {
-        (unit.metrics().await.ok()?.value("dnet_in_flight").ok()? == 2.0).then_some(())
+        (unit.metrics().await.ok()?.ordinary("dnet_in_flight").ok()? == 2.0).then_some(())
     })
     .await
     .expect("two calls in flight");
@@ -671,7 +671,7 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
     let mut client = unit.client().await.expect("client");
     let call = tokio::spawn(async move { client.compute(request(0, b"in flight")).await });
     wait_for("the call to be in flight", PATIENCE, || async {
-        let in_flight = unit.metrics().await.ok()?.value("dnet_in_flight").ok()?;
+        let in_flight = unit.metrics().await.ok()?.ordinary("dnet_in_flight").ok()?;
         (in_flight == 1.0).then_some(())
     })
     .await

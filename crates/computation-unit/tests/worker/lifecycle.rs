@@ -26,7 +26,7 @@ async fn sigterm_finishes_the_current_job_requeues_the_rest_and_exits_zero() {
     // under way (each takes a while: 48 images on one thread). Right after
     // the deliveries arrive, none may have reached the model yet.
     wait_for("the first forward to finish", PATIENCE, || async {
-        let forwards = stopping.metrics().await.ok()?.value("dnet_batch_size_count").ok()?;
+        let forwards = stopping.metrics().await.ok()?.ordinary("dnet_batch_size_count").ok()?;
         (forwards >= 1.0).then_some(())
     })
     .await

@@ -540,7 +540,7 @@ impl Cascade {
         args.extend(["-n", "1", "--each", "--timeout", "300s"].map(str::to_owned));
         let client = Container::run("dnet-test-unit", &setting.test_unit.image, &[], &args)?;
         wait_for("a call in flight at the first unit", PATIENCE, || async {
-            let in_flight = Metrics::scrape(metrics).await.ok()?.value("dnet_in_flight").ok()?;
+            let in_flight = Metrics::scrape(metrics).await.ok()?.ordinary("dnet_in_flight").ok()?;
             (in_flight >= 1.0).then_some(())
         })
         .await?;

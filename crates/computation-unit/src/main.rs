@@ -72,10 +72,15 @@ fn serve_direct(mut args: ServeArgs) -> anyhow::Result<()> {
         let unit_name = args.edge.unit_name(listener.local_addr()?.port());
         let settings = args.unit.settings(args.edge.max_message_bytes, unit_name.clone())?;
         let mut registry = Registry::default();
+        // With --target-agreement the edge owns this exit's threshold: the
+        // file (or --thresholds) gives where it starts, nothing more.
+        let controlled = args.edge.target_agreement.is_some();
+        let own_exit = own_exit(&args, &settings);
         let exit_threshold = thresholds_file::start(
             args.unit.thresholds_file.clone(),
             settings.thresholds.clone(),
             settings.exit,
+            controlled,
             &mut registry,
         );
         let engine_metrics = Arc::new(EngineMetrics::register(&mut registry));
@@ -104,6 +109,7 @@ fn serve_direct(mut args: ServeArgs) -> anyhow::Result<()> {
             unit_name,
             registry,
             exit_threshold: Some(exit_threshold),
+            own_exit,
         };
         dnet_edge::server::serve(listener, metrics_listener, edge, backend, shutdown).await?;
         match failed.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
@@ -120,6 +126,22 @@ fn serve_direct(mut args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(waited_ms = waited.elapsed().as_millis() as u64, "model thread ended");
     }
     Ok(())
+}
+
+/// This direct unit's exit and the threshold its flags give it: where the
+/// live calibration (`--shadow-rate`) starts.
+fn own_exit(args: &ServeArgs, settings: &dnet_model::request::UnitSettings) -> Option<dnet_edge::server::OwnExit> {
+    let threshold = *settings.thresholds.get().get(settings.exit.checked_sub(1)?)?;
+    let source = if args.unit.thresholds_file.is_some() {
+        "--thresholds-file"
+    } else {
+        "--thresholds"
+    };
+    Some(dnet_edge::server::OwnExit {
+        exit: settings.exit as u64,
+        threshold,
+        source: source.to_owned(),
+    })
 }
 
 /// Loads the model on a blocking thread and puts the engine in `slot`;
@@ -175,6 +197,7 @@ fn consume(args: WorkerArgs) -> anyhow::Result<()> {
             args.unit.thresholds_file.clone(),
             settings.thresholds.clone(),
             settings.exit,
+            false,
             &mut registry,
         );
         let stop_metrics = CancellationToken::new();

@@ -4,6 +4,11 @@
 //! logged and the thresholds in use stay. Each change is logged with the
 //! values before and after, and `dnet_exit_threshold` shows the threshold of
 //! this unit's exit.
+//!
+//! One source per exit: in a direct unit whose edge holds the exit's
+//! threshold (`--target-agreement`), the file gives where it starts; later
+//! changes of that exit's entry are logged as not applied, counted
+//! (`outcome="held"`), and the gauge is the edge's alone.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,11 +45,13 @@ pub fn read(path: &Path) -> anyhow::Result<[f64; SIDE_EXITS]> {
 
 /// Registers the metrics and, with a file, starts re-reading it (inside a
 /// tokio runtime). Returns the `dnet_exit_threshold` gauge (a direct unit's
-/// edge sets it when it moves the threshold).
+/// edge sets it when it moves the threshold). `controlled`: the edge holds
+/// this exit's threshold, and only it sets the gauge.
 pub fn start(
     path: Option<PathBuf>,
     live: LiveThresholds,
     exit: usize,
+    controlled: bool,
     registry: &mut Registry,
 ) -> Gauge<f64, AtomicU64> {
     let threshold = Gauge::<f64, AtomicU64>::default();
@@ -57,23 +64,34 @@ pub fn start(
     );
     registry.register(
         "dnet_threshold_changes",
-        "Changes of --thresholds-file: applied, or refused (invalid file; the thresholds in use stay)",
+        "Changes of --thresholds-file: applied, refused (invalid file; the thresholds in use stay), or held (this exit's entry changed while --target-agreement holds its threshold)",
         changes.clone(),
     );
+    // Where the edge's control starts, too.
+    threshold.set(live.get().get(exit.wrapping_sub(1)).copied().unwrap_or(1.0));
     let show = move |thresholds: &[f64; SIDE_EXITS]| {
-        threshold.set(thresholds.get(exit.wrapping_sub(1)).copied().unwrap_or(1.0));
+        if !controlled {
+            threshold.set(thresholds.get(exit.wrapping_sub(1)).copied().unwrap_or(1.0));
+        }
     };
-    show(&live.get());
     if let Some(path) = path {
+        let exit = Exit { exit, controlled };
         tokio::spawn(watch(path, live, exit, show, changes));
     }
     gauge
 }
 
+/// This unit's exit, and whether the edge holds its threshold.
+#[derive(Clone, Copy)]
+struct Exit {
+    exit: usize,
+    controlled: bool,
+}
+
 async fn watch(
     path: PathBuf,
     live: LiveThresholds,
-    exit: usize,
+    Exit { exit, controlled }: Exit,
     show: impl Fn(&[f64; SIDE_EXITS]) + Send + 'static,
     changes: Family<OutcomeLabel, Counter>,
 ) {
@@ -85,8 +103,15 @@ async fn watch(
             Ok(thresholds) => {
                 let before = live.set(thresholds);
                 show(&thresholds);
-                changes.get_or_create(&OutcomeLabel { outcome: "applied" }).inc();
                 let own = |t: &[f64; SIDE_EXITS]| t.get(exit.wrapping_sub(1)).copied();
+                if controlled && own(&before) != own(&thresholds) {
+                    changes.get_or_create(&OutcomeLabel { outcome: "held" }).inc();
+                    warn!(file = %path.display(), exit, file_value = ?own(&thresholds),
+                        "thresholds file changed for this exit, not applied to it: --target-agreement holds its \
+                         threshold (the other exits' entries are applied)");
+                } else {
+                    changes.get_or_create(&OutcomeLabel { outcome: "applied" }).inc();
+                }
                 info!(file = %path.display(), exit, before = ?own(&before), after = ?own(&thresholds),
                     all_before = ?before, all_after = ?thresholds, "thresholds changed");
                 last_error = None;

@@ -8,6 +8,9 @@
 //! (marked by its `dnet-shadow` header) is refused first: it gets a slot
 //! only while the unit is at most half busy.
 //!
+//! An admitted call is stamped with the time its headers arrived
+//! (`deadline::Arrival`): its budget runs from there.
+//!
 //! A tower layer around the whole gRPC server (the shape of tower's
 //! `GlobalConcurrencyLimit` + `LoadShed`, with a message that names the flag
 //! and only for `Compute`).
@@ -20,13 +23,15 @@ use std::task::{Context, Poll};
 
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::Status;
 use tower::{Layer, Service};
 use tracing::debug;
 
 use crate::connections::{self, ConnectionId};
-use crate::metrics::Metrics;
+use crate::deadline::Arrival;
+use crate::metrics::{Metrics, Traffic};
 
 /// The method whose calls take a slot.
 const COMPUTE_PATH: &str = "/unit.DNet/Compute";
@@ -166,13 +171,14 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         if request.uri().path() != COMPUTE_PATH {
             return Box::pin(self.inner.call(request));
         }
         let shadow = request.headers().contains_key(dnet_proto::SHADOW_HEADER);
         match self.admission.admit(connections::of(&request), shadow) {
             Ok(slot) => {
+                request.extensions_mut().insert(Arrival(Instant::now()));
                 let answer = self.inner.call(request);
                 Box::pin(async move {
                     // The slot is held until the reply has been sent: the
@@ -186,7 +192,8 @@ where
                 })
             }
             Err(status) => {
-                self.admission.metrics.count(&format!("{:?}", status.code()));
+                let code = format!("{:?}", status.code());
+                self.admission.metrics.count(&code, Traffic::of(shadow));
                 debug!(error = status.message(), "refused before reading the request");
                 // The request's body is dropped unread: HTTP/2 resets the stream.
                 Box::pin(std::future::ready(Ok(status.into_http())))

@@ -1,278 +1,279 @@
-//! This exit's agreement with the last one, as shadow work measures it, and
-//! the threshold that holds a target (`--target-agreement`;
+//! This exit's agreement with the last one on live traffic, and the
+//! threshold that holds a target (`--shadow-rate`, `--target-agreement`;
 //! docs/calibrate-and-plan.md, "Thresholds that hold a target").
 //!
-//! The window holds the last [`WINDOW`] shadow outcomes: for a sample
-//! answered here, its confidence here and whether the last exit gave the
-//! same category. Every [`STEP_EVERY`] new outcomes the controller decides,
-//! on the gap to certainty `g = 1 - threshold` and on what the window shows
-//! for sure: the lower bound of the agreement's one-sided 95% (Wilson)
-//! interval, so that a window that agrees by luck does not pass:
-//! - bound below the target: `g` halves (the threshold rises), and the
-//!   outcomes below the new threshold leave the window (those samples go on
-//!   from now on);
-//! - bound above the target by half its distance to 1 or more: `g` grows by
-//!   a quarter (the threshold falls, answering more here);
-//! - otherwise the threshold holds.
+//! Outcomes come from both sides of the threshold, sampled at the shadow
+//! rate on each: a sample answered here comes back from the last exit as
+//! shadow work (`shadow`); a sample handed on comes back in the answer,
+//! with the category the units after this one gave it (`record_handed_on`).
+//! The window and the choice are `dnet_calibration::live`; this module
+//! starts it where the unit's threshold is, applies its moves (the unit
+//! gives its computation the threshold with each request, as an override
+//! the computing side must accept: `--allow-threshold-override`), logs them
+//! and shows the window on `/metrics`.
 //!
-//! Rising fast and falling slowly, with a dead band between, keeps it from
-//! oscillating; each decision rests on fresh outcomes; the threshold stays in
-//! `--threshold-range`. The unit applies it by giving its own computation
-//! the threshold with each request (a request override, which the computing
-//! side must accept: `--allow-threshold-override`).
+//! One source per exit: with a target, the live calibration owns this
+//! exit's threshold; `--thresholds` or `--thresholds-file` (or, for a
+//! transmission unit, the first reply its computation computed) only give
+//! where it starts.
 
-use std::collections::VecDeque;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, PoisonError};
 
+use dnet_calibration::live::{Decision, LiveCalibration, LiveSettings, Move};
 use dnet_codec::bounds::OverrideBounds;
-use prometheus_client::metrics::family::Family;
+use dnet_codec::Answers;
+use dnet_proto::HopRecord;
 use prometheus_client::metrics::gauge::Gauge;
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::metrics::ExitLabel;
+use crate::metrics::{ExitLabel, LiveMetrics, MoveLabel};
 
-/// Shadow outcomes the agreement is measured over.
-pub const WINDOW: usize = 200;
-/// New outcomes between two decisions.
-pub const STEP_EVERY: usize = 20;
 /// The side exits (1..15) whose thresholds a request carries.
 const SIDE_EXITS: usize = 15;
-/// The normal quantile of the one-sided 95% bound the controller decides on.
-const Z: f64 = 1.645;
 
-/// What the controller aims for.
+/// What the live calibration aims for, and how it samples.
 #[derive(Clone, Copy, Debug)]
-pub struct Target {
-    pub agreement: f64,
+pub struct AgreementSettings {
+    /// The agreement to hold; `None`: measure only.
+    pub target: Option<f64>,
+    /// Where the threshold may go (`--threshold-range`).
     pub range: OverrideBounds,
+    /// Outcomes in the window (`--agreement-window`).
+    pub window: usize,
+    /// Share of the samples on each side of the threshold whose outcome is
+    /// recorded: the shadow rate, so that both sides are sampled alike.
+    pub sample_rate: f64,
 }
 
 /// The windowed agreement and, with a target, this exit's threshold.
 #[derive(Debug)]
 pub struct Agreement {
-    target: Option<Target>,
-    state: Mutex<State>,
-    agreement_gauge: Family<ExitLabel, Gauge<f64, AtomicU64>>,
+    settings: AgreementSettings,
+    /// Empty until this unit's exit and starting threshold are known.
+    state: Mutex<Option<Started>>,
+    metrics: LiveMetrics,
+    /// `dnet_exit_threshold`: the threshold in force, with a target.
     threshold_gauge: Gauge<f64, AtomicU64>,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    /// (confidence here, agreed with the last exit), newest last.
-    window: VecDeque<(f64, bool)>,
-    /// Outcomes since the last decision.
-    fresh: usize,
-    /// This unit's exit and current threshold, learnt from its computation's
-    /// hop records (the first one sets where the controller starts).
-    exit: Option<u64>,
-    threshold: Option<f64>,
+#[derive(Debug)]
+struct Started {
+    exit: u64,
+    live: LiveCalibration,
 }
 
 impl Agreement {
-    /// `agreement_gauge` and `threshold_gauge` are exported as
-    /// `dnet_exit_agreement` and `dnet_exit_threshold`.
     #[must_use]
-    pub fn new(
-        target: Option<Target>,
-        agreement_gauge: Family<ExitLabel, Gauge<f64, AtomicU64>>,
-        threshold_gauge: Gauge<f64, AtomicU64>,
-    ) -> Self {
+    pub fn new(settings: AgreementSettings, metrics: LiveMetrics, threshold_gauge: Gauge<f64, AtomicU64>) -> Self {
         Self {
-            target,
+            settings,
             state: Mutex::default(),
-            agreement_gauge,
+            metrics,
             threshold_gauge,
         }
     }
 
-    /// Learns this unit's exit and threshold from its computation's hop
-    /// record (once: afterwards the controller owns the threshold).
-    pub fn learn(&self, exit: u64, threshold: f64) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.exit.is_some() || !(1..=15).contains(&exit) {
+    /// Starts at this unit's `exit` and `threshold` (from its
+    /// configuration, `source` says which), once; later calls change nothing.
+    pub fn start(&self, exit: u64, threshold: f64, source: &str) {
+        if !(1..=SIDE_EXITS as u64).contains(&exit) {
             return;
         }
-        state.exit = Some(exit);
-        let start = self
-            .target
-            .map_or(threshold, |t| threshold.clamp(t.range.low, t.range.high));
-        state.threshold = Some(start);
-        self.threshold_gauge.set(start);
-        if let Some(target) = self.target {
-            info!(exit, threshold = start, target = target.agreement, range = %target.range,
-                "holding this exit's agreement with the last at the target");
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.is_some() {
+            return;
+        }
+        let settings = LiveSettings {
+            target: self.settings.target,
+            low: self.settings.range.low,
+            high: self.settings.range.high,
+            window: self.settings.window,
+        };
+        let live = match LiveCalibration::new(settings, threshold) {
+            Ok(live) => live,
+            Err(refused) => {
+                // The flags were checked at start: this cannot happen.
+                warn!(%refused, "the live calibration cannot start");
+                return;
+            }
+        };
+        if let Some(target) = self.settings.target {
+            self.threshold_gauge.set(live.threshold());
+            info!(exit, start = live.threshold(), from = source, target, range = %self.settings.range,
+                window = self.settings.window,
+                "this exit's threshold is held by --target-agreement from here on (one source: changes of \
+                 --thresholds-file for this exit are not applied)");
+        }
+        *state = Some(Started { exit, live });
+    }
+
+    /// Starts from this unit's hop record in a reply its computation
+    /// computed (a transmission unit learns its exit and threshold so);
+    /// never from a refusal, whose record carries no threshold.
+    pub fn start_from(&self, hop: &HopRecord) {
+        if hop.batch_size > 0 {
+            self.start(
+                hop.exit_layer,
+                hop.threshold,
+                "the first reply its computation computed",
+            );
         }
     }
 
     /// The thresholds to send with a request (the caller's `own`, or 1.0
-    /// for the other exits), this exit's set by the controller; `None`
-    /// without a target or before the exit is known.
+    /// for the other exits), this exit's set by the live calibration;
+    /// `None` without a target or before it has started.
     #[must_use]
     pub fn thresholds_for(&self, own: &[f64]) -> Option<Vec<f64>> {
-        self.target?;
+        self.settings.target?;
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let (exit, threshold) = (state.exit?, state.threshold?);
+        let started = state.as_ref()?;
         let mut thresholds = if own.len() == SIDE_EXITS {
             own.to_vec()
         } else {
             vec![1.0; SIDE_EXITS]
         };
-        thresholds[usize::try_from(exit).ok()? - 1] = threshold;
+        thresholds[usize::try_from(started.exit).ok()? - 1] = started.live.threshold();
         Some(thresholds)
     }
 
-    /// One shadow outcome: a sample answered here with `confidence`, and
-    /// whether the last exit agreed.
-    pub fn record(&self, confidence: f64, agreed: bool) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.window.push_back((confidence, agreed));
-        if state.window.len() > WINDOW {
-            state.window.pop_front();
+    /// Outcomes of the samples this unit handed on (`here`: its rows of a
+    /// request, exit layer 0 where handed on) as the units after this one
+    /// answered them (`answer`: every sample's row), each recorded at the
+    /// sample rate. A sample answered late here says nothing of the last exit.
+    pub fn record_handed_on(&self, here: &Answers, answer: &Answers) {
+        if here.category.len() != answer.category.len() {
+            return;
         }
-        state.fresh += 1;
-        let measured = agreement(&state.window);
-        if let Some(exit) = state.exit {
-            self.agreement_gauge.get_or_create(&ExitLabel { exit }).set(measured);
-        }
-        if state.fresh >= STEP_EVERY {
-            state.fresh = 0;
-            if let Some(target) = self.target {
-                let bound = lower_bound(&state.window);
-                self.decide(&mut state, target, measured, bound);
+        for i in (0..here.category.len()).filter(|&i| here.exit_layer[i] == 0) {
+            let Some(confidence) = here.confidence(i) else { continue };
+            if answer.exit_layer[i] <= 0 || fastrand::f64() >= self.settings.sample_rate {
+                continue;
             }
+            self.record(f64::from(confidence), here.category[i] == answer.category[i]);
         }
     }
 
-    /// Moves the threshold on `bound`, the agreement's lower bound
-    /// (`measured`: the windowed agreement, for the log).
-    fn decide(&self, state: &mut State, target: Target, measured: f64, bound: f64) {
-        let Some(threshold) = state.threshold else {
-            return;
-        };
-        let gap = 1.0 - threshold;
-        let wanted = if bound < target.agreement {
-            1.0 - gap / 2.0
-        } else if bound >= target.agreement + (1.0 - target.agreement) / 2.0 {
-            1.0 - gap * 1.25
-        } else {
-            threshold
-        };
-        let next = wanted.clamp(target.range.low, target.range.high);
-        if (next - threshold).abs() < f64::EPSILON {
-            return;
+    /// One outcome: a sample of `confidence` here, and whether the last
+    /// exit agreed.
+    pub fn record(&self, confidence: f64, agreed: bool) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(started) = state.as_mut() else { return };
+        if let Some(decision) = started.live.record(confidence, agreed) {
+            self.show(started.exit, &decision);
         }
-        if next > threshold {
-            // Those samples are no longer answered here.
-            state.window.retain(|&(confidence, _)| confidence >= next);
+    }
+
+    /// The gauges, and the log line of a move.
+    fn show(&self, exit: u64, decision: &Decision) {
+        let reading = decision.reading;
+        let label = ExitLabel { exit };
+        let live = &self.metrics;
+        live.window
+            .get_or_create(&label)
+            .set(i64::try_from(reading.outcomes).unwrap_or(i64::MAX));
+        live.agreement.get_or_create(&label).set(reading.agreement);
+        live.proved.get_or_create(&label).set(reading.proved);
+        live.early_share.get_or_create(&label).set(reading.early_share);
+        if let Some(here) = reading.agreement_here {
+            live.exit_agreement.get_or_create(&label).set(here);
         }
-        state.threshold = Some(next);
-        self.threshold_gauge.set(next);
+        let Some((way, from)) = decision.moved else { return };
+        let direction = match way {
+            Move::Raised => "raised",
+            Move::Lowered => "lowered",
+        };
+        live.moves.get_or_create(&MoveLabel { exit, direction }).inc();
+        self.threshold_gauge.set(reading.threshold);
         info!(
-            exit = state.exit,
-            from = threshold,
-            to = next,
-            agreement = measured,
-            lower_bound = bound,
-            target = target.agreement,
-            outcomes = state.window.len(),
+            exit,
+            from,
+            to = reading.threshold,
+            direction,
+            agreement = reading.agreement,
+            proved = reading.proved,
+            target = self.settings.target,
+            early_share = reading.early_share,
+            outcomes = reading.outcomes,
             "threshold changed"
         );
     }
 
-    /// The current threshold the controller sends (for tests and logs).
+    /// The threshold in force (for tests and logs).
     #[must_use]
     pub fn threshold(&self) -> Option<f64> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner).threshold
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.as_ref().map(|started| started.live.threshold())
     }
-}
-
-fn agreement(window: &VecDeque<(f64, bool)>) -> f64 {
-    if window.is_empty() {
-        return 1.0;
-    }
-    window.iter().filter(|(_, agreed)| *agreed).count() as f64 / window.len() as f64
-}
-
-/// The lower end of the one-sided 95% Wilson interval of the windowed agreement.
-fn lower_bound(window: &VecDeque<(f64, bool)>) -> f64 {
-    if window.is_empty() {
-        return 0.0;
-    }
-    let n = window.len() as f64;
-    let p = agreement(window);
-    let z2 = Z * Z;
-    let centre = p + z2 / (2.0 * n);
-    let spread = Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
-    (centre - spread) / (1.0 + z2 / n)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn controlled(target: f64) -> Agreement {
-        let agreement = Agreement::new(
-            Some(Target {
-                agreement: target,
-                range: OverrideBounds { low: 0.0, high: 0.999 },
-            }),
-            Family::default(),
-            Gauge::default(),
-        );
-        agreement.learn(8, 0.2);
-        agreement
+    fn agreement(target: Option<f64>) -> Agreement {
+        let settings = AgreementSettings {
+            target,
+            range: OverrideBounds {
+                low: 0.05,
+                high: 0.9999,
+            },
+            window: 1_000,
+            sample_rate: 1.0,
+        };
+        Agreement::new(settings, LiveMetrics::default(), Gauge::default())
     }
 
-    /// Samples whose confidence c agrees with probability c (a calibrated
-    /// exit), spread over the confidences the threshold lets through.
-    fn feed(agreement: &Agreement, outcomes: usize) {
-        for i in 0..outcomes {
-            let threshold = agreement.threshold().expect("known");
-            let c = threshold + (1.0 - threshold) * ((i * 37 % 100) as f64 + 0.5) / 100.0;
-            agreement.record(c, ((i * 61 % 100) as f64) / 100.0 < c);
+    #[test]
+    fn a_refusal_does_not_say_where_to_start() {
+        let agreement = agreement(Some(0.9));
+        let refused = HopRecord {
+            exit_layer: 8,
+            threshold: 0.0,
+            batch_size: 0,
+            ..HopRecord::default()
+        };
+        agreement.start_from(&refused);
+        assert_eq!(
+            agreement.threshold(),
+            None,
+            "a refused request's record carries no threshold"
+        );
+        let computed = HopRecord {
+            batch_size: 1,
+            threshold: 0.6,
+            ..refused
+        };
+        agreement.start_from(&computed);
+        assert_eq!(agreement.threshold(), Some(0.6));
+        let mut sent = agreement.thresholds_for(&[]).expect("a target");
+        assert_eq!(sent.remove(7), 0.6);
+        assert!(sent.iter().all(|&t| t == 1.0), "the other exits' entries are 1");
+    }
+
+    #[test]
+    fn handed_on_samples_count_with_the_answer_they_got_and_late_ones_not() {
+        let agreement = agreement(None);
+        agreement.start(8, 0.5, "a test");
+        let rows = |category: Vec<i64>, exit_layer: Vec<i64>| Answers {
+            probs: category.iter().flat_map(|_| [0.1_f32; 10]).collect(),
+            category,
+            exit_layer,
+        };
+        // Sample 0 answered here; 1 and 2 handed on, 1 answered alike at 16,
+        // 2 differently; 3 handed on and not answered after.
+        let here = rows(vec![1, 2, 3, 4], vec![8, 0, 0, 0]);
+        let answer = rows(vec![1, 2, 5, 4], vec![8, 16, 16, 0]);
+        for _ in 0..10 {
+            agreement.record_handed_on(&here, &answer);
         }
-    }
-
-    #[test]
-    fn a_threshold_far_too_low_rises_until_the_target_holds_and_stays() {
-        let agreement = controlled(0.95);
-        feed(&agreement, 400);
-        let risen = agreement.threshold().expect("known");
-        assert!(
-            risen >= 0.9,
-            "a calibrated exit needs a threshold near 0.9 for 0.95: {risen}"
+        let state = agreement.state.lock().expect("lock");
+        let reading = state.as_ref().expect("started").live.reading();
+        assert_eq!(reading.outcomes, 20, "two samples of each request");
+        assert_eq!(
+            reading.agreement, 1.0,
+            "handed on, they end with the last exit's answer"
         );
-        feed(&agreement, 400);
-        let later = agreement.threshold().expect("known");
-        assert!(
-            (later - risen).abs() <= 0.1,
-            "it holds, not swings: {risen} then {later}"
-        );
-        let mut thresholds = agreement.thresholds_for(&[]).expect("a target");
-        assert_eq!(thresholds.remove(7), later);
-        assert!(thresholds.iter().all(|&t| t == 1.0), "the other exits' entries are 1");
-    }
-
-    #[test]
-    fn the_bound_is_below_the_share_and_tightens_with_more_outcomes() {
-        let window = |n: usize| -> VecDeque<(f64, bool)> { (0..n).map(|i| (0.9, i % 10 != 0)).collect() };
-        let (small, large) = (lower_bound(&window(20)), lower_bound(&window(200)));
-        assert!(small < large && large < 0.9, "{small} < {large} < 0.9");
-        assert!(
-            (large - 0.860).abs() < 0.001,
-            "Wilson's bound for 180 of 200 at z = 1.645: {large}"
-        );
-    }
-
-    #[test]
-    fn without_a_target_it_only_measures() {
-        let agreement = Agreement::new(None, Family::default(), Gauge::default());
-        agreement.learn(8, 0.3);
-        for i in 0..100 {
-            agreement.record(0.5, i % 4 != 0);
-        }
-        assert_eq!(agreement.threshold(), Some(0.3));
-        assert!(agreement.thresholds_for(&[]).is_none());
     }
 }

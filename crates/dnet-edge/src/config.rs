@@ -7,9 +7,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use dnet_calibration::live::default_window;
 use dnet_codec::bounds::{parse_override_bounds, OverrideBounds};
 use dnet_common::duration::parse_duration;
 use dnet_common::telemetry::ObservabilityArgs;
+
+use crate::agreement::AgreementSettings;
 
 /// How a unit serves gRPC: listening, forwarding to the next unit, deadlines,
 /// TLS, admission, draining.
@@ -136,14 +139,17 @@ pub struct EdgeArgs {
     #[arg(long, env = "DNET_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// Answer from this unit's exit when the units after it cannot answer
-    /// before the call's deadline. A late answer is due a tenth of the
-    /// call's budget (at least 20 ms) before the deadline: it is given at
-    /// once when the time they have needed lately (the slowest tenth of the
-    /// last forwards, or the age of the oldest forward still out if longer)
-    /// would end past that, and instead of a forward that has not answered by then. Only when every sample still waiting is at least
-    /// --answer-floor confident here; the answer is marked `degraded`
-    /// (counted in dnet_late_answers).
+    /// Answer from this unit's exit, marked `degraded`, when the units after
+    /// it cannot answer before the call's deadline: a forward that has not
+    /// answered a tenth of the call's budget (at least 20 ms) before the
+    /// deadline; a forward that fails because they cannot answer (none of
+    /// the next unit's addresses serves, it refuses the call for load, the
+    /// deadline passes on the way, the call breaks); and, without trying,
+    /// while the time they have needed lately (the slowest tenth of at least
+    /// 10 recent forwards, or the age of the oldest one still out) exceeds
+    /// what the call has left and a forward is out to measure them. Only
+    /// when every sample still waiting is at least --answer-floor confident
+    /// here (counted in dnet_late_answers).
     #[arg(long, env = "DNET_ANSWER_WHEN_LATE")]
     pub answer_when_late: bool,
 
@@ -151,19 +157,22 @@ pub struct EdgeArgs {
     #[arg(long, env = "DNET_ANSWER_FLOOR", default_value_t = 0.0, value_parser = unit_interval)]
     pub answer_floor: f64,
 
-    /// Share (0..1) of the samples answered at this exit that are also sent
-    /// on to the last exit as shadow work (never on the caller's path, never
-    /// retried, refused first under load), to measure this exit's agreement
-    /// with the last one (dnet_exit_agreement, dnet_shadow); 0: off. Needs a
-    /// next unit.
+    /// Share (0..1) of the samples this unit computes whose agreement with
+    /// the last exit it measures, on both sides of its threshold: samples
+    /// answered here are sent on to the last exit as shadow work (never on
+    /// the caller's path, never retried, refused first under load), samples
+    /// handed on are read in the answer that comes back (dnet_exit_agreement,
+    /// dnet_live_*, dnet_shadow); 0: off. Needs a next unit.
     #[arg(long, env = "DNET_SHADOW_RATE", default_value_t = 0.0, value_parser = unit_interval)]
     pub shadow_rate: f64,
 
-    /// Move this exit's threshold to hold its agreement with the last exit,
-    /// as shadow work measures it, at or above this (0..1), answering as
-    /// many samples here as that allows (docs/calibrate-and-plan.md,
-    /// "Thresholds that hold a target"). Needs --shadow-rate and
-    /// --threshold-range.
+    /// Move this exit's threshold so that, of the samples this unit
+    /// computes, at least this share (0..1) end with the last exit's answer
+    /// (those answered here agree with it, those handed on get it): what
+    /// `test-unit calibrate --exits E,16 --target-agreement` chooses for,
+    /// chosen the same way over the last --agreement-window outcomes, with
+    /// a margin that window proves (docs/calibrate-and-plan.md, "Thresholds
+    /// that hold a target"). Needs --shadow-rate and --threshold-range.
     #[arg(long, env = "DNET_TARGET_AGREEMENT", value_parser = unit_interval)]
     pub target_agreement: Option<f64>,
 
@@ -173,6 +182,14 @@ pub struct EdgeArgs {
     /// unit's own --allow-threshold-override is the default).
     #[arg(long, env = "DNET_THRESHOLD_RANGE", value_parser = parse_override_bounds)]
     pub threshold_range: Option<OverrideBounds>,
+
+    /// Outcomes the live calibration chooses from [default: sized from
+    /// --target-agreement, 100 disagreements at the target: 1,000 for 0.9,
+    /// 10,000 for 0.99; 2,000 without a target]. A smaller window follows
+    /// changing traffic sooner and pays a larger margin; one that can never
+    /// prove the target is refused at start.
+    #[arg(long, env = "DNET_AGREEMENT_WINDOW", value_parser = clap::value_parser!(u32).range(20..=1_000_000))]
+    pub agreement_window: Option<u32>,
 }
 
 /// Parses a number in 0..=1.
@@ -260,15 +277,27 @@ impl EdgeArgs {
                     .to_owned(),
             );
         }
+        if let Some(target) = self.target_agreement {
+            dnet_calibration::live::check(target, self.agreement_window())?;
+        }
         Ok(())
     }
 
-    /// The controller's target, with `--target-agreement`.
+    /// `--agreement-window`, else sized from the target.
     #[must_use]
-    pub fn target(&self) -> Option<crate::agreement::Target> {
-        Some(crate::agreement::Target {
-            agreement: self.target_agreement?,
-            range: self.threshold_range?,
+    pub fn agreement_window(&self) -> usize {
+        self.agreement_window
+            .map_or_else(|| default_window(self.target_agreement), |w| w as usize)
+    }
+
+    /// What the live calibration aims for and how it samples, with `--shadow-rate`.
+    #[must_use]
+    pub fn agreement(&self) -> Option<AgreementSettings> {
+        (self.shadow_rate > 0.0).then(|| AgreementSettings {
+            target: self.target_agreement,
+            range: self.threshold_range.unwrap_or(OverrideBounds { low: 0.0, high: 1.0 }),
+            window: self.agreement_window(),
+            sample_rate: self.shadow_rate,
         })
     }
 

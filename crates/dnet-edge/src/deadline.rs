@@ -3,7 +3,17 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
+
+/// When a call's headers arrived, stamped by admission before the message
+/// is read: the call's budget runs from here, as tonic's timer from the
+/// same `grpc-timeout` does. A budget that started once the message had
+/// been read would end after the caller's deadline whenever the message
+/// took longer than the margin to arrive (tonic would then cancel the call
+/// first), and each unit would hand the next a later deadline than its own.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival(pub Instant);
 
 /// What an answer's way back to the caller takes on a busy host. A call's
 /// budget keeps it back from the caller's deadline (at most a tenth of it) so

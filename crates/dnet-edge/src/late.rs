@@ -1,24 +1,33 @@
-//! Answering from here when the rest of the cascade cannot make the deadline
+//! Answering from here when the units after this one cannot answer in time
 //! (`--answer-when-late`, docs/architecture.md "Answers that beat the
-//! deadline").
+//! deadline"): the policy that `UnitService::forward` asks.
 //!
-//! [`Downstream`] keeps what the units after this one have needed lately:
-//! how long each forward that was answered took (network and every unit
-//! after this one), for [`REMEMBERED_FOR`], and when each forward still out
-//! began. Its estimate is the slowest tenth of the recent forwards, or the
-//! age of the oldest forward still out if that is longer: a next unit that
-//! stalls raises the estimate before any answer comes back. A forward given
-//! up for a late answer counts with the time it had taken (a lower bound of
-//! what it needed), so the next calls are answered at once instead of
-//! waiting as long. Once no forward has ended for a while the estimate falls
-//! back to zero, so that forwards (which measure again) resume.
+//! A unit that hands samples on holds its own exit's answer for them (its
+//! rows of the request, `answered`). [`LateAnswers::held`] turns them into
+//! the degraded answer, when every sample still waiting clears the floor;
+//! the policy gives it, instead of an error or a late reply:
+//! - **before forwarding**, when the units after this one have lately
+//!   needed more than the call has left ([`Downstream::expected`]) and a
+//!   forward is already out to measure them (so one call at a time still
+//!   tries, and the estimate follows the next unit back when it recovers);
+//! - **during the forward**, when it has not answered by the time a late
+//!   answer is due;
+//! - **after a failure** that says the units after this one cannot answer
+//!   ([`cannot_answer`]: none of the next unit's addresses serves, it
+//!   refused the call for load, its deadline passed, the call broke).
 //!
-//! [`answer_here`] turns this unit's rows of a request (`answered`: every
-//! sample's category and probabilities at this exit) into the request's
-//! answer, when every sample still waiting is at least as confident as the
-//! floor.
+//! [`Downstream`] keeps what the units after this one have needed: each
+//! ordinary forward's time when it was answered (network and every unit
+//! after this one), the time it had taken when given up for a late answer
+//! (the least it would have needed), and a failure as "could not answer"
+//! (longer than any budget), for [`REMEMBERED_FOR`]. Its estimate is the
+//! slowest tenth of at least [`MIN_RECENT`] recent forwards, or the age of
+//! the oldest forward still out if that is longer: a next unit that stalls
+//! raises it before any answer comes back. Shadow forwards are kept out:
+//! nobody waits for them.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -26,19 +35,136 @@ use std::time::Duration;
 use dnet_codec::Answers;
 use dnet_proto::{Bytes, ComputationResponse, Data, StatusCode};
 use tokio::time::Instant;
+use tonic::Code;
 
-/// How long an answered forward counts in the estimate.
+use crate::error::Error;
+
+/// How long an ended forward counts in the estimate.
 pub const REMEMBERED_FOR: Duration = Duration::from_secs(10);
 /// The most recent forwards the estimate looks at.
 const RECENT: usize = 64;
+/// The fewest recent forwards the estimate takes a percentile of: with
+/// fewer, one slow forward would be the "90th percentile".
+pub const MIN_RECENT: usize = 10;
 /// Share of the recent forwards the estimate covers: their 90th percentile.
 const QUANTILE: f64 = 0.9;
+
+/// The late-answer policy of one unit.
+#[derive(Debug)]
+pub struct LateAnswers {
+    /// The least confidence a late answer may have (`--answer-floor`).
+    floor: f64,
+    downstream: Downstream,
+}
+
+/// This unit's answer for a request's samples still waiting, marked
+/// degraded: what a late answer gives.
+#[derive(Debug)]
+pub struct Held {
+    pub answer: ComputationResponse,
+    /// Samples it answers here that the units after would have answered.
+    pub samples: u64,
+}
+
+impl LateAnswers {
+    #[must_use]
+    pub fn new(floor: f64) -> Self {
+        Self {
+            floor,
+            downstream: Downstream::default(),
+        }
+    }
+
+    /// The answer this unit holds for the samples it hands on (`answered`:
+    /// its rows of the request, at `exit`), if every one of them clears the
+    /// floor; `None` otherwise, or without rows (pickles).
+    #[must_use]
+    pub fn held(&self, answered: &Bytes, exit: u64) -> Option<Held> {
+        let (answer, samples) = answer_here(answered, exit, self.floor)?;
+        Some(Held { answer, samples })
+    }
+
+    /// Runs `forward` under the policy, with `held` this unit's answer for
+    /// the samples it hands on (if it may give one): the forward's result,
+    /// or `Late` when the held answer is to be given instead. `left` is
+    /// what the call has left until `answer_by`, when a late answer is due.
+    pub async fn watch(
+        &self,
+        held: Option<Held>,
+        left: Duration,
+        answer_by: Instant,
+        forward: impl Future<Output = Result<ComputationResponse, Error>>,
+    ) -> Watched {
+        let Some(held) = held else {
+            // No answer to give from here: the forward runs its course, and is measured.
+            let begun = self.downstream.begin();
+            let result = forward.await;
+            begun.ended(&result);
+            return Watched::Forwarded(result);
+        };
+        if self.too_late_to_try(left) {
+            return Watched::Late(held);
+        }
+        let begun = self.downstream.begin();
+        match tokio::time::timeout_at(answer_by, forward).await {
+            Err(_) => {
+                begun.abandoned();
+                Watched::Late(held)
+            }
+            Ok(Err(error)) if cannot_answer(&error) => {
+                begun.failed();
+                Watched::Late(held)
+            }
+            Ok(result) => {
+                begun.ended(&result);
+                Watched::Forwarded(result)
+            }
+        }
+    }
+
+    /// Whether to answer from here without trying: the units after this
+    /// one have needed more than `left` lately, and a forward already out
+    /// will tell when they are back.
+    fn too_late_to_try(&self, left: Duration) -> bool {
+        self.downstream.expected(Instant::now()) > left && self.downstream.out() > 0
+    }
+}
+
+/// How a watched forward ended.
+#[derive(Debug)]
+pub enum Watched {
+    /// It ran its course: its answer or its error.
+    Forwarded(Result<ComputationResponse, Error>),
+    /// The units after this one cannot answer in time: give this.
+    Late(Held),
+}
+
+/// Whether a failed forward means that the units after this one cannot
+/// answer the call in time, so that an answer held here is better than the
+/// error: nothing of the next unit serves or could be reached, it refused
+/// the call for load, the deadline passed on the way, or the call broke.
+/// An answer the next unit gave about the request itself (a bad argument,
+/// a refused threshold, a permission) passes on as it is.
+#[must_use]
+pub fn cannot_answer(error: &Error) -> bool {
+    match error {
+        Error::NextDown { .. } | Error::NextNotSent { .. } | Error::NextBroken { .. } | Error::NextDeadline { .. } => {
+            true
+        }
+        Error::Next { code, .. } => matches!(
+            code,
+            Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted
+        ),
+        Error::Backend(_) | Error::BadReply(_) => false,
+    }
+}
 
 /// What the units after this one have needed lately.
 #[derive(Debug, Default)]
 pub struct Downstream {
-    /// Answered forwards: when each ended and how long it took.
-    recent: Mutex<VecDeque<(Instant, Duration)>>,
+    /// Ended forwards: when each ended and what it needed (`None`: it could
+    /// not answer at all).
+    recent: Mutex<VecDeque<(Instant, Option<Duration>)>>,
     /// Forwards still out, by id: when each began.
     outstanding: Mutex<HashMap<u64, Instant>>,
     next_id: AtomicU64,
@@ -53,21 +179,35 @@ pub struct Forward<'a> {
 }
 
 impl Forward<'_> {
-    /// The forward was answered: its time counts in the estimate.
+    /// The forward was answered (or answered with an error of its own):
+    /// its time counts in the estimate.
     pub fn answered(self) {
-        self.ended();
+        self.record(Some(self.began.elapsed()));
     }
 
-    /// The forward was given up (the call answered from here): the time it
-    /// had taken counts, as the least it would have needed.
+    /// The forward was given up for a late answer: the time it had taken
+    /// counts, as the least it would have needed.
     pub fn abandoned(self) {
-        self.ended();
+        self.record(Some(self.began.elapsed()));
     }
 
-    fn ended(&self) {
-        let now = Instant::now();
+    /// The units after this one could not answer (see [`cannot_answer`]):
+    /// it counts as longer than any budget.
+    pub fn failed(self) {
+        self.record(None);
+    }
+
+    /// Ended with `result`: answered, or failed.
+    pub fn ended(self, result: &Result<ComputationResponse, Error>) {
+        match result {
+            Err(error) if cannot_answer(error) => self.failed(),
+            _ => self.answered(),
+        }
+    }
+
+    fn record(&self, needed: Option<Duration>) {
         let mut recent = self.downstream.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        recent.push_back((now, now - self.began));
+        recent.push_back((Instant::now(), needed));
         if recent.len() > RECENT {
             recent.pop_front();
         }
@@ -100,22 +240,30 @@ impl Downstream {
         }
     }
 
+    /// Forwards out now.
+    #[must_use]
+    pub fn out(&self) -> usize {
+        self.outstanding.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
     /// The time a forward begun `now` is expected to need: the 90th
-    /// percentile of the forwards answered within [`REMEMBERED_FOR`], or the
-    /// age of the oldest forward still out if longer; zero when neither is known.
+    /// percentile of the forwards that ended within [`REMEMBERED_FOR`] (at
+    /// least [`MIN_RECENT`] of them; a failure counts as `Duration::MAX`),
+    /// or the age of the oldest forward still out if longer; zero when
+    /// neither is known.
     pub fn expected(&self, now: Instant) -> Duration {
-        let mut times: Vec<Duration> = self
+        let mut needed: Vec<Duration> = self
             .recent
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .filter(|(ended, _)| now.saturating_duration_since(*ended) < REMEMBERED_FOR)
-            .map(|&(_, took)| took)
+            .map(|&(_, needed)| needed.unwrap_or(Duration::MAX))
             .collect();
-        times.sort_unstable();
-        let recent = match times.len() {
-            0 => Duration::ZERO,
-            n => times[((n as f64 * QUANTILE).ceil() as usize).clamp(1, n) - 1],
+        needed.sort_unstable();
+        let recent = match needed.len() {
+            n if n < MIN_RECENT => Duration::ZERO,
+            n => needed[((n as f64 * QUANTILE).ceil() as usize).clamp(1, n) - 1],
         };
         let oldest = self
             .outstanding
@@ -159,14 +307,19 @@ pub fn answer_here(answered: &Bytes, exit: u64, floor: f64) -> Option<(Computati
 mod tests {
     use super::*;
 
+    /// `count` forwards that each took `took`.
+    async fn answered(downstream: &Downstream, count: usize, took: Duration) {
+        for _ in 0..count {
+            let forward = downstream.begin();
+            tokio::time::advance(took).await;
+            forward.answered();
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_stalled_forward_raises_the_estimate_and_old_ones_are_forgotten() {
         let downstream = Downstream::default();
-        for _ in 0..10 {
-            let forward = downstream.begin();
-            tokio::time::advance(Duration::from_millis(20)).await;
-            forward.answered();
-        }
+        answered(&downstream, MIN_RECENT, Duration::from_millis(20)).await;
         assert_eq!(downstream.expected(Instant::now()), Duration::from_millis(20));
         let stalled = downstream.begin();
         tokio::time::advance(Duration::from_millis(300)).await;
@@ -182,6 +335,65 @@ mod tests {
             Duration::ZERO,
             "forgotten: forwards resume"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_slow_forward_among_few_is_not_the_percentile_but_failures_are_counted() {
+        let downstream = Downstream::default();
+        let slow = downstream.begin();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        slow.abandoned();
+        answered(&downstream, MIN_RECENT - 2, Duration::from_millis(20)).await;
+        assert_eq!(
+            downstream.expected(Instant::now()),
+            Duration::ZERO,
+            "under {MIN_RECENT} forwards, no percentile"
+        );
+        let slow = downstream.begin();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        slow.abandoned();
+        assert_eq!(
+            downstream.expected(Instant::now()),
+            Duration::from_secs(2),
+            "two of ten slow: the slowest tenth"
+        );
+        for _ in 0..MIN_RECENT {
+            downstream.begin().failed();
+        }
+        assert_eq!(
+            downstream.expected(Instant::now()),
+            Duration::MAX,
+            "failures cannot answer"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn too_late_to_try_only_while_a_forward_is_out_to_measure() {
+        let late = LateAnswers::new(0.0);
+        for _ in 0..MIN_RECENT {
+            late.downstream.begin().failed();
+        }
+        assert!(
+            !late.too_late_to_try(Duration::from_secs(1)),
+            "nothing out: this call tries, and measures"
+        );
+        let probe = late.downstream.begin();
+        assert!(late.too_late_to_try(Duration::from_secs(1)));
+        probe.answered();
+    }
+
+    #[test]
+    fn what_the_next_unit_says_about_the_request_passes_on() {
+        let next = |code| Error::Next {
+            address: "n:1".into(),
+            code,
+            message: String::new(),
+        };
+        assert!(cannot_answer(&next(Code::ResourceExhausted)));
+        assert!(cannot_answer(&next(Code::Unavailable)));
+        assert!(cannot_answer(&Error::NextDown { address: "n:1".into() }));
+        assert!(!cannot_answer(&next(Code::InvalidArgument)));
+        assert!(!cannot_answer(&next(Code::PermissionDenied)));
     }
 
     fn rows(exits: &[i64], confidence: f32) -> Bytes {

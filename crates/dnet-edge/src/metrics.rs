@@ -1,6 +1,6 @@
 //! Prometheus metrics of a unit's gRPC edge.
 
-use dnet_common::labels::StatusLabel;
+pub use dnet_common::labels::{StatusLabel, Traffic, TrafficLabel};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -9,17 +9,19 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
-/// The edge's metrics; cheap to update from any task.
+/// The edge's metrics; cheap to update from any task. Metrics that shadow
+/// work touches are labelled `traffic="ordinary"|"shadow"`.
 #[derive(Debug)]
 pub struct Metrics {
     /// Compute calls by how they ended.
     pub requests: Family<StatusLabel, Counter>,
     /// Publish to reply on the unit's own queue.
-    pub queue_round_trip: Histogram,
-    /// Calls to the next unit, including its whole cascade.
+    pub queue_round_trip: Family<TrafficLabel, Histogram, fn() -> Histogram>,
+    /// Ordinary calls to the next unit, including its whole cascade (shadow
+    /// work is not what callers wait for).
     pub forward: Histogram,
     /// Compute calls being handled now.
-    pub in_flight: Gauge,
+    pub in_flight: Family<TrafficLabel, Gauge>,
     /// Entries in the correlation map (calls waiting for a queue reply).
     pub pending_replies: Gauge,
     /// Replies dropped because no call waited for them (late or duplicate).
@@ -41,8 +43,34 @@ pub struct Metrics {
     pub late_answers: Family<ExitLabel, Counter>,
     /// Shadow samples by outcome (agreed, disagreed, dropped, failed).
     pub shadow: Family<OutcomeLabel, Counter>,
-    /// This exit's windowed agreement with the last, from shadow work.
+    /// The live calibration's window (`agreement`), by exit.
+    pub live: LiveMetrics,
+}
+
+/// What the live calibration's window shows (`--shadow-rate`,
+/// `--target-agreement`), each by exit.
+#[derive(Clone, Debug, Default)]
+pub struct LiveMetrics {
+    /// Of the window's samples answered here, the share the last exit agreed with.
     pub exit_agreement: Family<ExitLabel, Gauge<f64, AtomicU64>>,
+    /// Of all the window's samples, the share that end with the last exit's
+    /// answer at the threshold in force (what `--target-agreement` holds).
+    pub agreement: Family<ExitLabel, Gauge<f64, AtomicU64>>,
+    /// Its lower one-sided 95% bound: the target is proved while this is at least the target.
+    pub proved: Family<ExitLabel, Gauge<f64, AtomicU64>>,
+    /// Share of the window's samples answered here at the threshold in force.
+    pub early_share: Family<ExitLabel, Gauge<f64, AtomicU64>>,
+    /// Outcomes in the window.
+    pub window: Family<ExitLabel, Gauge>,
+    /// Threshold moves, by direction (raised, lowered).
+    pub moves: Family<MoveLabel, Counter>,
+}
+
+/// Label of `dnet_threshold_moves`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MoveLabel {
+    pub exit: u64,
+    pub direction: &'static str,
 }
 
 /// Label of the per-exit metrics.
@@ -68,10 +96,9 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self {
             requests: Family::default(),
-            // 100 us .. ~52 s
-            queue_round_trip: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
-            forward: Histogram::new(exponential_buckets(0.0001, 2.0, 20)),
-            in_flight: Gauge::default(),
+            queue_round_trip: Family::new_with_constructor(seconds_histogram),
+            forward: seconds_histogram(),
+            in_flight: Family::default(),
             pending_replies: Gauge::default(),
             late_replies: Counter::default(),
             queue_waiting: Gauge::default(),
@@ -82,7 +109,7 @@ impl Metrics {
             connections_refused: Counter::default(),
             late_answers: Family::default(),
             shadow: Family::default(),
-            exit_agreement: Family::default(),
+            live: LiveMetrics::default(),
         };
         registry.register(
             "dnet_requests",
@@ -96,7 +123,7 @@ impl Metrics {
         );
         registry.register(
             "dnet_forward_seconds",
-            "Calls forwarded to the next unit",
+            "Ordinary calls forwarded to the next unit, its whole cascade included",
             metrics.forward.clone(),
         );
         registry.register(
@@ -150,11 +177,7 @@ impl Metrics {
             "Shadow samples (--shadow-rate) by outcome: agreed or disagreed with the last exit, dropped under load, failed",
             metrics.shadow.clone(),
         );
-        registry.register(
-            "dnet_exit_agreement",
-            "Agreement of this exit's answers with the last exit's over the last 200 shadow samples",
-            metrics.exit_agreement.clone(),
-        );
+        metrics.live.register(registry);
         metrics
     }
 
@@ -171,9 +194,10 @@ impl Metrics {
     /// Marks a call in flight until the returned guard is dropped (also when
     /// the caller cancels and the handler future is dropped).
     #[must_use]
-    pub fn enter(&self) -> InFlight {
-        self.in_flight.inc();
-        InFlight(self.in_flight.clone())
+    pub fn enter(&self, traffic: Traffic) -> InFlight {
+        let gauge = self.in_flight.get_or_create(&TrafficLabel { traffic }).clone();
+        gauge.inc();
+        InFlight(gauge)
     }
 
     /// Counts one retried attempt at `target`.
@@ -182,9 +206,65 @@ impl Metrics {
     }
 
     /// Counts one finished call.
-    pub fn count(&self, status: &str) {
-        self.requests.get_or_create(&StatusLabel::new(status)).inc();
+    pub fn count(&self, status: &str, traffic: Traffic) {
+        self.requests.get_or_create(&StatusLabel::new(status, traffic)).inc();
     }
+
+    /// Calls being handled now, shadow work included.
+    #[must_use]
+    pub fn calls_in_flight(&self) -> i64 {
+        [Traffic::ordinary, Traffic::shadow]
+            .into_iter()
+            .filter_map(|traffic| self.in_flight.get(&TrafficLabel { traffic }).map(|gauge| gauge.get()))
+            .sum()
+    }
+
+    /// Observes a round trip to the unit's own computation.
+    pub fn round_trip(&self, traffic: Traffic, seconds: f64) {
+        self.queue_round_trip
+            .get_or_create(&TrafficLabel { traffic })
+            .observe(seconds);
+    }
+}
+
+impl LiveMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "dnet_exit_agreement",
+            "Of the live calibration window's samples answered at this exit, the share the last exit agreed with",
+            self.exit_agreement.clone(),
+        );
+        registry.register(
+            "dnet_live_agreement",
+            "Of all the live calibration window's samples, the share that end with the last exit's answer at the threshold in force (what --target-agreement holds)",
+            self.agreement.clone(),
+        );
+        registry.register(
+            "dnet_live_agreement_proved",
+            "Lower one-sided 95% Wilson bound of dnet_live_agreement: the target is proved while this is at least the target",
+            self.proved.clone(),
+        );
+        registry.register(
+            "dnet_live_early_share",
+            "Share of the live calibration window's samples answered at this exit at the threshold in force",
+            self.early_share.clone(),
+        );
+        registry.register(
+            "dnet_live_window",
+            "Outcomes in the live calibration window (--agreement-window at most)",
+            self.window.clone(),
+        );
+        registry.register(
+            "dnet_threshold_moves",
+            "Moves of this exit's threshold by --target-agreement: raised (the window proved the target missed) or lowered (it proved the target at a lower one)",
+            self.moves.clone(),
+        );
+    }
+}
+
+/// 100 us .. ~52 s.
+fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
 }
 
 /// Decrements `dnet_in_flight` when dropped.

@@ -76,6 +76,19 @@ pub struct Edge {
     /// unit); otherwise the edge registers its own when it moves the
     /// threshold (`--target-agreement`).
     pub exit_threshold: Option<Gauge<f64, AtomicU64>>,
+    /// This unit's exit and threshold, when the program knows them (a
+    /// direct unit: its flags); otherwise the live calibration learns them
+    /// from the first reply its computation computed.
+    pub own_exit: Option<OwnExit>,
+}
+
+/// A unit's exit, the threshold its configuration gives it, and which
+/// configuration (for the log).
+#[derive(Clone, Debug)]
+pub struct OwnExit {
+    pub exit: u64,
+    pub threshold: f64,
+    pub source: String,
 }
 
 /// Serves `unit.DNet` on `listener` with `backend` computing this unit's exit
@@ -99,10 +112,14 @@ pub async fn serve<B: Backend>(
         metrics,
         mut registry,
         exit_threshold,
+        own_exit,
     } = edge;
     config.check().map_err(ServeError::Config)?;
     let next = next_unit(&config, &metrics).await?;
     let agreement = agreement(&config, &mut registry, exit_threshold, &metrics);
+    if let (Some(agreement), Some(own)) = (&agreement, own_exit) {
+        agreement.start(own.exit, own.threshold, &own.source);
+    }
     let ready = backend.ready();
     let backend = Arc::new(backend);
     // Ready as the gRPC health of unit.DNet: while the backend can compute.
@@ -178,22 +195,19 @@ fn serve_metrics(listener: Option<TcpListener>, registry: Registry, ready: watch
 }
 
 /// The agreement of this exit with the last, when shadow work measures it
-/// (`--shadow-rate`), and its threshold's controller (`--target-agreement`).
+/// (`--shadow-rate`), and its live calibration (`--target-agreement`).
 fn agreement(
     config: &EdgeArgs,
     registry: &mut Registry,
     exit_threshold: Option<Gauge<f64, AtomicU64>>,
     metrics: &Metrics,
 ) -> Option<Arc<Agreement>> {
-    if config.shadow_rate <= 0.0 {
-        return None;
-    }
-    let target = config.target();
+    let settings = config.agreement()?;
     let threshold = match exit_threshold {
         Some(gauge) => gauge,
         None => {
             let gauge = Gauge::<f64, AtomicU64>::default();
-            if target.is_some() {
+            if settings.target.is_some() {
                 registry.register(
                     "dnet_exit_threshold",
                     "Threshold of this unit's exit, as --target-agreement holds it",
@@ -203,11 +217,7 @@ fn agreement(
             gauge
         }
     };
-    Some(Arc::new(Agreement::new(
-        target,
-        metrics.exit_agreement.clone(),
-        threshold,
-    )))
+    Some(Arc::new(Agreement::new(settings, metrics.live.clone(), threshold)))
 }
 
 /// The `unit.DNet` service with its settings and message limits.
@@ -253,6 +263,7 @@ fn log_serving(config: &EdgeArgs, listener: &TcpListener, unit_name: &str) {
         answer_when_late = config.answer_when_late,
         shadow_rate = config.shadow_rate,
         target_agreement = config.target_agreement,
+        agreement_window = config.target_agreement.map(|_| config.agreement_window()),
         "serving"
     );
 }
@@ -335,7 +346,7 @@ async fn drain(
     let started = std::time::Instant::now();
     info!(
         grace_s = grace.as_secs_f64(),
-        in_flight = metrics.in_flight.get(),
+        in_flight = metrics.calls_in_flight(),
         connections = metrics.connections.get(),
         "no longer accepting calls, draining the calls in flight"
     );
@@ -346,7 +357,7 @@ async fn drain(
         }
         Err(_) => {
             warn!(
-                abandoned = metrics.in_flight.get(),
+                abandoned = metrics.calls_in_flight(),
                 "grace period over, abandoning calls in flight"
             );
             Ok(())

@@ -3,7 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dnet_proto::{ComputationRequest, ComputationResponse, DNet, Data, QstatusRequest, QstatusResponse, StatusCode};
+use dnet_codec::Answers;
+use dnet_proto::{
+    Bytes, ComputationRequest, ComputationResponse, DNet, Data, QstatusRequest, QstatusResponse, StatusCode,
+};
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 use tracing::{debug, warn};
@@ -11,11 +15,11 @@ use tracing::{debug, warn};
 use crate::agreement::Agreement;
 use crate::answered;
 use crate::backend::Backend;
-use crate::deadline;
+use crate::deadline::{self, Arrival};
 use crate::error::Error;
 use crate::hop;
-use crate::late::{self, Downstream};
-use crate::metrics::{ExitLabel, Metrics};
+use crate::late::{Held, LateAnswers, Watched};
+use crate::metrics::{ExitLabel, Metrics, Traffic};
 use crate::next_unit::NextUnit;
 use crate::retry::RetryPolicy;
 use crate::shadow::Shadow;
@@ -48,9 +52,9 @@ pub struct UnitService<B> {
     settings: ServiceSettings,
     metrics: Arc<Metrics>,
     retries: RetryPolicy,
-    /// What the units after this one have needed lately (`--answer-when-late`).
-    downstream: Downstream,
-    /// This exit's agreement with the last, and its threshold's controller.
+    /// `--answer-when-late`: when to answer from here instead of waiting.
+    late: Option<LateAnswers>,
+    /// This exit's agreement with the last, and its live calibration.
     agreement: Option<Arc<Agreement>>,
     /// Where shadow work goes (`--shadow-rate`).
     shadow: Option<Shadow>,
@@ -75,9 +79,9 @@ impl<B: Backend> UnitService<B> {
             backend,
             next,
             retries: RetryPolicy::new(settings.retry_budget),
+            late: settings.answer_floor.map(LateAnswers::new),
             settings,
             metrics,
-            downstream: Downstream::default(),
             agreement,
             shadow,
         }
@@ -86,16 +90,17 @@ impl<B: Backend> UnitService<B> {
     /// One call: this unit's exit (the backend), then the forward on
     /// NOT_SUCCESS.
     async fn handle(&self, mut request: ComputationRequest, call: Call) -> Result<ComputationResponse, Error> {
-        let received = Instant::now();
         let callers_thresholds = request.thresholds.clone();
         let controlled = self.for_this_exit(&mut request);
+        let computing = Instant::now();
         let mut reply = self.compute_here(&request, call).await?;
-        let round_trip = received.elapsed();
-        self.metrics.queue_round_trip.observe(round_trip.as_secs_f64());
+        let round_trip = computing.elapsed();
+        self.metrics
+            .round_trip(Traffic::of(call.shadow), round_trip.as_secs_f64());
         let this_hop = hop::record(&self.settings.unit_name, &request, &reply, round_trip);
         let exit = this_hop.exit_layer;
-        if let Some(agreement) = &self.agreement {
-            agreement.learn(exit, reply.hops.first().map_or(0.0, |hop| hop.threshold));
+        if let (Some(agreement), Some(computed)) = (&self.agreement, reply.hops.first()) {
+            agreement.start_from(computed);
         }
         self.send_shadow(&mut reply, exit);
 
@@ -118,7 +123,7 @@ impl<B: Backend> UnitService<B> {
                 self.forward(next, next_request, &reply.answered, exit, call).await?
             }
         };
-        Ok(finish(answer, this_hop, received))
+        Ok(finish(answer, this_hop, call.arrived))
     }
 
     /// Gives the computation this unit's own shadow rate and, under
@@ -158,71 +163,57 @@ impl<B: Backend> UnitService<B> {
 
     /// The next units' answer merged with this unit's rows (`answered_here`),
     /// or, under --answer-when-late, this unit's own answer when they cannot
-    /// make the deadline.
+    /// answer in time (`late` decides when).
     async fn forward(
         &self,
         next: &NextUnit,
         next_request: ComputationRequest,
-        answered_here: &dnet_proto::Bytes,
+        answered_here: &Bytes,
         exit: u64,
         call: Call,
     ) -> Result<ComputationResponse, Error> {
-        let late = self.settings.answer_floor.filter(|_| !call.shadow);
-        let late_answer = |floor| self.late_answer(answered_here, exit, floor);
-        // A forward must be back by the time a late answer would be given.
-        let left = call
-            .deadline
-            .saturating_duration_since(Instant::now())
-            .saturating_sub(call.margin);
-        if let Some(answer) = late
-            .filter(|_| self.downstream.expected(Instant::now()) > left)
-            .and_then(late_answer)
-        {
-            return Ok(answer);
+        if call.shadow {
+            // Shadow work goes on once, is never answered late, and is kept
+            // out of the estimate and of dnet_forward_seconds.
+            return next.compute_shadow(next_request, call.deadline).await;
         }
         debug!(
             next = next.address(),
             start_layer = next_request.start_layer,
             "forwarding"
         );
-        let forwarded = Instant::now();
-        let forward = self.downstream.begin();
-        let sent = async {
-            if call.shadow {
-                next.compute_shadow(next_request, call.deadline).await
-            } else {
-                let retried = || self.metrics.retried("next");
-                self.retries
-                    .run(call.deadline, retried, || {
-                        next.compute(next_request.clone(), call.deadline)
-                    })
-                    .await
-            }
-        };
-        let answer = match late {
-            None => sent.await,
-            Some(floor) => {
-                tokio::pin!(sent);
-                let answer_by = call.deadline.checked_sub(call.margin).unwrap_or(call.deadline);
-                tokio::select! {
-                    answer = &mut sent => answer,
-                    () = tokio::time::sleep_until(answer_by) => match late_answer(floor) {
-                        Some(answer) => {
-                            forward.abandoned();
-                            return Ok(answer);
-                        }
-                        None => sent.await,
-                    },
+        let sent = timed(self.send_on(next, next_request, call), &self.metrics.forward);
+        let answer = match &self.late {
+            None => sent.await?,
+            Some(late) => {
+                let held = late.held(answered_here, exit);
+                match late.watch(held, call.left(), call.answer_by(), sent).await {
+                    Watched::Forwarded(answer) => answer?,
+                    Watched::Late(held) => return Ok(self.give_late(held, exit)),
                 }
             }
         };
-        self.metrics.forward.observe(forwarded.elapsed().as_secs_f64());
-        let answer = answer?;
-        forward.answered();
         if !self.settings.forward_delay.is_zero() {
             tokio::time::sleep(self.settings.forward_delay).await;
         }
-        answered::merge(answered_here.clone(), answer)
+        let merged = answered::merge(answered_here.clone(), answer)?;
+        self.learn_from_handed_on(answered_here, &merged);
+        Ok(merged)
+    }
+
+    /// The call to the next unit, retrying what did not get through.
+    async fn send_on(
+        &self,
+        next: &NextUnit,
+        next_request: ComputationRequest,
+        call: Call,
+    ) -> Result<ComputationResponse, Error> {
+        let retried = || self.metrics.retried("next");
+        self.retries
+            .run(call.deadline, retried, || {
+                next.compute(next_request.clone(), call.deadline)
+            })
+            .await
     }
 
     /// Hands the reply's shadow work (if any) to the shadow sender.
@@ -238,25 +229,51 @@ impl<B: Backend> UnitService<B> {
         reply.shadow_rows.clear();
     }
 
-    /// The degraded answer from this unit's rows, counted, if their
-    /// confidence allows it.
-    fn late_answer(&self, answered: &dnet_proto::Bytes, exit: u64, floor: f64) -> Option<ComputationResponse> {
-        let (answer, samples) = late::answer_here(answered, exit, floor)?;
+    /// The samples handed on, as the units after this one answered them:
+    /// outcomes for the live calibration (not from a degraded answer, which
+    /// says nothing of the last exit).
+    fn learn_from_handed_on(&self, answered_here: &Bytes, answer: &ComputationResponse) {
+        let Some(agreement) = &self.agreement else { return };
+        let Some(Data::Result(result)) = answer.data.as_ref().filter(|_| !answer.degraded) else {
+            return;
+        };
+        if let (Ok(here), Ok(rows)) = (
+            Answers::parse(answered_here, 0),
+            Answers::parse(result, answer.exit_layer),
+        ) {
+            agreement.record_handed_on(&here, &rows);
+        }
+    }
+
+    /// The answer this unit held, given late and counted.
+    fn give_late(&self, held: Held, exit: u64) -> ComputationResponse {
         self.metrics
             .late_answers
             .get_or_create(&ExitLabel { exit })
-            .inc_by(samples);
+            .inc_by(held.samples);
         debug!(
             exit,
-            samples, "answered here: the units after this one could not make the deadline"
+            samples = held.samples,
+            "answered here: the units after this one could not answer in time"
         );
-        Some(answer)
+        held.answer
     }
+}
+
+/// `future`, its time observed in `histogram` when it completes (not when
+/// it is dropped unfinished).
+async fn timed<T>(future: impl std::future::Future<Output = T>, histogram: &Histogram) -> T {
+    let started = Instant::now();
+    let output = future.await;
+    histogram.observe(started.elapsed().as_secs_f64());
+    output
 }
 
 /// What a call brings besides its request.
 #[derive(Clone, Copy, Debug)]
 struct Call {
+    /// When its headers arrived (admission stamps it): its budget runs from here.
+    arrived: Instant,
     deadline: Instant,
     /// How long before the deadline a late answer is given.
     margin: Duration,
@@ -264,13 +281,26 @@ struct Call {
     shadow: bool,
 }
 
-/// `answer` with this unit's hop record first, its total time set.
+impl Call {
+    /// When a late answer is due.
+    fn answer_by(&self) -> Instant {
+        self.deadline.checked_sub(self.margin).unwrap_or(self.deadline)
+    }
+
+    /// Time left until a late answer is due.
+    fn left(&self) -> Duration {
+        self.answer_by().saturating_duration_since(Instant::now())
+    }
+}
+
+/// `answer` with this unit's hop record first, its total time (from the
+/// call's arrival) set.
 fn finish(
     mut answer: ComputationResponse,
     mut this_hop: dnet_proto::HopRecord,
-    received: Instant,
+    arrived: Instant,
 ) -> ComputationResponse {
-    this_hop.total_us = hop::micros(received.elapsed());
+    this_hop.total_us = hop::micros(arrived.elapsed());
     answer.hops.insert(0, this_hop);
     answer
 }
@@ -282,6 +312,9 @@ fn status_name(status: i32) -> &'static str {
 #[tonic::async_trait]
 impl<B: Backend> DNet for UnitService<B> {
     async fn compute(&self, request: Request<ComputationRequest>) -> Result<Response<ComputationResponse>, Status> {
+        // The budget runs from the arrival of the call's headers, as tonic's
+        // own timer does, so that this unit's answer comes before it fires.
+        let arrived = request.extensions().get::<Arrival>().map_or_else(Instant::now, |a| a.0);
         let budget = deadline::budget(
             request.metadata(),
             self.settings.default_timeout,
@@ -290,32 +323,46 @@ impl<B: Backend> DNet for UnitService<B> {
         if budget.clamped {
             self.metrics.deadline_clamped.inc();
         }
-        let deadline = Instant::now() + budget.time;
-        let request = request.into_inner();
+        // Only the header marks shadow work: a body that says so without it
+        // is an ordinary call (it must not skip "refused first").
+        let shadow = request.metadata().contains_key(dnet_proto::SHADOW_HEADER);
+        let mut request = request.into_inner();
+        request.shadow = shadow;
         let start_layer = request.start_layer;
-        let _in_flight = self.metrics.enter();
-        self.retries.deposit();
-        let started = Instant::now();
+        let traffic = Traffic::of(shadow);
+        let _in_flight = self.metrics.enter(traffic);
+        if !shadow {
+            // Shadow work is never retried: it earns no retries either.
+            self.retries.deposit();
+        }
         let call = Call {
-            deadline,
+            arrived,
+            deadline: arrived + budget.time,
             // A late answer must reach the caller in time: its way back, or a
             // tenth of the budget if longer.
             margin: deadline::WAY_BACK.max(budget.time / 10),
-            shadow: request.shadow,
+            shadow,
         };
         let outcome = self.handle(request, call).await;
-        let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+        let latency_ms = arrived.elapsed().as_secs_f64() * 1e3;
         match outcome {
             Ok(answer) => {
                 let status = status_name(answer.status);
-                self.metrics.count(status);
-                debug!(start_layer, status, exit = answer.exit_layer, latency_ms, "answered");
+                self.metrics.count(status, traffic);
+                debug!(
+                    start_layer,
+                    status,
+                    exit = answer.exit_layer,
+                    latency_ms,
+                    shadow,
+                    "answered"
+                );
                 Ok(Response::new(answer))
             }
             Err(error) => {
                 let status = Status::from(error);
-                self.metrics.count(&format!("{:?}", status.code()));
-                warn!(start_layer, code = ?status.code(), error = status.message(), latency_ms, "call failed");
+                self.metrics.count(&format!("{:?}", status.code()), traffic);
+                warn!(start_layer, code = ?status.code(), error = status.message(), latency_ms, shadow, "call failed");
                 Err(status)
             }
         }

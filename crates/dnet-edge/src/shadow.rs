@@ -67,7 +67,8 @@ impl Shadow {
             })
             .collect();
         if local.len() != rows.len() {
-            self.metrics.shadow("failed");
+            // Each sampled row is one shadow sample, counted once.
+            self.metrics.shadow_n("failed", rows.len() as u64);
             return;
         }
         let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() else {

@@ -1,7 +1,9 @@
-//! Many large `Compute` calls at once, over raw HTTP/2 (the `h2` crate
-//! tonic's transport uses): every call sends the same message buffer, shared
-//! and never copied, so the client's memory does not grow with the calls it
-//! has in flight, and what is measured is the unit's.
+//! `Compute` calls over raw HTTP/2 (the `h2` crate tonic's transport uses),
+//! for what a gRPC client does not let a test do: many large calls at once
+//! (every call sends the same message buffer, shared and never copied, so
+//! the client's memory does not grow with the calls it has in flight, and
+//! what is measured is the unit's), a body that follows its headers late,
+//! and a call that holds a slot by never sending its body.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -90,13 +92,11 @@ pub async fn flood(
     let ended = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
     for _ in 0..connections {
-        let tcp = TcpStream::connect(address).await.context("connect")?;
-        let (client, connection) = h2::client::handshake(tcp).await.context("HTTP/2 handshake")?;
-        tokio::spawn(connection);
+        let client = connect(address).await?;
         for _ in 0..calls {
             let (client, message, ended) = (client.clone(), message.clone(), Arc::clone(&ended));
             tasks.push(tokio::spawn(async move {
-                let outcome = call(client, address, message, timeout).await;
+                let outcome = call(client, address, message, timeout, Duration::ZERO).await;
                 ended.lock().unwrap_or_else(PoisonError::into_inner).push(outcome);
             }));
         }
@@ -104,10 +104,67 @@ pub async fn flood(
     Ok(Flood { ended, tasks })
 }
 
+/// One `Compute` call of `message` whose body follows its headers only
+/// after `body_delay` (a slow link, a slow client): how it ended.
+///
+/// # Errors
+/// The connection cannot be opened.
+pub async fn call_with_body_delay(
+    address: SocketAddr,
+    message: Bytes,
+    timeout: Duration,
+    body_delay: Duration,
+) -> anyhow::Result<Ended> {
+    let client = connect(address).await?;
+    Ok(call(client, address, message, timeout, body_delay).await)
+}
+
+/// A `Compute` call whose headers are sent and whose body never is: it
+/// holds one of the unit's call slots (admission takes it on the headers)
+/// until dropped or until `timeout`.
+#[derive(Debug)]
+pub struct HeldSlot {
+    _stream: h2::SendStream<Bytes>,
+    _response: h2::client::ResponseFuture,
+    _connection: tokio::task::JoinHandle<()>,
+}
+
+/// Takes one of the unit's call slots at `address` for up to `timeout` (see [`HeldSlot`]).
+///
+/// # Errors
+/// The connection cannot be opened, or the unit refuses the stream.
+pub async fn hold_slot(address: SocketAddr, timeout: Duration) -> anyhow::Result<HeldSlot> {
+    let tcp = TcpStream::connect(address).await.context("connect")?;
+    let (client, connection) = h2::client::handshake(tcp).await.context("HTTP/2 handshake")?;
+    let connection = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await?;
+    let (response, stream) = client.send_request(compute_headers(address, timeout)?, false)?;
+    Ok(HeldSlot {
+        _stream: stream,
+        _response: response,
+        _connection: connection,
+    })
+}
+
+async fn connect(address: SocketAddr) -> anyhow::Result<h2::client::SendRequest<Bytes>> {
+    let tcp = TcpStream::connect(address).await.context("connect")?;
+    let (client, connection) = h2::client::handshake(tcp).await.context("HTTP/2 handshake")?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
 /// One call: the request, then its status (from the headers of a
 /// trailers-only answer, else from the trailers).
-async fn call(client: h2::client::SendRequest<Bytes>, address: SocketAddr, message: Bytes, timeout: Duration) -> Ended {
-    match exchange(client, address, message, timeout).await {
+async fn call(
+    client: h2::client::SendRequest<Bytes>,
+    address: SocketAddr,
+    message: Bytes,
+    timeout: Duration,
+    body_delay: Duration,
+) -> Ended {
+    match exchange(client, address, message, timeout, body_delay).await {
         Ok((code, text)) => Ended::Status(code, text),
         Err(error) => match error.downcast_ref::<h2::Error>() {
             Some(h2) if h2.reason() == Some(h2::Reason::REFUSED_STREAM) => Ended::RefusedStream,
@@ -116,21 +173,29 @@ async fn call(client: h2::client::SendRequest<Bytes>, address: SocketAddr, messa
     }
 }
 
-async fn exchange(
-    client: h2::client::SendRequest<Bytes>,
-    address: SocketAddr,
-    message: Bytes,
-    timeout: Duration,
-) -> anyhow::Result<(i32, String)> {
-    let mut client = client.ready().await?;
-    let request = http::Request::builder()
+/// The headers of a `Compute` call to `address` with `timeout`.
+fn compute_headers(address: SocketAddr, timeout: Duration) -> anyhow::Result<http::Request<()>> {
+    Ok(http::Request::builder()
         .method("POST")
         .uri(format!("http://{address}/unit.DNet/Compute"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .header("grpc-timeout", format!("{}m", timeout.as_millis()))
-        .body(())?;
-    let (response, mut stream) = client.send_request(request, false)?;
+        .body(())?)
+}
+
+async fn exchange(
+    client: h2::client::SendRequest<Bytes>,
+    address: SocketAddr,
+    message: Bytes,
+    timeout: Duration,
+    body_delay: Duration,
+) -> anyhow::Result<(i32, String)> {
+    let mut client = client.ready().await?;
+    let (response, mut stream) = client.send_request(compute_headers(address, timeout)?, false)?;
+    if !body_delay.is_zero() {
+        tokio::time::sleep(body_delay).await;
+    }
     // Queued by h2 and sent as flow control allows; dropped if the server
     // refuses the call first.
     stream.send_data(message, true)?;
@@ -149,11 +214,15 @@ async fn exchange(
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<(i32, String)> {
     let code = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    // Percent-encoded on the wire (gRPC over HTTP/2): decoded to read.
     let message = headers
         .get("grpc-message")
-        .and_then(|m| m.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+        .map(|m| {
+            percent_encoding::percent_decode(m.as_bytes())
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default();
     Some((code, message))
 }
 

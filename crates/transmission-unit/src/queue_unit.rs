@@ -56,6 +56,8 @@ pub async fn run(
         metrics,
         registry,
         exit_threshold: None,
+        // Learnt from the first reply its workers computed.
+        own_exit: None,
     };
     serve(listener, metrics_listener, edge, queue, shutdown).await
 }

@@ -81,6 +81,38 @@ pub fn start(
     gauge
 }
 
+/// Applies a changed file (`file`, before it `before`): every entry, but
+/// this exit's while the edge holds it (logged, counted `held`).
+fn apply(
+    path: &Path,
+    live: &LiveThresholds,
+    Exit { exit, controlled }: Exit,
+    file: &[f64; SIDE_EXITS],
+    before: &[f64; SIDE_EXITS],
+    changes: &Family<OutcomeLabel, Counter>,
+) {
+    let own = exit.wrapping_sub(1);
+    let mut applied = *file;
+    let held = controlled && file.get(own) != before.get(own);
+    if controlled {
+        if let (Some(entry), Some(&in_force)) = (applied.get_mut(own), live.get().get(own)) {
+            *entry = in_force;
+        }
+    }
+    let was = live.set(applied);
+    if held {
+        changes.get_or_create(&OutcomeLabel { outcome: "held" }).inc();
+        warn!(file = %path.display(), exit, file_value = ?file.get(own),
+            "thresholds file changed for this exit, not applied to it: --target-agreement holds its threshold \
+             (the other exits' entries are applied)");
+    }
+    if applied != was {
+        changes.get_or_create(&OutcomeLabel { outcome: "applied" }).inc();
+        info!(file = %path.display(), exit, before = ?was.get(own), after = ?applied.get(own),
+            all_before = ?was, all_after = ?applied, "thresholds changed");
+    }
+}
+
 /// This unit's exit, and whether the edge holds its threshold.
 #[derive(Clone, Copy)]
 struct Exit {
@@ -91,29 +123,21 @@ struct Exit {
 async fn watch(
     path: PathBuf,
     live: LiveThresholds,
-    Exit { exit, controlled }: Exit,
+    exit: Exit,
     show: impl Fn(&[f64; SIDE_EXITS]) + Send + 'static,
     changes: Family<OutcomeLabel, Counter>,
 ) {
     let mut last_error = None;
+    // The file as last read (the unit started from it).
+    let mut last_read = live.get();
     loop {
         tokio::time::sleep(POLL).await;
         match read(&path) {
-            Ok(thresholds) if thresholds == live.get() => last_error = None,
-            Ok(thresholds) => {
-                let before = live.set(thresholds);
-                show(&thresholds);
-                let own = |t: &[f64; SIDE_EXITS]| t.get(exit.wrapping_sub(1)).copied();
-                if controlled && own(&before) != own(&thresholds) {
-                    changes.get_or_create(&OutcomeLabel { outcome: "held" }).inc();
-                    warn!(file = %path.display(), exit, file_value = ?own(&thresholds),
-                        "thresholds file changed for this exit, not applied to it: --target-agreement holds its \
-                         threshold (the other exits' entries are applied)");
-                } else {
-                    changes.get_or_create(&OutcomeLabel { outcome: "applied" }).inc();
-                }
-                info!(file = %path.display(), exit, before = ?own(&before), after = ?own(&thresholds),
-                    all_before = ?before, all_after = ?thresholds, "thresholds changed");
+            Ok(file) if file == last_read => last_error = None,
+            Ok(file) => {
+                apply(&path, &live, exit, &file, &last_read, &changes);
+                show(&live.get());
+                last_read = file;
                 last_error = None;
             }
             Err(error) => {

@@ -248,3 +248,65 @@ async fn a_changed_thresholds_file_applies_while_the_unit_runs() {
         "the thresholds in use stay"
     );
 }
+
+/// One source per exit: with `--target-agreement` the edge holds exit 8's
+/// threshold; the file says where it starts, and a later change of its
+/// entry is not applied (logged, counted `held`), while the gauge stays the
+/// edge's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thresholds_file_does_not_move_a_threshold_the_live_calibration_holds() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("thresholds");
+    std::fs::write(&file, thresholds(0.3)).expect("write");
+    let last = direct(16, &[]).await;
+    let unit = direct(
+        8,
+        &[
+            "--thresholds-file",
+            file.to_str().expect("utf-8"),
+            "-n",
+            &last.endpoint(),
+            "--shadow-rate",
+            "0.5",
+            "--target-agreement",
+            "0.9",
+            "--threshold-range",
+            "0.05..0.9999",
+        ],
+    )
+    .await;
+    let threshold = || async { unit.metrics().await.expect("metrics").value("dnet_exit_threshold") };
+    assert_eq!(threshold().await.expect("gauge"), 0.3, "it starts where the file says");
+
+    std::fs::write(&file, thresholds(0.7)).expect("write");
+    let held = wait_for("the change to be seen", PATIENCE, || async {
+        let metrics = unit.metrics().await.ok()?;
+        let held = metrics
+            .labelled("dnet_threshold_changes_total", "outcome", "held")
+            .ok()?;
+        (held == 1.0).then_some(metrics)
+    })
+    .await
+    .expect("the changed entry is counted as held");
+    assert_eq!(
+        held.value("dnet_exit_threshold").expect("gauge"),
+        0.3,
+        "still the edge's"
+    );
+    assert_eq!(
+        held.labelled("dnet_threshold_changes_total", "outcome", "applied")
+            .expect("counter"),
+        1.0,
+        "the other exits' entries changed and were applied"
+    );
+    assert!(
+        !unit
+            .process
+            .events(
+                "thresholds file changed for this exit, not applied to it: --target-agreement holds its threshold \
+                 (the other exits' entries are applied)"
+            )
+            .is_empty(),
+        "and it says so"
+    );
+}

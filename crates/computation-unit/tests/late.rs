@@ -150,11 +150,20 @@ async fn without_the_flag_a_next_unit_refusing_means_resource_exhausted() {
     all_failed(&first, Code::ResourceExhausted).await;
 }
 
+/// Unit 8 also measures its agreement (`--shadow-rate 1`): the samples it
+/// hands on count with the answer that comes back, but not with the answer
+/// it gave late itself, which says nothing of the last exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_flag_a_stalled_next_unit_gets_degraded_answers_in_time() {
-    let (first, last) = cascade(&[], &["--answer-when-late"]).await;
+    let (first, last) = cascade(&[], &["--answer-when-late", "--shadow-rate", "1"]).await;
+    let window = || async {
+        let metrics = first.metrics().await.expect("metrics");
+        metrics.labelled("dnet_live_window", "exit", "8").expect("gauge")
+    };
+    assert_eq!(window().await, 2.0, "the warm-up calls' samples, answered by unit 16");
     last.process.signal("STOP").expect("SIGSTOP");
     all_answered_late(&first, 8).await;
+    assert_eq!(window().await, 2.0, "no outcome from an answer given late");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

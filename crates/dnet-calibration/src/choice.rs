@@ -32,8 +32,9 @@ pub fn lowest_threshold(candidates: &mut [Candidate], matched: i64, meets: impl 
     let mut k = 0;
     while k < candidates.len() {
         let confidence = candidates[k].confidence;
-        // Inputs of equal confidence cross the threshold together.
-        while k < candidates.len() && candidates[k].confidence == confidence {
+        // Inputs of equal confidence cross the threshold together (total
+        // order: a NaN is equal to itself and the loop always advances).
+        while k < candidates.len() && candidates[k].confidence.total_cmp(&confidence).is_eq() {
             matched += candidates[k].gain;
             k += 1;
         }
@@ -95,5 +96,10 @@ mod tests {
             "the two at 0.8 cross together"
         );
         assert_eq!(lowest_threshold(&mut candidates(&[(0.9, -1)]), 1, |m| m >= 1), None);
+        let mut odd = candidates(&[(f32::NAN, 0), (0.5, 0)]);
+        assert!(
+            lowest_threshold(&mut odd, 2, |m| m >= 2).is_some(),
+            "a NaN ends, whatever it chooses"
+        );
     }
 }

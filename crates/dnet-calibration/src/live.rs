@@ -87,11 +87,12 @@ pub fn check(target: f64, window: usize) -> Result<(), String> {
     };
     if window < least {
         let (most, _) = wilson(window as f64, window as f64);
+        let comfortable = (EXPECTED_DISAGREEMENTS / (1.0 - target)).ceil().max(least as f64);
         return Err(format!(
             "--target-agreement {target} cannot be proved by a window of {window} outcomes: even {window} that \
              all agree prove at most {most:.4} (the one-sided 95% Wilson bound); it needs at least {least} \
-             (--agreement-window), and about {} to answer early at that target for a small price",
-            default_window(Some(target))
+             (--agreement-window, at most {MAX_WINDOW}), and about {comfortable:.0} to answer early at that \
+             target for a small price"
         ));
     }
     Ok(())
@@ -118,6 +119,9 @@ pub struct Reading {
     /// Its lower one-sided 95% bound: the target is proved while this is at
     /// least the target.
     pub proved: f64,
+    /// Its upper one-sided 95% bound: the target is proved missed (and the
+    /// threshold raised) when this falls under the target.
+    pub upper: f64,
     /// Share of them answered here at this threshold.
     pub early_share: f64,
     /// Of those answered here, the share the last exit agreed with.
@@ -166,6 +170,12 @@ impl LiveCalibration {
         self.threshold
     }
 
+    /// Outcomes in the window.
+    #[must_use]
+    pub fn outcomes(&self) -> usize {
+        self.outcomes.len()
+    }
+
     /// New outcomes between two decisions: a fiftieth of the window, at least 20.
     #[must_use]
     pub fn every(&self) -> usize {
@@ -174,7 +184,11 @@ impl LiveCalibration {
 
     /// One outcome: a sample of `confidence` here, and whether the last
     /// exit agreed. Every [`LiveCalibration::every`] outcomes, a decision.
+    /// A confidence that is not a number in 0..=1 says nothing: ignored.
     pub fn record(&mut self, confidence: f64, agreed: bool) -> Option<Decision> {
+        if !(0.0..=1.0).contains(&confidence) {
+            return None;
+        }
         self.outcomes.push_back((confidence as f32, agreed));
         if self.outcomes.len() > self.settings.window {
             self.outcomes.pop_front();
@@ -253,11 +267,13 @@ impl LiveCalibration {
         let (agreeing, answered) = self.agreeing_at(self.threshold);
         let share = |count: usize, of: usize| if of == 0 { 0.0 } else { count as f64 / of as f64 };
         let disagreed_here = n - agreeing;
+        let (proved, upper) = wilson(agreeing as f64, n as f64);
         Reading {
             threshold: self.threshold,
             outcomes: n,
             agreement: if n == 0 { 1.0 } else { share(agreeing, n) },
-            proved: wilson(agreeing as f64, n as f64).0,
+            proved,
+            upper,
             early_share: share(answered, n),
             agreement_here: (answered > 0).then(|| share(answered - disagreed_here, answered)),
         }

@@ -2,10 +2,15 @@
 //! threshold that holds a target (`--shadow-rate`, `--target-agreement`;
 //! docs/calibrate-and-plan.md, "Thresholds that hold a target").
 //!
-//! Outcomes come from both sides of the threshold, sampled at the shadow
-//! rate on each: a sample answered here comes back from the last exit as
-//! shadow work (`shadow`); a sample handed on comes back in the answer,
-//! with the category the units after this one gave it (`record_handed_on`).
+//! Outcomes come from both sides of the threshold, sampled alike: a sample
+//! answered here comes back from the last exit as shadow work (`shadow`),
+//! at the shadow rate, unless it is dropped under load; a sample handed on
+//! comes back in the answer, with the category the units after this one
+//! gave it (`record_handed_on`), and is recorded at the shadow rate times
+//! the share of shadow samples that came back lately. Were the two sides
+//! sampled unlike, the window would overrate the agreement: every dropped
+//! shadow sample removes a sample answered here, which is where the
+//! disagreements are.
 //! The window and the choice are `dnet_calibration::live`; this module
 //! starts it where the unit's threshold is, applies its moves (the unit
 //! gives its computation the threshold with each request, as an override
@@ -17,8 +22,8 @@
 //! transmission unit, the first reply its computation computed) only give
 //! where it starts.
 
-use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use dnet_calibration::live::{Decision, LiveCalibration, LiveSettings, Move};
 use dnet_codec::bounds::OverrideBounds;
@@ -27,10 +32,13 @@ use dnet_proto::HopRecord;
 use prometheus_client::metrics::gauge::Gauge;
 use tracing::{info, warn};
 
-use crate::metrics::{ExitLabel, LiveMetrics, MoveLabel};
+use crate::metrics::{BoundLabel, ExitLabel, LiveMetrics, MoveLabel};
 
 /// The side exits (1..15) whose thresholds a request carries.
 const SIDE_EXITS: usize = 15;
+/// Shadow samples the share that came back is measured over (halved as it
+/// passes this, so that it follows the last few thousand).
+const SURVIVAL_SPAN: f64 = 4_000.0;
 
 /// What the live calibration aims for, and how it samples.
 #[derive(Clone, Copy, Debug)]
@@ -50,17 +58,37 @@ pub struct AgreementSettings {
 #[derive(Debug)]
 pub struct Agreement {
     settings: AgreementSettings,
+    /// This unit's exit, once known.
+    exit: OnceLock<u64>,
+    /// The threshold in force (f64 bits), read by every request without
+    /// waiting for a decision.
+    threshold: AtomicU64,
     /// Empty until this unit's exit and starting threshold are known.
-    state: Mutex<Option<Started>>,
+    live: Mutex<Option<LiveCalibration>>,
+    /// Shadow samples sent and come back lately (their share thins the side
+    /// handed on alike).
+    survival: Mutex<Survival>,
     metrics: LiveMetrics,
     /// `dnet_exit_threshold`: the threshold in force, with a target.
     threshold_gauge: Gauge<f64, AtomicU64>,
 }
 
-#[derive(Debug)]
-struct Started {
-    exit: u64,
-    live: LiveCalibration,
+/// Shadow samples sampled and come back, both halved now and then.
+#[derive(Debug, Default)]
+struct Survival {
+    sampled: f64,
+    returned: f64,
+}
+
+impl Survival {
+    /// The share of shadow samples that came back (1 before any was sampled).
+    fn share(&self) -> f64 {
+        if self.sampled <= 0.0 {
+            1.0
+        } else {
+            (self.returned / self.sampled).clamp(0.0, 1.0)
+        }
+    }
 }
 
 impl Agreement {
@@ -68,7 +96,10 @@ impl Agreement {
     pub fn new(settings: AgreementSettings, metrics: LiveMetrics, threshold_gauge: Gauge<f64, AtomicU64>) -> Self {
         Self {
             settings,
-            state: Mutex::default(),
+            exit: OnceLock::new(),
+            threshold: AtomicU64::new(0),
+            live: Mutex::default(),
+            survival: Mutex::default(),
             metrics,
             threshold_gauge,
         }
@@ -80,7 +111,7 @@ impl Agreement {
         if !(1..=SIDE_EXITS as u64).contains(&exit) {
             return;
         }
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.live.lock().unwrap_or_else(PoisonError::into_inner);
         if state.is_some() {
             return;
         }
@@ -105,12 +136,16 @@ impl Agreement {
                 "this exit's threshold is held by --target-agreement from here on (one source: changes of \
                  --thresholds-file for this exit are not applied)");
         }
-        *state = Some(Started { exit, live });
+        self.threshold.store(live.threshold().to_bits(), Ordering::Relaxed);
+        // Set once, under the lock: the first start wins.
+        let _ = self.exit.set(exit);
+        *state = Some(live);
     }
 
     /// Starts from this unit's hop record in a reply its computation
-    /// computed (a transmission unit learns its exit and threshold so);
-    /// never from a refusal, whose record carries no threshold.
+    /// computed for a request without thresholds of its own (a transmission
+    /// unit learns its exit and threshold so); never from a refusal, whose
+    /// record carries no threshold.
     pub fn start_from(&self, hop: &HopRecord) {
         if hop.batch_size > 0 {
             self.start(
@@ -127,41 +162,71 @@ impl Agreement {
     #[must_use]
     pub fn thresholds_for(&self, own: &[f64]) -> Option<Vec<f64>> {
         self.settings.target?;
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let started = state.as_ref()?;
+        let exit = usize::try_from(*self.exit.get()?).ok()?;
         let mut thresholds = if own.len() == SIDE_EXITS {
             own.to_vec()
         } else {
             vec![1.0; SIDE_EXITS]
         };
-        thresholds[usize::try_from(started.exit).ok()? - 1] = started.live.threshold();
+        *thresholds.get_mut(exit.checked_sub(1)?)? = f64::from_bits(self.threshold.load(Ordering::Relaxed));
         Some(thresholds)
+    }
+
+    /// `samples` answered here were sampled as shadow work (whether they
+    /// are sent, dropped or fail), for the share that comes back.
+    pub fn shadow_sampled(&self, samples: usize) {
+        let mut survival = self.survival.lock().unwrap_or_else(PoisonError::into_inner);
+        survival.sampled += samples as f64;
+        if survival.sampled > SURVIVAL_SPAN {
+            survival.sampled /= 2.0;
+            survival.returned /= 2.0;
+        }
     }
 
     /// Outcomes of the samples this unit handed on (`here`: its rows of a
     /// request, exit layer 0 where handed on) as the units after this one
     /// answered them (`answer`: every sample's row), each recorded at the
-    /// sample rate. A sample answered late here says nothing of the last exit.
+    /// sample rate times the share of shadow samples that came back (both
+    /// sides sampled alike). A sample answered late here says nothing of the
+    /// last exit: the caller passes no degraded answer.
     pub fn record_handed_on(&self, here: &Answers, answer: &Answers) {
         if here.category.len() != answer.category.len() {
             return;
         }
+        let rate = self.settings.sample_rate * self.survival.lock().unwrap_or_else(PoisonError::into_inner).share();
         for i in (0..here.category.len()).filter(|&i| here.exit_layer[i] == 0) {
             let Some(confidence) = here.confidence(i) else { continue };
-            if answer.exit_layer[i] <= 0 || fastrand::f64() >= self.settings.sample_rate {
+            if answer.exit_layer[i] <= 0 || fastrand::f64() >= rate {
                 continue;
             }
             self.record(f64::from(confidence), here.category[i] == answer.category[i]);
         }
     }
 
+    /// A shadow sample's outcome: answered here with `confidence`, and
+    /// whether the last exit agreed.
+    pub fn shadow_returned(&self, confidence: f64, agreed: bool) {
+        self.survival.lock().unwrap_or_else(PoisonError::into_inner).returned += 1.0;
+        self.record(confidence, agreed);
+    }
+
     /// One outcome: a sample of `confidence` here, and whether the last
     /// exit agreed.
-    pub fn record(&self, confidence: f64, agreed: bool) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(started) = state.as_mut() else { return };
-        if let Some(decision) = started.live.record(confidence, agreed) {
-            self.show(started.exit, &decision);
+    fn record(&self, confidence: f64, agreed: bool) {
+        let (Some(&exit), mut live) = (
+            self.exit.get(),
+            self.live.lock().unwrap_or_else(PoisonError::into_inner),
+        ) else {
+            return;
+        };
+        let Some(live) = live.as_mut() else { return };
+        let decision = live.record(confidence, agreed);
+        let outcomes = i64::try_from(live.outcomes()).unwrap_or(i64::MAX);
+        self.metrics.window.get_or_create(&ExitLabel { exit }).set(outcomes);
+        if let Some(decision) = decision {
+            self.threshold
+                .store(decision.reading.threshold.to_bits(), Ordering::Relaxed);
+            self.show(exit, &decision);
         }
     }
 
@@ -170,11 +235,13 @@ impl Agreement {
         let reading = decision.reading;
         let label = ExitLabel { exit };
         let live = &self.metrics;
-        live.window
-            .get_or_create(&label)
-            .set(i64::try_from(reading.outcomes).unwrap_or(i64::MAX));
         live.agreement.get_or_create(&label).set(reading.agreement);
-        live.proved.get_or_create(&label).set(reading.proved);
+        live.bound
+            .get_or_create(&BoundLabel { exit, bound: "lower" })
+            .set(reading.proved);
+        live.bound
+            .get_or_create(&BoundLabel { exit, bound: "upper" })
+            .set(reading.upper);
         live.early_share.get_or_create(&label).set(reading.early_share);
         if let Some(here) = reading.agreement_here {
             live.exit_agreement.get_or_create(&label).set(here);
@@ -200,11 +267,12 @@ impl Agreement {
         );
     }
 
-    /// The threshold in force (for tests and logs).
+    /// The threshold in force, once started (for tests and logs).
     #[must_use]
     pub fn threshold(&self) -> Option<f64> {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.as_ref().map(|started| started.live.threshold())
+        self.exit
+            .get()
+            .map(|_| f64::from_bits(self.threshold.load(Ordering::Relaxed)))
     }
 }
 
@@ -268,12 +336,61 @@ mod tests {
         for _ in 0..10 {
             agreement.record_handed_on(&here, &answer);
         }
-        let state = agreement.state.lock().expect("lock");
-        let reading = state.as_ref().expect("started").live.reading();
-        assert_eq!(reading.outcomes, 20, "two samples of each request");
+        let live = agreement.live.lock().expect("lock");
+        let live = live.as_ref().expect("started");
+        assert_eq!(live.outcomes(), 20, "two samples of each request");
+        let reading = live.reading();
         assert_eq!(
             reading.agreement, 1.0,
-            "handed on, they end with the last exit's answer"
+            "at the threshold in force (0.5) they were handed on: they end with the last exit's answer"
         );
+    }
+
+    #[test]
+    fn each_handed_on_outcome_says_whether_the_last_exit_agreed() {
+        // Started below their confidence (0.1): read at that threshold, the
+        // samples count as answered here, so their agreement shows.
+        let agreement = agreement(None);
+        agreement.start(8, 0.05, "a test");
+        let rows = |category: Vec<i64>, exit_layer: Vec<i64>| Answers {
+            probs: category.iter().flat_map(|_| [0.1_f32; 10]).collect(),
+            category,
+            exit_layer,
+        };
+        let (here, answer) = (rows(vec![2, 3], vec![0, 0]), rows(vec![2, 5], vec![16, 16]));
+        agreement.record_handed_on(&here, &answer);
+        let live = agreement.live.lock().expect("lock");
+        let reading = live.as_ref().expect("started").reading();
+        assert_eq!(reading.agreement_here, Some(0.5), "one agreed, one did not");
+    }
+
+    #[test]
+    fn the_side_handed_on_is_thinned_as_shadow_samples_are_lost() {
+        let agreement = agreement(None);
+        agreement.start(8, 0.5, "a test");
+        let rows = |exit_layer: Vec<i64>| Answers {
+            probs: exit_layer.iter().flat_map(|_| [0.1_f32; 10]).collect(),
+            category: exit_layer.iter().map(|_| 1).collect(),
+            exit_layer,
+        };
+        let outcomes = || {
+            agreement
+                .live
+                .lock()
+                .expect("lock")
+                .as_ref()
+                .expect("started")
+                .outcomes()
+        };
+        // Every shadow sample lost: the side handed on is not recorded either.
+        agreement.shadow_sampled(100);
+        agreement.record_handed_on(&rows(vec![0; 10]), &rows(vec![16; 10]));
+        assert_eq!(outcomes(), 0);
+        // All of them back: every sample handed on counts (the rate is 1).
+        for _ in 0..100 {
+            agreement.shadow_returned(0.9, true);
+        }
+        agreement.record_handed_on(&rows(vec![0; 10]), &rows(vec![16; 10]));
+        assert_eq!(outcomes(), 110);
     }
 }

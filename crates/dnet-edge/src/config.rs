@@ -187,8 +187,8 @@ pub struct EdgeArgs {
     /// --target-agreement, 100 disagreements at the target: 1,000 for 0.9,
     /// 10,000 for 0.99; 2,000 without a target]. A smaller window follows
     /// changing traffic sooner and pays a larger margin; one that can never
-    /// prove the target is refused at start.
-    #[arg(long, env = "DNET_AGREEMENT_WINDOW", value_parser = clap::value_parser!(u32).range(20..=1_000_000))]
+    /// prove the target is refused at start. 20 to 100,000.
+    #[arg(long, env = "DNET_AGREEMENT_WINDOW", value_parser = clap::value_parser!(u32).range(20..=100_000))]
     pub agreement_window: Option<u32>,
 }
 

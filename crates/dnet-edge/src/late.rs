@@ -8,8 +8,9 @@
 //! the policy gives it, instead of an error or a late reply:
 //! - **before forwarding**, when the units after this one have lately
 //!   needed more than the call has left ([`Downstream::expected`]) and a
-//!   forward is already out to measure them (so one call at a time still
-//!   tries, and the estimate follows the next unit back when it recovers);
+//!   watched forward is already out to measure them (so one call at a time
+//!   still tries, and the estimate follows the next unit back when it
+//!   recovers), or when nothing is left;
 //! - **during the forward**, when it has not answered by the time a late
 //!   answer is due;
 //! - **after a failure** that says the units after this one cannot answer
@@ -17,14 +18,18 @@
 //!   refused the call for load, its deadline passed, the call broke).
 //!
 //! [`Downstream`] keeps what the units after this one have needed: each
-//! ordinary forward's time when it was answered (network and every unit
-//! after this one), the time it had taken when given up for a late answer
-//! (the least it would have needed), and a failure as "could not answer"
-//! (longer than any budget), for [`REMEMBERED_FOR`]. Its estimate is the
-//! slowest tenth of at least [`MIN_RECENT`] recent forwards, or the age of
-//! the oldest forward still out if that is longer: a next unit that stalls
-//! raises it before any answer comes back. Shadow forwards are kept out:
-//! nobody waits for them.
+//! ordinary forward's time when it ended (answered or failed: network and
+//! every unit after this one), and the time it had taken when given up for
+//! a late answer (the least it would have needed), for [`REMEMBERED_FOR`].
+//! Its estimate is the slowest tenth of at least [`MIN_RECENT`] recent
+//! forwards, or the age of the oldest watched forward still out if that is
+//! longer: a next unit that stalls raises it before any answer comes back.
+//! Only watched forwards (those a held answer can replace, given up when it
+//! is due) count as out: a forward without one may run to its deadline and
+//! must not hold every other call back. A failure that comes fast costs
+//! the caller nothing (its late answer comes at once), so it counts with
+//! its own time; one that comes slowly raises the estimate. Shadow forwards
+//! are kept out: nobody waits for them.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -97,34 +102,34 @@ impl LateAnswers {
     ) -> Watched {
         let Some(held) = held else {
             // No answer to give from here: the forward runs its course, and is measured.
-            let begun = self.downstream.begin();
+            let began = Instant::now();
             let result = forward.await;
-            begun.ended(&result);
+            self.downstream.ended(began.elapsed());
             return Watched::Forwarded(result);
         };
-        if self.too_late_to_try(left) {
+        if left.is_zero() || self.too_late_to_try(left) {
             return Watched::Late(held);
         }
-        let begun = self.downstream.begin();
+        let watched = self.downstream.begin();
         match tokio::time::timeout_at(answer_by, forward).await {
             Err(_) => {
-                begun.abandoned();
+                watched.ended();
                 Watched::Late(held)
             }
             Ok(Err(error)) if cannot_answer(&error) => {
-                begun.failed();
+                watched.ended();
                 Watched::Late(held)
             }
             Ok(result) => {
-                begun.ended(&result);
+                watched.ended();
                 Watched::Forwarded(result)
             }
         }
     }
 
     /// Whether to answer from here without trying: the units after this
-    /// one have needed more than `left` lately, and a forward already out
-    /// will tell when they are back.
+    /// one have needed more than `left` lately, and a watched forward
+    /// already out will tell when they are back.
     fn too_late_to_try(&self, left: Duration) -> bool {
         self.downstream.expected(Instant::now()) > left && self.downstream.out() > 0
     }
@@ -162,15 +167,14 @@ pub fn cannot_answer(error: &Error) -> bool {
 /// What the units after this one have needed lately.
 #[derive(Debug, Default)]
 pub struct Downstream {
-    /// Ended forwards: when each ended and what it needed (`None`: it could
-    /// not answer at all).
-    recent: Mutex<VecDeque<(Instant, Option<Duration>)>>,
-    /// Forwards still out, by id: when each began.
+    /// Ended forwards: when each ended and what it needed.
+    recent: Mutex<VecDeque<(Instant, Duration)>>,
+    /// Watched forwards still out, by id: when each began.
     outstanding: Mutex<HashMap<u64, Instant>>,
     next_id: AtomicU64,
 }
 
-/// A forward under way; it stops counting as outstanding when dropped.
+/// A watched forward under way; it stops counting as outstanding when dropped.
 #[derive(Debug)]
 pub struct Forward<'a> {
     downstream: &'a Downstream,
@@ -179,38 +183,10 @@ pub struct Forward<'a> {
 }
 
 impl Forward<'_> {
-    /// The forward was answered (or answered with an error of its own):
-    /// its time counts in the estimate.
-    pub fn answered(self) {
-        self.record(Some(self.began.elapsed()));
-    }
-
-    /// The forward was given up for a late answer: the time it had taken
-    /// counts, as the least it would have needed.
-    pub fn abandoned(self) {
-        self.record(Some(self.began.elapsed()));
-    }
-
-    /// The units after this one could not answer (see [`cannot_answer`]):
-    /// it counts as longer than any budget.
-    pub fn failed(self) {
-        self.record(None);
-    }
-
-    /// Ended with `result`: answered, or failed.
-    pub fn ended(self, result: &Result<ComputationResponse, Error>) {
-        match result {
-            Err(error) if cannot_answer(error) => self.failed(),
-            _ => self.answered(),
-        }
-    }
-
-    fn record(&self, needed: Option<Duration>) {
-        let mut recent = self.downstream.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        recent.push_back((Instant::now(), needed));
-        if recent.len() > RECENT {
-            recent.pop_front();
-        }
+    /// The forward ended (answered, failed, or given up for a late answer):
+    /// the time it took counts, for one given up as the least it would have needed.
+    pub fn ended(self) {
+        self.downstream.ended(self.began.elapsed());
     }
 }
 
@@ -225,7 +201,16 @@ impl Drop for Forward<'_> {
 }
 
 impl Downstream {
-    /// Marks a forward as begun now.
+    /// A forward that took `needed` has ended.
+    fn ended(&self, needed: Duration) {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        recent.push_back((Instant::now(), needed));
+        if recent.len() > RECENT {
+            recent.pop_front();
+        }
+    }
+
+    /// Marks a watched forward as begun now.
     pub fn begin(&self) -> Forward<'_> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let began = Instant::now();
@@ -240,7 +225,7 @@ impl Downstream {
         }
     }
 
-    /// Forwards out now.
+    /// Watched forwards out now.
     #[must_use]
     pub fn out(&self) -> usize {
         self.outstanding.lock().unwrap_or_else(PoisonError::into_inner).len()
@@ -248,9 +233,8 @@ impl Downstream {
 
     /// The time a forward begun `now` is expected to need: the 90th
     /// percentile of the forwards that ended within [`REMEMBERED_FOR`] (at
-    /// least [`MIN_RECENT`] of them; a failure counts as `Duration::MAX`),
-    /// or the age of the oldest forward still out if longer; zero when
-    /// neither is known.
+    /// least [`MIN_RECENT`] of them), or the age of the oldest watched
+    /// forward still out if longer; zero when neither is known.
     pub fn expected(&self, now: Instant) -> Duration {
         let mut needed: Vec<Duration> = self
             .recent
@@ -258,7 +242,7 @@ impl Downstream {
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
             .filter(|(ended, _)| now.saturating_duration_since(*ended) < REMEMBERED_FOR)
-            .map(|&(_, needed)| needed.unwrap_or(Duration::MAX))
+            .map(|&(_, needed)| needed)
             .collect();
         needed.sort_unstable();
         let recent = match needed.len() {
@@ -312,7 +296,7 @@ mod tests {
         for _ in 0..count {
             let forward = downstream.begin();
             tokio::time::advance(took).await;
-            forward.answered();
+            forward.ended();
         }
     }
 
@@ -338,48 +322,67 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn one_slow_forward_among_few_is_not_the_percentile_but_failures_are_counted() {
+    async fn one_slow_forward_among_few_is_not_the_percentile() {
         let downstream = Downstream::default();
-        let slow = downstream.begin();
-        tokio::time::advance(Duration::from_secs(2)).await;
-        slow.abandoned();
+        answered(&downstream, 1, Duration::from_secs(2)).await;
         answered(&downstream, MIN_RECENT - 2, Duration::from_millis(20)).await;
         assert_eq!(
             downstream.expected(Instant::now()),
             Duration::ZERO,
             "under {MIN_RECENT} forwards, no percentile"
         );
-        let slow = downstream.begin();
-        tokio::time::advance(Duration::from_secs(2)).await;
-        slow.abandoned();
+        answered(&downstream, 1, Duration::from_secs(2)).await;
         assert_eq!(
             downstream.expected(Instant::now()),
             Duration::from_secs(2),
             "two of ten slow: the slowest tenth"
         );
-        for _ in 0..MIN_RECENT {
-            downstream.begin().failed();
-        }
-        assert_eq!(
-            downstream.expected(Instant::now()),
-            Duration::MAX,
-            "failures cannot answer"
-        );
+    }
+
+    /// A forward that never answers, for `watch`.
+    async fn never() -> Result<ComputationResponse, Error> {
+        std::future::pending().await
+    }
+
+    fn held() -> Option<Held> {
+        Some(Held {
+            answer: ComputationResponse::default(),
+            samples: 1,
+        })
     }
 
     #[tokio::test(start_paused = true)]
-    async fn too_late_to_try_only_while_a_forward_is_out_to_measure() {
+    async fn without_trying_only_while_a_watched_forward_is_out_to_measure() {
         let late = LateAnswers::new(0.0);
-        for _ in 0..MIN_RECENT {
-            late.downstream.begin().failed();
-        }
+        let left = Duration::from_millis(400);
+        answered(&late.downstream, MIN_RECENT, Duration::from_secs(1)).await;
+        // Slow lately, nothing out: this call tries (and measures).
+        let probe = tokio::spawn(async move {
+            let watched = late.watch(held(), left, Instant::now() + left, never()).await;
+            (late, watched)
+        });
+        tokio::time::advance(Duration::from_millis(10)).await;
+        tokio::task::yield_now().await;
+        assert!(!probe.is_finished(), "the probe waits for the forward");
+        tokio::time::advance(left).await;
+        let (late, watched) = probe.await.expect("join");
         assert!(
-            !late.too_late_to_try(Duration::from_secs(1)),
-            "nothing out: this call tries, and measures"
+            matches!(watched, Watched::Late(_)),
+            "given up when the late answer is due"
         );
-        let probe = late.downstream.begin();
-        assert!(late.too_late_to_try(Duration::from_secs(1)));
-        probe.answered();
+        // While a watched forward is out, the next call does not try.
+        let out = late.downstream.begin();
+        let started = Instant::now();
+        let watched = late.watch(held(), left, Instant::now() + left, never()).await;
+        assert!(matches!(watched, Watched::Late(_)));
+        assert_eq!(started.elapsed(), Duration::ZERO, "answered at once");
+        drop(out);
+        // A forward without a held answer runs its course and is not "out".
+        let unwatched = late.watch(None, left, Instant::now() + left, async {
+            Err(Error::NextDown { address: "n:1".into() })
+        });
+        assert!(matches!(unwatched.await, Watched::Forwarded(Err(_))));
+        assert_eq!(late.downstream.out(), 0);
     }
 
     #[test]

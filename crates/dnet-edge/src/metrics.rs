@@ -56,14 +56,22 @@ pub struct LiveMetrics {
     /// Of all the window's samples, the share that end with the last exit's
     /// answer at the threshold in force (what `--target-agreement` holds).
     pub agreement: Family<ExitLabel, Gauge<f64, AtomicU64>>,
-    /// Its lower one-sided 95% bound: the target is proved while this is at least the target.
-    pub proved: Family<ExitLabel, Gauge<f64, AtomicU64>>,
+    /// Its one-sided 95% bounds (`bound="lower"`: the target is proved while
+    /// this is at least the target; `"upper"`: proved missed once this falls under it).
+    pub bound: Family<BoundLabel, Gauge<f64, AtomicU64>>,
     /// Share of the window's samples answered here at the threshold in force.
     pub early_share: Family<ExitLabel, Gauge<f64, AtomicU64>>,
     /// Outcomes in the window.
     pub window: Family<ExitLabel, Gauge>,
     /// Threshold moves, by direction (raised, lowered).
     pub moves: Family<MoveLabel, Counter>,
+}
+
+/// Label of `dnet_live_agreement_bound`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BoundLabel {
+    pub exit: u64,
+    pub bound: &'static str,
 }
 
 /// Label of `dnet_threshold_moves`.
@@ -240,9 +248,9 @@ impl LiveMetrics {
             self.agreement.clone(),
         );
         registry.register(
-            "dnet_live_agreement_proved",
-            "Lower one-sided 95% Wilson bound of dnet_live_agreement: the target is proved while this is at least the target",
-            self.proved.clone(),
+            "dnet_live_agreement_bound",
+            "One-sided 95% Wilson bounds of dnet_live_agreement: lower (the target is proved while it is at least the target), upper (the target is proved missed, and the threshold raised, once it falls under it)",
+            self.bound.clone(),
         );
         registry.register(
             "dnet_live_early_share",

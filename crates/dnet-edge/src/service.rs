@@ -100,7 +100,10 @@ impl<B: Backend> UnitService<B> {
         let this_hop = hop::record(&self.settings.unit_name, &request, &reply, round_trip);
         let exit = this_hop.exit_layer;
         if let (Some(agreement), Some(computed)) = (&self.agreement, reply.hops.first()) {
-            agreement.start_from(computed);
+            // Where this exit's threshold starts: not a caller's own.
+            if callers_thresholds.is_empty() {
+                agreement.start_from(computed);
+            }
         }
         self.send_shadow(&mut reply, exit);
 

@@ -66,6 +66,7 @@ impl Shadow {
                 Some((*ours.category.get(row)?, f64::from(ours.confidence(row)?)))
             })
             .collect();
+        self.agreement.shadow_sampled(rows.len());
         if local.len() != rows.len() {
             // Each sampled row is one shadow sample, counted once.
             self.metrics.shadow_n("failed", rows.len() as u64);
@@ -113,7 +114,7 @@ impl Shadow {
             };
             for (&(category, confidence), &final_category) in local.iter().zip(&last.category) {
                 let agreed = category == final_category;
-                agreement.record(confidence, agreed);
+                agreement.shadow_returned(confidence, agreed);
                 metrics.shadow(if agreed { "agreed" } else { "disagreed" });
             }
         });

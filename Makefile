@@ -30,7 +30,7 @@ help:
 	@echo "make images  the Docker images the examples use (offline from the host's build where no registry answers; IMAGES_MODE=build|host)"
 	@echo "make test-images  the demo cascade from the images, as the manifests configure them, against the binaries (part of make test)"
 	@echo "make bench  measure and rewrite BENCHMARKS.md"
-	@echo "make bench-trained  early exit on the trained demo model: the calibrated cascade against exit 16 alone, shadow work, answers at 3x capacity; its BENCHMARKS.md section"
+	@echo "make bench-trained  early exit on the trained demo model: the calibrated cascade against exit 16 alone, shadow work, answers at 2x and 3x capacity, live thresholds from three starts and under drift; its BENCHMARKS.md section"
 	@echo "make bench-link  the cascade across a shaped slow link (root: network namespaces, tc netem); its BENCHMARKS.md section"
 	@echo "make chaos  fault injection under load (a private RabbitMQ node is restarted), rewrites RELIABILITY.md"
 	@echo "make soak   10 minutes at ~80% load, memory and fds per process, rewrites RELIABILITY.md"

@@ -13,7 +13,10 @@
 #            concurrency 16 in the first part), 500 ms deadlines, unit 8
 #            with --answer-when-late and without: for exit 16 alone (every
 #            sample goes on, the next units are the bottleneck; also at 2x)
-#            and for the calibrated thresholds (unit 8 is).
+#            and for the calibrated thresholds (unit 8 is);
+#   live     a cascade of direct units 8 -> 16, unit 8 calibrating its own
+#            threshold on the test set as traffic from three starts, then on
+#            noisy inputs (scripts/bench_live.py, into OUT_DIR/live).
 # Every run writes test-unit's JSON report and its --answers lines to OUT_DIR,
 # and unit 8's metrics after it; scripts/bench_trained_report.py turns them
 # into the BENCHMARKS.md section.
@@ -24,6 +27,7 @@ cd "$(dirname "$0")/.."
 OUT=$1
 BIN=${DNET_BIN_DIR:-target/release}
 DEMO=${DNET_CACHE:-$HOME/.cache/dnet}/demo
+VENV=${DNET_VENV:-${DNET_CACHE:-$HOME/.cache/dnet}/venv}
 LATE_SECONDS=${DNET_BENCH_LATE_SECONDS:-20}
 mkdir -p "$OUT"
 export BIN DEMO OUT LATE_SECONDS
@@ -80,3 +84,5 @@ for run in exit16:2 exit16:3 calibrated:3; do
       run late-$policy-x$factor-$late --rate $rate --duration ${LATE_SECONDS}s --timeout 500ms"
   done
 done
+
+DNET_BIN_DIR="$BIN" "$VENV/bin/python" scripts/bench_live.py "$OUT/live"

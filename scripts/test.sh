@@ -13,7 +13,7 @@ before=$(broker_pid)
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
-# The agreement test runs on the heads-only demo model (trained once, ~1.5 minutes on 2 idle cores).
+# The agreement test runs on the heads-only demo model (trained once: 1.5 to 4 minutes on 2 cores).
 scripts/trained_model.sh --heads-only
 cargo test --workspace
 "$DNET_VENV/bin/python" tests/deploy/check_deploy.py

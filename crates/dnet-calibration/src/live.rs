@@ -144,6 +144,8 @@ pub struct LiveCalibration {
     outcomes: VecDeque<(f32, bool)>,
     /// Outcomes since the last decision.
     fresh: usize,
+    /// Outcomes taken in all (the window holds the last of them).
+    taken: u64,
     threshold: f64,
 }
 
@@ -160,6 +162,7 @@ impl LiveCalibration {
             settings,
             outcomes: VecDeque::with_capacity(settings.window.min(MAX_WINDOW)),
             fresh: 0,
+            taken: 0,
             threshold: threshold.clamp(settings.low, settings.high),
         })
     }
@@ -176,6 +179,13 @@ impl LiveCalibration {
         self.outcomes.len()
     }
 
+    /// Outcomes taken since the start (after a change of the traffic, the
+    /// window describes the new traffic alone once a window more has come).
+    #[must_use]
+    pub fn taken(&self) -> u64 {
+        self.taken
+    }
+
     /// New outcomes between two decisions: a fiftieth of the window, at least 20.
     #[must_use]
     pub fn every(&self) -> usize {
@@ -190,6 +200,7 @@ impl LiveCalibration {
             return None;
         }
         self.outcomes.push_back((confidence as f32, agreed));
+        self.taken += 1;
         if self.outcomes.len() > self.settings.window {
             self.outcomes.pop_front();
         }

@@ -220,9 +220,12 @@ impl Agreement {
             return;
         };
         let Some(live) = live.as_mut() else { return };
+        let taken = live.taken();
         let decision = live.record(confidence, agreed);
+        let label = ExitLabel { exit };
         let outcomes = i64::try_from(live.outcomes()).unwrap_or(i64::MAX);
-        self.metrics.window.get_or_create(&ExitLabel { exit }).set(outcomes);
+        self.metrics.window.get_or_create(&label).set(outcomes);
+        self.metrics.outcomes.get_or_create(&label).inc_by(live.taken() - taken);
         if let Some(decision) = decision {
             self.threshold
                 .store(decision.reading.threshold.to_bits(), Ordering::Relaxed);

@@ -63,6 +63,8 @@ pub struct LiveMetrics {
     pub early_share: Family<ExitLabel, Gauge<f64, AtomicU64>>,
     /// Outcomes in the window.
     pub window: Family<ExitLabel, Gauge>,
+    /// Outcomes taken in all.
+    pub outcomes: Family<ExitLabel, Counter>,
     /// Threshold moves, by direction (raised, lowered).
     pub moves: Family<MoveLabel, Counter>,
 }
@@ -261,6 +263,11 @@ impl LiveMetrics {
             "dnet_live_window",
             "Outcomes in the live calibration window (--agreement-window at most)",
             self.window.clone(),
+        );
+        registry.register(
+            "dnet_live_outcomes",
+            "Outcomes the live calibration took in all (after a change of the traffic, its window describes the new traffic once a window more has come)",
+            self.outcomes.clone(),
         );
         registry.register(
             "dnet_threshold_moves",

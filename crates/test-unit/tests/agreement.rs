@@ -41,6 +41,8 @@ const SAMPLES: u64 = 8;
 const ROUND: u64 = 60;
 /// Learning rounds at most before the test fails as unsettled.
 const MAX_ROUNDS: usize = 12;
+/// Unit 8's window at that target (its default: 100 disagreements at the target).
+const WINDOW: f64 = 1_000.0;
 /// Noise of the changed inputs (a standard deviation on the 0..1 pixel scale).
 const NOISE: f64 = 0.2;
 /// Seed of that noise.
@@ -159,13 +161,13 @@ async fn unit_8(weights: &str, last: &TransmissionUnit, start: f64) -> Transmiss
     .expect("unit 8")
 }
 
-/// What unit 8's metrics say: its threshold, its window's outcomes, and
-/// how often it has moved.
+/// What unit 8's metrics say: its threshold, the outcomes it has taken in
+/// all, and how often it has moved.
 async fn controller(unit: &TransmissionUnit) -> Option<(f64, f64, f64)> {
     let metrics = unit.metrics().await.ok()?;
     Some((
         metrics.value("dnet_exit_threshold").ok()?,
-        metrics.labelled("dnet_live_window", "exit", "8").ok()?,
+        metrics.labelled("dnet_live_outcomes_total", "exit", "8").unwrap_or(0.0),
         metrics.sum("dnet_threshold_moves_total").unwrap_or(0.0),
     ))
 }
@@ -181,12 +183,14 @@ fn answered_at_8(lines: &[Value]) -> usize {
         .count()
 }
 
-/// Learning rounds on `test` (with `noise`) until unit 8's window is full
+/// Learning rounds on `test` (with `noise`) until unit 8's window holds
+/// these inputs alone (a window of outcomes taken since the first round)
 /// and a round ends where it began (no move); the rounds it took and the
 /// threshold it settled at. `shadow_sent` counts the shadow samples sent so
 /// far (unit 8 may have answered some before).
 async fn settle(unit: &TransmissionUnit, test: &Path, noise: f64, shadow_sent: &mut usize) -> (usize, f64) {
     let address = unit.endpoint();
+    let (_, taken_before, _) = controller(unit).await.expect("unit 8's metrics");
     let mut last_moves = None;
     for round in 1..=MAX_ROUNDS {
         let (address, test) = (address.clone(), test.to_owned());
@@ -198,7 +202,7 @@ async fn settle(unit: &TransmissionUnit, test: &Path, noise: f64, shadow_sent: &
         *shadow_sent += answered_at_8(&lines);
         // Shadow outcomes come back after their calls: wait for every one.
         let sent = *shadow_sent as f64;
-        let (threshold, window, moves) = wait_for("shadow work back from exit 16", PATIENCE, || async {
+        let (threshold, taken, moves) = wait_for("shadow work back from exit 16", PATIENCE, || async {
             let outcomes = unit.metrics().await.ok()?.sum("dnet_shadow_total").ok()?;
             if outcomes < sent {
                 return None;
@@ -207,8 +211,9 @@ async fn settle(unit: &TransmissionUnit, test: &Path, noise: f64, shadow_sent: &
         })
         .await
         .expect("every shadow sample's outcome");
-        eprintln!("round {round}: threshold {threshold:.4}, window {window}, moves {moves}");
-        if window >= 1_000.0 && last_moves == Some(moves) {
+        let taken = taken - taken_before;
+        eprintln!("round {round}: threshold {threshold:.4}, outcomes taken {taken}, moves {moves}");
+        if taken >= WINDOW && last_moves == Some(moves) {
             return (round, threshold);
         }
         last_moves = Some(moves);

@@ -6,7 +6,12 @@
 use std::process::Command;
 
 /// (crate, dependencies it must not link, why).
-const RULES: [(&str, &[&str], &str); 5] = [
+const RULES: [(&str, &[&str], &str); 6] = [
+    (
+        "dnet-calibration",
+        &["tch", "torch-sys", "tonic", "lapin", "prometheus-client"],
+        "choosing thresholds is arithmetic: the offline tool and every unit's edge share it",
+    ),
     (
         "dnet-edge",
         &["lapin", "tch", "torch-sys"],

@@ -196,22 +196,32 @@ async fn thresholds_in_a_request_go_on_with_it_within_each_units_bounds() {
     assert_eq!(too_few.status, StatusCode::Error as i32, "{too_few:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_changed_thresholds_file_applies_while_the_unit_runs() {
+/// Units 8 -> 16, unit 8 reading its thresholds from a file that holds
+/// `content` (with `extra` flags); the file's folder, the file, and the units.
+async fn reading_a_thresholds_file(
+    content: &str,
+    extra: &[&str],
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    TransmissionUnit,
+    TransmissionUnit,
+) {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("thresholds");
-    std::fs::write(&file, format!("# never exit at 8\n{}\n", thresholds(1.0))).expect("write");
+    std::fs::write(&file, content).expect("write");
     let last = direct(16, &[]).await;
-    let unit = direct(
-        8,
-        &[
-            "--thresholds-file",
-            file.to_str().expect("utf-8"),
-            "-n",
-            &last.endpoint(),
-        ],
-    )
-    .await;
+    let next = last.endpoint();
+    let mut flags = vec!["--thresholds-file", file.to_str().expect("utf-8"), "-n", &next];
+    flags.extend(extra);
+    let unit = direct(8, &flags).await;
+    (dir, file, last, unit)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_thresholds_file_applies_while_the_unit_runs() {
+    let (_dir, file, _last, unit) =
+        reading_a_thresholds_file(&format!("# never exit at 8\n{}\n", thresholds(1.0)), &[]).await;
     let x = images(1, 24);
     let threshold = || async { unit.metrics().await.expect("metrics").value("dnet_exit_threshold") };
     assert_eq!(threshold().await.expect("gauge"), 1.0);
@@ -255,26 +265,15 @@ async fn a_changed_thresholds_file_applies_while_the_unit_runs() {
 /// edge's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thresholds_file_does_not_move_a_threshold_the_live_calibration_holds() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("thresholds");
-    std::fs::write(&file, thresholds(0.3)).expect("write");
-    let last = direct(16, &[]).await;
-    let unit = direct(
-        8,
-        &[
-            "--thresholds-file",
-            file.to_str().expect("utf-8"),
-            "-n",
-            &last.endpoint(),
-            "--shadow-rate",
-            "0.5",
-            "--target-agreement",
-            "0.9",
-            "--threshold-range",
-            "0.05..0.9999",
-        ],
-    )
-    .await;
+    let live = [
+        "--shadow-rate",
+        "0.5",
+        "--target-agreement",
+        "0.9",
+        "--threshold-range",
+        "0.05..0.9999",
+    ];
+    let (_dir, file, _last, unit) = reading_a_thresholds_file(&thresholds(0.3), &live).await;
     let threshold = || async { unit.metrics().await.expect("metrics").value("dnet_exit_threshold") };
     assert_eq!(threshold().await.expect("gauge"), 0.3, "it starts where the file says");
 

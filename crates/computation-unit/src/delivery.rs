@@ -84,23 +84,22 @@ pub async fn serve(mut delivery: Delivery, context: Arc<Context>, _held: Option<
     }
     let max_attempts = context.unit.max_attempts;
     // Shadow work (marked by the transmission unit from its caller's header) is counted apart.
-    let mut shadow = false;
-    let response = if attempts >= max_attempts {
+    let (response, shadow) = if attempts >= max_attempts {
         context.metrics.poisoned.inc();
         warn!(correlation_id = %correlation_id, attempts, "a request that stopped --max-attempts workers: answering ERROR");
         let start_layer = dnet_codec::decode_request(body.clone()).map_or(0, |r| r.start_layer);
         let message = poisoned_message(attempts, max_attempts);
-        refusal(&context.unit, Refused { start_layer, message }, received.elapsed())
+        (
+            refusal(&context.unit, Refused { start_layer, message }, received.elapsed()),
+            false,
+        )
     } else if died_holding_it {
         // Count the worker that stopped before computing: if this one stops
         // too, the copy carries the count to the next.
         return give_back(&delivery, &body, &context, attempts, deadline).await;
     } else {
         match compute(&delivery, &body, &context, received, deadline, attempts).await {
-            Some((response, computed_shadow)) => {
-                shadow = computed_shadow;
-                response
-            }
+            Some(computed) => computed,
             None => return,
         }
     };

@@ -67,11 +67,12 @@ pub fn start(
         "Changes of --thresholds-file: applied, refused (invalid file; the thresholds in use stay), or held (this exit's entry changed while --target-agreement holds its threshold)",
         changes.clone(),
     );
+    let own = move |thresholds: &[f64; SIDE_EXITS]| thresholds.get(exit.wrapping_sub(1)).copied().unwrap_or(1.0);
     // Where the edge's control starts, too.
-    threshold.set(live.get().get(exit.wrapping_sub(1)).copied().unwrap_or(1.0));
+    threshold.set(own(&live.get()));
     let show = move |thresholds: &[f64; SIDE_EXITS]| {
         if !controlled {
-            threshold.set(thresholds.get(exit.wrapping_sub(1)).copied().unwrap_or(1.0));
+            threshold.set(own(thresholds));
         }
     };
     if let Some(path) = path {

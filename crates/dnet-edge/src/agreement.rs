@@ -11,6 +11,7 @@
 //! sampled unlike, the window would overrate the agreement: every dropped
 //! shadow sample removes a sample answered here, which is where the
 //! disagreements are.
+//!
 //! The window and the choice are `dnet_calibration::live`; this module
 //! starts it where the unit's threshold is, applies its moves (the unit
 //! gives its computation the threshold with each request, as an override
@@ -213,12 +214,8 @@ impl Agreement {
     /// One outcome: a sample of `confidence` here, and whether the last
     /// exit agreed.
     fn record(&self, confidence: f64, agreed: bool) {
-        let (Some(&exit), mut live) = (
-            self.exit.get(),
-            self.live.lock().unwrap_or_else(PoisonError::into_inner),
-        ) else {
-            return;
-        };
+        let Some(&exit) = self.exit.get() else { return };
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(live) = live.as_mut() else { return };
         let taken = live.taken();
         let decision = live.record(confidence, agreed);
@@ -283,6 +280,15 @@ impl Agreement {
 mod tests {
     use super::*;
 
+    /// Answer rows of `category` at `exit_layer`, every sample 0.1 confident.
+    fn rows(category: Vec<i64>, exit_layer: Vec<i64>) -> Answers {
+        Answers {
+            probs: category.iter().flat_map(|_| [0.1_f32; 10]).collect(),
+            category,
+            exit_layer,
+        }
+    }
+
     fn agreement(target: Option<f64>) -> Agreement {
         let settings = AgreementSettings {
             target,
@@ -327,11 +333,6 @@ mod tests {
     fn handed_on_samples_count_with_the_answer_they_got_and_late_ones_not() {
         let agreement = agreement(None);
         agreement.start(8, 0.5, "a test");
-        let rows = |category: Vec<i64>, exit_layer: Vec<i64>| Answers {
-            probs: category.iter().flat_map(|_| [0.1_f32; 10]).collect(),
-            category,
-            exit_layer,
-        };
         // Sample 0 answered here; 1 and 2 handed on, 1 answered alike at 16,
         // 2 differently; 3 handed on and not answered after.
         let here = rows(vec![1, 2, 3, 4], vec![8, 0, 0, 0]);
@@ -355,11 +356,6 @@ mod tests {
         // samples count as answered here, so their agreement shows.
         let agreement = agreement(None);
         agreement.start(8, 0.05, "a test");
-        let rows = |category: Vec<i64>, exit_layer: Vec<i64>| Answers {
-            probs: category.iter().flat_map(|_| [0.1_f32; 10]).collect(),
-            category,
-            exit_layer,
-        };
         let (here, answer) = (rows(vec![2, 3], vec![0, 0]), rows(vec![2, 5], vec![16, 16]));
         agreement.record_handed_on(&here, &answer);
         let live = agreement.live.lock().expect("lock");
@@ -371,11 +367,6 @@ mod tests {
     fn the_side_handed_on_is_thinned_as_shadow_samples_are_lost() {
         let agreement = agreement(None);
         agreement.start(8, 0.5, "a test");
-        let rows = |exit_layer: Vec<i64>| Answers {
-            probs: exit_layer.iter().flat_map(|_| [0.1_f32; 10]).collect(),
-            category: exit_layer.iter().map(|_| 1).collect(),
-            exit_layer,
-        };
         let outcomes = || {
             agreement
                 .live
@@ -387,13 +378,13 @@ mod tests {
         };
         // Every shadow sample lost: the side handed on is not recorded either.
         agreement.shadow_sampled(100);
-        agreement.record_handed_on(&rows(vec![0; 10]), &rows(vec![16; 10]));
+        agreement.record_handed_on(&rows(vec![1; 10], vec![0; 10]), &rows(vec![1; 10], vec![16; 10]));
         assert_eq!(outcomes(), 0);
         // All of them back: every sample handed on counts (the rate is 1).
         for _ in 0..100 {
             agreement.shadow_returned(0.9, true);
         }
-        agreement.record_handed_on(&rows(vec![0; 10]), &rows(vec![16; 10]));
+        agreement.record_handed_on(&rows(vec![1; 10], vec![0; 10]), &rows(vec![1; 10], vec![16; 10]));
         assert_eq!(outcomes(), 110);
     }
 }

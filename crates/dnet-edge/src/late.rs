@@ -111,19 +111,13 @@ impl LateAnswers {
             return Watched::Late(held);
         }
         let watched = self.downstream.begin();
-        match tokio::time::timeout_at(answer_by, forward).await {
-            Err(_) => {
-                watched.ended();
-                Watched::Late(held)
-            }
-            Ok(Err(error)) if cannot_answer(&error) => {
-                watched.ended();
-                Watched::Late(held)
-            }
-            Ok(result) => {
-                watched.ended();
-                Watched::Forwarded(result)
-            }
+        let result = tokio::time::timeout_at(answer_by, forward).await;
+        watched.ended();
+        match result {
+            // Not back when the late answer is due, or cannot be.
+            Err(_) => Watched::Late(held),
+            Ok(Err(error)) if cannot_answer(&error) => Watched::Late(held),
+            Ok(result) => Watched::Forwarded(result),
         }
     }
 

@@ -95,15 +95,13 @@ fn image_job() -> (Job, oneshot::Receiver<Outcome>) {
     (job, outcome)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_request_is_refused_while_the_model_thread_is_busy() {
-    let (engine, _gate, release, computed) = held_engine().await;
-
-    let (done, refused) = oneshot::channel();
-    let bad = EncodedJob {
+/// A request of `x` from layer 0 for the decode thread, and where its outcome comes.
+fn encoded_job(x: Bytes) -> (EncodedJob, oneshot::Receiver<Outcome>) {
+    let (done, outcome) = oneshot::channel();
+    let job = EncodedJob {
         request: ComputationRequest {
             start_layer: 0,
-            x: Bytes::from_static(b"not a safetensors buffer"),
+            x,
             ..ComputationRequest::default()
         },
         attempts: 0,
@@ -111,6 +109,14 @@ async fn a_bad_request_is_refused_while_the_model_thread_is_busy() {
         deadline: None,
         done,
     };
+    (job, outcome)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_request_is_refused_while_the_model_thread_is_busy() {
+    let (engine, _gate, release, computed) = held_engine().await;
+
+    let (bad, refused) = encoded_job(Bytes::from_static(b"not a safetensors buffer"));
     engine.submit_encoded(bad).expect("the decode thread runs");
     let refusal = tokio::time::timeout(PATIENCE, refused)
         .await
@@ -138,18 +144,8 @@ async fn requests_whose_caller_has_gone_are_settled_not_computed() {
     engine.submit(job).expect("the model thread runs");
     drop(outcome);
     // Gone before the decode thread reached it.
-    let (done, outcome) = oneshot::channel();
     let x = dnet_model::codec::encode_x(&Tensor::zeros([1, 3, 32, 32], (Kind::Float, Device::Cpu))).expect("encodes");
-    let encoded = EncodedJob {
-        request: ComputationRequest {
-            x: x.into(),
-            ..ComputationRequest::default()
-        },
-        attempts: 0,
-        received: Instant::now(),
-        deadline: None,
-        done,
-    };
+    let (encoded, outcome) = encoded_job(x.into());
     drop(outcome);
     engine.submit_encoded(encoded).expect("the decode thread runs");
     // Still waited for.

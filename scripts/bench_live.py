@@ -147,15 +147,19 @@ def wait_for_shadow(sent, patience=120):
 class Unit8:
     """Unit 8 started at a threshold; counts the shadow samples it was asked to send."""
 
-    def __init__(self, start, log):
+    def __init__(self, start, log_path):
         thresholds = ",".join(str(start) if e == 8 else "1" for e in range(1, 16))
         self.process = subprocess.Popen(
             pinned(0) + [f"{BIN}/computation-unit", "serve", "-l", UNIT8, "-n", UNIT16, "-e", "8",
                          "--weights", WEIGHTS, "--threads", "1", "--unit-name", "live-8", "--thresholds", thresholds,
                          "--shadow-rate", "1", "--target-agreement", str(TARGET), "--threshold-range", "0.05..0.9999",
-                         "--metrics-address", METRICS8], stdout=log, stderr=subprocess.STDOUT)
+                         "--metrics-address", METRICS8, "--log-format", "json"],
+            stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
         self.shadow_sent = 0
         wait_ready(METRICS8)
+        # The window the unit sized from the target (its "serving" line says).
+        serving = next(json.loads(line) for line in open(log_path) if '"message":"serving"' in line)
+        self.window = serving["agreement_window"]
 
     def settle(self, noise, name):
         """Rounds of traffic until settled: the window holds these inputs alone (a window of outcomes
@@ -169,7 +173,7 @@ class Unit8:
             s = wait_for_shadow(self.shadow_sent)
             say(f"{name}: round {round_}: threshold {s['threshold']:.4f}, window {s['window']:.0f}, "
                 f"moves {s['moves']:.0f}")
-            if s["taken"] - taken_before >= window_size() and last_moves == s["moves"]:
+            if s["taken"] - taken_before >= self.window and last_moves == s["moves"]:
                 return round_, time.monotonic() - began, s["threshold"]
             last_moves = s["moves"]
         raise SystemExit(f"{name}: unit 8 did not settle in {MAX_ROUNDS} rounds of {ROUND} requests")
@@ -183,10 +187,6 @@ class Unit8:
     def stop(self):
         self.process.terminate()
         self.process.wait(timeout=60)
-
-
-def window_size():
-    return int(max(200, min(100_000, -(-round(100 / (1 - TARGET) * 1e6) // 1_000_000))))
 
 
 def wait_ready(address, patience=120):
@@ -251,7 +251,8 @@ def main():
     try:
         for name, label, start in (("from-low", "from 0.05", 0.05), ("from-high", "from 0.9999", 0.9999),
                                    ("from-offline", "from calibrate's choice", offline)):
-            unit = Unit8(start, open(os.path.join(OUT, f"{name}.log"), "w"))
+            unit = Unit8(start, os.path.join(OUT, f"{name}.log"))
+            window = unit.window
             poller = Poller(os.path.join(OUT, f"{name}.csv"))
             poller.start()
             try:
@@ -279,7 +280,7 @@ def main():
     finally:
         unit16.terminate()
         unit16.wait(timeout=60)
-    summary = dict(target=TARGET, window=window_size(), samples_per_request=SAMPLES, round_requests=ROUND,
+    summary = dict(target=TARGET, window=window, samples_per_request=SAMPLES, round_requests=ROUND,
                    noise=NOISE, records=records, runs=runs, plot=PLOT,
                    failed={kind: FAILED.count(kind) for kind in sorted(set(FAILED))})
     json.dump(summary, open(os.path.join(OUT, "summary.json"), "w"), indent=1)

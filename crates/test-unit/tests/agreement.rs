@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use dnet_calibration::live::default_window;
 use dnet_model::settings::Precision;
 use dnet_model::weights::{load, WeightSource};
 use dnet_testkit::{wait_for, TransmissionUnit};
@@ -41,8 +42,6 @@ const SAMPLES: u64 = 8;
 const ROUND: u64 = 60;
 /// Learning rounds at most before the test fails as unsettled.
 const MAX_ROUNDS: usize = 12;
-/// Unit 8's window at that target (its default: 100 disagreements at the target).
-const WINDOW: f64 = 1_000.0;
 /// Noise of the changed inputs (a standard deviation on the 0..1 pixel scale).
 const NOISE: f64 = 0.2;
 /// Seed of that noise.
@@ -213,7 +212,8 @@ async fn settle(unit: &TransmissionUnit, test: &Path, noise: f64, shadow_sent: &
         .expect("every shadow sample's outcome");
         let taken = taken - taken_before;
         eprintln!("round {round}: threshold {threshold:.4}, outcomes taken {taken}, moves {moves}");
-        if taken >= WINDOW && last_moves == Some(moves) {
+        // Unit 8's window: its default for the target.
+        if taken >= default_window(Some(TARGET)) as f64 && last_moves == Some(moves) {
             return (round, threshold);
         }
         last_moves = Some(moves);

@@ -146,3 +146,34 @@ async fn a_name_that_resolves_to_several_addresses_spreads_calls() {
     wait_for_next_addresses(&first, 3.0).await;
     assert_spread_over(&first, &HOSTS, 300).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_their_age_are_left_without_failing_a_call() {
+    // The next unit ends every connection 1 s after it opened (HTTP/2
+    // GOAWAY) and closes it 1 s later whatever is on it: calls go on
+    // without a break, 4 at a time, over several connection lifetimes.
+    let next = TransmissionUnit::direct(
+        2,
+        SEED,
+        &["--max-connection-age", "1s", "--max-connection-age-grace", "1s"],
+    )
+    .await
+    .expect("next unit starts");
+    let first = TransmissionUnit::direct(1, SEED, &["--thresholds", &thresholds(1.0), "-n", &next.endpoint()])
+        .await
+        .expect("first unit starts");
+    let lifetimes = 4;
+    let started = std::time::Instant::now();
+    let (mut calls, mut failures) = (0, Vec::new());
+    while started.elapsed() < Duration::from_secs(2 * lifetimes) {
+        let (answered, failed) = spread(&first, 40).await;
+        calls += answered.values().sum::<usize>() + failed.len();
+        failures.extend(failed);
+    }
+    eprintln!("{calls} calls over {lifetimes} connection lifetimes");
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} failed: {failures:?}",
+        failures.len()
+    );
+}

@@ -3,6 +3,13 @@
 //! the number of connections bounds memory as `--max-in-flight` bounds the
 //! calls. A connection beyond the cap is closed as it arrives (the client
 //! sees it refused before sending anything, and may try elsewhere).
+//!
+//! A connection also ends when it has outlived `--max-connection-age` plus
+//! its grace. tonic (0.14) sends the GOAWAY at the age only when it has no
+//! grace, and with a grace it closes the connection at age + grace without
+//! any GOAWAY, cutting whatever call is on it: so the server asks tonic for
+//! the GOAWAY alone, and the hard close after the grace (for calls that
+//! outlive it, and streams such as health watches that never end) is here.
 
 use std::io;
 use std::pin::Pin;
@@ -10,12 +17,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
+use futures::{Future, Stream, StreamExt};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
 use tonic::transport::server::{Connected, TcpIncoming};
 use tracing::warn;
 
@@ -27,6 +35,8 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 pub struct Counted {
     stream: TcpStream,
     id: ConnectionId,
+    /// When the connection is closed whatever is on it (age + grace).
+    close_at: Option<Pin<Box<Sleep>>>,
     _slot: OwnedSemaphorePermit,
     _open: OpenGuard,
 }
@@ -47,10 +57,12 @@ impl Drop for OpenGuard {
 }
 
 /// Accepted connections, at most `max` open at once; the others are closed
-/// at once and counted in `refused`.
+/// at once and counted in `refused`. Each is closed `lifetime` after it
+/// was accepted (`None`: never).
 pub fn limit(
     incoming: TcpIncoming,
     max: u32,
+    lifetime: Option<Duration>,
     open: Gauge,
     refused: Counter,
 ) -> impl Stream<Item = io::Result<Counted>> {
@@ -67,6 +79,7 @@ pub fn limit(
                     Some(Ok(Counted {
                         stream,
                         id: ConnectionId(next_id),
+                        close_at: lifetime.map(|lifetime| Box::pin(tokio::time::sleep(lifetime))),
                         _slot: slot,
                         _open: OpenGuard(open.clone()),
                     }))
@@ -110,6 +123,16 @@ pub fn of<B>(request: &http::Request<B>) -> Option<ConnectionId> {
 
 impl AsyncRead for Counted {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        // HTTP/2 always has a read pending, so the timer is polled (and wakes
+        // the connection) for as long as the connection lives.
+        if let Some(close_at) = self.close_at.as_mut() {
+            if close_at.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the connection outlived --max-connection-age and its grace",
+                )));
+            }
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }

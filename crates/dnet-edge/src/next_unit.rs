@@ -132,12 +132,20 @@ fn classify(address: String, status: &Status, deadline: Instant) -> Error {
 }
 
 /// Whether a transport error means that the request never reached the
-/// server: the connection could not be made, or HTTP/2 says the server did
-/// not process the stream (REFUSED_STREAM, or a GOAWAY that excludes it).
+/// server: the connection could not be made, the connection ended (after a
+/// GOAWAY) while the request still waited to be handed to it (hyper says
+/// canceled), or HTTP/2 says the server did not process the stream
+/// (REFUSED_STREAM, or a GOAWAY that excludes it).
 fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(error);
     while let Some(error) = cause {
         if error.is::<tonic::ConnectError>() {
+            return true;
+        }
+        if error
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
             return true;
         }
         if let Some(h2) = error.downcast_ref::<h2::Error>() {

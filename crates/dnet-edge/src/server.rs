@@ -147,6 +147,11 @@ pub async fn serve<B: Backend>(
     let incoming = connections::limit(
         TcpIncoming::from(listener).with_nodelay(Some(true)),
         config.max_connections(),
+        (!config.max_connection_age.is_zero()).then(|| {
+            config
+                .max_connection_age
+                .saturating_add(config.max_connection_age_grace)
+        }),
         metrics.connections.clone(),
         metrics.connections_refused.clone(),
     );
@@ -306,9 +311,9 @@ fn grpc_server<B: Backend>(
         builder = builder.tls_config(server_tls)?;
     }
     if !config.max_connection_age.is_zero() {
-        builder = builder
-            .max_connection_age(config.max_connection_age)
-            .max_connection_age_grace(config.max_connection_age_grace);
+        // The GOAWAY at the age; the close after the grace is `connections`'
+        // (tonic sends no GOAWAY at all when given a grace).
+        builder = builder.max_connection_age(config.max_connection_age);
     }
     Ok(builder
         // Streams beyond the call limits must reach the server to be refused

@@ -16,6 +16,8 @@
 //! - `flood`: many large calls at once over raw HTTP/2, and a process's peak memory.
 //! - `wait`: waiting for a condition, failing with what never came.
 //! - `stats`: median and spread of repeated measurements, for benchmarks.
+//! - `trained`: the heads-only demo model and its test set, for tests whose
+//!   point is that values survive (random weights answer one class).
 //! - `hostile`: hostile forms of the original's tensor pickle (deep, huge,
 //!   memo-doubling, nested storages), as bytes a reader must refuse briefly.
 //!
@@ -34,6 +36,7 @@ pub mod process;
 pub mod programs;
 pub mod queue;
 pub mod stats;
+pub mod trained;
 pub mod wait;
 
 pub use broker::{Broker, PrivateBroker};

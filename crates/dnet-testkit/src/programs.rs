@@ -393,18 +393,19 @@ impl ComputationUnit {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> anyhow::Result<ComputationUnit> {
-        let args = arguments(
-            &[
-                ("-a", broker.uri.clone()),
-                ("-q", queue.to_owned()),
-                ("-e", exit.to_string()),
-                ("--random-weights", seed.to_string()),
-                ("--threads", "1".to_owned()),
-                ("--metrics-address", "127.0.0.1:0".to_owned()),
-                ("--log-format", "json".to_owned()),
-            ],
-            extra,
-        );
+        let mut defaults = vec![
+            ("-a", broker.uri.clone()),
+            ("-q", queue.to_owned()),
+            ("-e", exit.to_string()),
+            ("--threads", "1".to_owned()),
+            ("--metrics-address", "127.0.0.1:0".to_owned()),
+            ("--log-format", "json".to_owned()),
+        ];
+        // Random weights unless the test gives a weights file.
+        if !extra.contains(&"--weights") {
+            defaults.push(("--random-weights", seed.to_string()));
+        }
+        let args = arguments(&defaults, extra);
         let mut process = Process::start(&binary(&bin_dir(), "computation-unit")?, &args, env)?;
         let metrics_address = logged_address(&mut process, "serving Prometheus metrics at /metrics", "address").await?;
         Ok(ComputationUnit {

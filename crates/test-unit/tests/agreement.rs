@@ -51,18 +51,8 @@ const PATIENCE: Duration = Duration::from_secs(120);
 
 /// The heads-only demo model and its test set, trained if missing.
 fn demo_model() -> (PathBuf, PathBuf) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let status = Command::new(root.join("scripts/trained_model.sh"))
-        .arg("--heads-only")
-        .status()
-        .expect("run scripts/trained_model.sh");
-    assert!(status.success(), "scripts/trained_model.sh --heads-only failed");
-    let cache = std::env::var_os("DNET_CACHE").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/dnet"),
-        PathBuf::from,
-    );
-    let demo = cache.join("demo");
-    (demo.join("digits-heads.safetensors"), demo.join("digits-test.bin"))
+    let model = dnet_testkit::trained::heads_only();
+    (model.weights, model.test_set)
 }
 
 /// The inputs the traffic sends: the test set, with `noise`.

@@ -7,9 +7,12 @@ mod support;
 use std::time::Duration;
 
 use dnet_codec::XDtype;
+use dnet_model::codec;
 use dnet_proto::{ComputationResponse, Data, QstatusRequest, StatusCode};
 use dnet_testkit::{free_port, wait_for, Broker, TransmissionUnit};
-use support::{images, infer, request, result_tensors, thresholds, MixedCascade};
+use support::{images, infer, infer_weights, request, result_tensors, thresholds, MixedCascade};
+use tch::{Kind, Tensor};
+use test_unit::inputs::Inputs;
 use tonic::Code;
 
 const SEED: u64 = 11;
@@ -110,12 +113,11 @@ async fn a_call_that_cannot_finish_in_time_gets_deadline_exceeded_and_is_not_com
     let unit = direct(16, &[]).await;
     // One call teaches the unit how long a forward takes.
     call(&unit, request(0, &images(4, 1))).await.expect("first answer");
-    let computed = unit
-        .metrics()
-        .await
-        .expect("metrics")
-        .ordinary("dnet_batch_size_count")
-        .expect("count");
+    let metrics = unit.metrics().await.expect("metrics");
+    let computed = (
+        metrics.ordinary("dnet_batch_size_count").expect("count"),
+        metrics.ordinary("dnet_batch_size_sum").expect("sum"),
+    );
 
     // 16 images take four times the first call's forward; the deadline is far
     // shorter than that but long enough that the unit, not the client's own
@@ -126,17 +128,21 @@ async fn a_call_that_cannot_finish_in_time_gets_deadline_exceeded_and_is_not_com
     let refused = client.compute(short).await.expect_err("no time to compute");
     assert_eq!(refused.code(), Code::DeadlineExceeded, "{refused:?}");
 
-    wait_for("the unit to count the expired call", PATIENCE, || async {
-        let metrics = unit.metrics().await.ok()?;
-        (metrics.sum("dnet_requests_total").ok()? >= 2.0).then_some(metrics)
-    })
-    .await
-    .expect("counted");
+    // The model thread works in order: once a call sent after the refusal
+    // is answered, a forward wrongly started for the late call has ended
+    // and been counted.
+    let after = call(&unit, request(0, &images(1, 3)))
+        .await
+        .expect("the next call's answer");
+    assert_eq!(after.status, StatusCode::Success as i32);
     let metrics = unit.metrics().await.expect("metrics");
     assert_eq!(
-        metrics.ordinary("dnet_batch_size_count").expect("count"),
-        computed,
-        "the late call was not computed"
+        (
+            metrics.ordinary("dnet_batch_size_count").expect("count"),
+            metrics.ordinary("dnet_batch_size_sum").expect("sum"),
+        ),
+        (computed.0 + 1.0, computed.1 + 1.0),
+        "one more forward, of the next call's one image: the late call was not computed"
     );
 }
 
@@ -198,27 +204,73 @@ async fn sigterm_answers_the_calls_in_flight_then_exits_zero() {
     assert!(exit.success(), "{exit:?}");
 }
 
+/// Largest relative difference, max |got - want| / max |want| (as
+/// `dnet-model`'s fidelity test measures it).
+fn relative_error(got: &Tensor, want: &Tensor) -> f64 {
+    assert_eq!(got.size(), want.size());
+    let scale = want.abs().max().double_value(&[]).max(f64::MIN_POSITIVE);
+    (got - want).abs().max().double_value(&[]) / scale
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_precision_on_the_wire_is_read_by_the_next_unit_with_the_same_answers() {
+    // The trained heads, so that categories and confidences vary with the
+    // input, on 24 digits of the test set.
+    let model = dnet_testkit::trained::heads_only();
+    let x = Inputs::dataset(&model.test_set)
+        .expect("the test set")
+        .request(0, 24)
+        .image;
+    let weights = ["--weights", model.weights_arg(), "--timeout", "60s"];
     let never = thresholds(1.0);
-    let last = direct(16, &["--timeout", "60s"]).await;
-    let x = images(3, 8);
-    let mut answers = Vec::new();
-    for (dtype, expected) in [("f32", XDtype::F32), ("f16", XDtype::F16), ("bf16", XDtype::BF16)] {
-        let edge = direct(8, &["--thresholds", &never, "--wire-dtype", dtype]).await;
+    let last = direct(16, &weights).await;
+    let reference = infer_weights(&model.weights, &x, 0, 16);
+    let mut runs = Vec::new();
+    for (dtype, expected, tolerance) in [
+        ("f32", XDtype::F32, 0.0),
+        ("f16", XDtype::F16, 1e-3),
+        ("bf16", XDtype::BF16, 1e-2),
+    ] {
+        let edge = direct(
+            8,
+            &[&weights[..], &["--thresholds", &never, "--wire-dtype", dtype]].concat(),
+        )
+        .await;
         let handed_on = call(&edge, request(0, &x)).await.expect("answer");
-        let Some(Data::NextRequest(next)) = handed_on.data else {
+        let Some(Data::NextRequest(next)) = handed_on.data.clone() else {
             panic!("{dtype}: NOT_SUCCESS with a next request expected: {handed_on:?}")
         };
-        let parsed = dnet_codec::parse_x(&next.x, 8, 3).expect("a valid x");
+        let parsed = dnet_codec::parse_x(&next.x, 8, 24).expect("a valid x");
         assert_eq!(parsed.dtype, expected, "{dtype}");
+        let tensor = codec::decode_x(&next.x, 8, 24).expect("decodes").to_kind(Kind::Float);
         let answer = call(&last, next).await.expect("the next unit reads it");
         assert_eq!(answer.status, StatusCode::Success as i32, "{dtype}");
-        answers.push(result_tensors(&answer));
+        runs.push((dtype, tolerance, tensor, result_tensors(&answer)));
     }
-    let f32 = &answers[0];
-    for half in &answers[1..] {
-        assert!(half["category"].equal(&f32["category"]));
-        assert!(half["probs"].allclose(&f32["probs"], 0.0, 1e-2, false));
+    let (_, _, f32_x, f32_answer) = &runs[0];
+    // Sanity of the inputs: the answers differ between images.
+    let categories = f32_answer["category"].unique_dim(0, false, false, false).0.size()[0];
+    assert!(categories >= 5, "24 digits in {categories} categories");
+    assert!(
+        relative_error(&f32_answer["probs"].log(), &reference["probs"].log()) <= 1e-5,
+        "f32 on the wire is the model in one process"
+    );
+    for (dtype, tolerance, x, answer) in &runs[1..] {
+        let error = relative_error(x, f32_x);
+        assert!(
+            error <= *tolerance,
+            "{dtype} handed-on tensor: relative error {error:e} > {tolerance:e}"
+        );
+        // Log-probabilities are the exit scores less a per-sample constant.
+        let error = relative_error(&answer["probs"].log(), &f32_answer["probs"].log());
+        assert!(
+            error <= 10.0 * tolerance,
+            "{dtype} log-probabilities: relative error {error:e}"
+        );
+        let same = answer["category"]
+            .eq_tensor(&f32_answer["category"])
+            .sum(Kind::Int64)
+            .int64_value(&[]);
+        assert!(same >= 23, "{dtype}: {same} of 24 categories as f32's");
     }
 }

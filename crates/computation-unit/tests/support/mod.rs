@@ -57,6 +57,22 @@ pub fn infer(dir: &Path, x: &Tensor, seed: u64, start: usize, exit: u8) -> HashM
         .collect()
 }
 
+/// Exit `exit`'s outputs for `x` from the weights file `weights`, computed
+/// in this process (the model a unit started with `--weights` serves).
+pub fn infer_weights(weights: &Path, x: &Tensor, start: usize, exit: usize) -> HashMap<String, Tensor> {
+    use dnet_model::settings::Precision;
+    use dnet_model::weights::{load, WeightSource};
+    let model = load(
+        &WeightSource::File(weights.to_owned()),
+        tch::Device::Cpu,
+        Precision::F32,
+    )
+    .expect("weights")
+    .model;
+    let output = model.forward(x, start, exit).expect("forward");
+    HashMap::from([("probs".to_owned(), output.probs), ("logits".to_owned(), output.logits)])
+}
+
 /// A cascade of both layouts: a direct unit 0->8, a broker unit 8->12 (a
 /// transmission unit and a worker on a queue of its own), a direct unit
 /// 12->16; random weights `seed`, `thresholds` at every unit, 60 s deadlines.

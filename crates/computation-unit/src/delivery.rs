@@ -66,6 +66,7 @@ pub async fn serve(mut delivery: Delivery, context: Arc<Context>, _held: Option<
     else {
         warn!(reply_to = ?properties.reply_to(), correlation_id = ?properties.correlation_id(),
             "dropping a request without reply_to or correlation_id: nobody could receive its answer");
+        context.metrics.unanswerable.inc();
         let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
         return;
     };

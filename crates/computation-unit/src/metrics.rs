@@ -27,6 +27,9 @@ pub struct WorkerMetrics {
     pub expired: Counter,
     /// Requests answered ERROR because they stopped --max-attempts workers.
     pub poisoned: Counter,
+    /// Requests dropped (acknowledged, not computed) because they carried
+    /// no reply_to or correlation id: nobody could receive their answer.
+    pub unanswerable: Counter,
 }
 
 impl WorkerMetrics {
@@ -38,6 +41,7 @@ impl WorkerMetrics {
             redelivered: Counter::default(),
             expired: Counter::default(),
             poisoned: Counter::default(),
+            unanswerable: Counter::default(),
         };
         // Every ordinary status from the start, so that a scrape reads 0 rather than nothing.
         for status in REPLY_STATUSES {
@@ -74,6 +78,11 @@ impl WorkerMetrics {
             "dnet_worker_poisoned",
             "Requests answered ERROR because they had stopped --max-attempts workers",
             metrics.poisoned.clone(),
+        );
+        registry.register(
+            "dnet_worker_unanswerable",
+            "Requests dropped uncomputed because they carried no reply_to or correlation id (nobody could receive an answer)",
+            metrics.unanswerable.clone(),
         );
         Arc::new(metrics)
     }

@@ -43,9 +43,16 @@ async fn sigterm_finishes_the_current_job_requeues_the_rest_and_exits_zero() {
         .first()
         .unwrap_or_else(|| panic!("no stop summary in:\n{}", stopping.process.log()));
     let (published, requeued) = (summary["published"].as_u64(), summary["requeued"].as_u64());
+    // The model thread's own account: a request per forward (48 images, the
+    // batch limit), so whatever it computed is what the worker must publish.
+    let model = stopping.process.events("model thread stopped");
+    let model = model
+        .first()
+        .unwrap_or_else(|| panic!("no model thread stop line in:\n{}", stopping.process.log()));
+    let forwards = model["forwards"].as_u64();
     assert!(
-        matches!((published, requeued), (Some(p), Some(r)) if p >= 1 && r >= 1 && p + r == 3),
-        "finished at least the current one and gave the rest back: {summary}"
+        matches!((published, requeued, forwards), (Some(p), Some(r), Some(f)) if p == f && p >= 1 && r >= 1 && p + r == 3),
+        "published every request it computed ({model}) and gave the rest back: {summary}"
     );
     let requeued = requeued.unwrap_or_default();
 

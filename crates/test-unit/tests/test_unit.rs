@@ -1,5 +1,7 @@
 //! `test-unit` against a real unit (transmission unit + computation unit on
-//! the real RabbitMQ, random weights), in each of its modes.
+//! the real RabbitMQ), in each of its modes. The unit serves the heads-only
+//! trained model, so that its answers differ from image to image and an
+//! accuracy shows whether each image met its own label.
 
 use std::path::Path;
 use std::process::Command;
@@ -10,7 +12,7 @@ use dnet_model::weights::{load, WeightSource};
 use dnet_testkit::{Broker, ComputationUnit, TestQueue, TransmissionUnit};
 use serde_json::Value;
 use tch::Device;
-use test_unit::inputs::{Inputs, RECORD_BYTES};
+use test_unit::inputs::{normalise, Inputs, RECORD_BYTES};
 
 const SEED: u64 = 1;
 
@@ -23,14 +25,19 @@ struct TestUnit {
 }
 
 impl TestUnit {
-    async fn start(broker: &Broker) -> TestUnit {
+    async fn start(broker: &Broker, weights: &Path) -> TestUnit {
         let queue = TestQueue::new(broker);
         let computation = ComputationUnit::start(
             broker,
             queue.name(),
             TRUNK_LAYERS as u8,
             SEED,
-            &["--max-request-samples", "8"],
+            &[
+                "--max-request-samples",
+                "8",
+                "--weights",
+                weights.to_str().expect("utf-8"),
+            ],
         )
         .await
         .expect("computation unit starts");
@@ -99,7 +106,8 @@ fn local_confidences(exit: usize, n: u64, seed: u64) -> Vec<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_mode_against_a_real_unit() {
-    let unit = TestUnit::start(&Broker::local()).await;
+    let model = dnet_testkit::trained::heads_only();
+    let unit = TestUnit::start(&Broker::local(), &model.weights).await;
     let address = unit.transmission.endpoint();
 
     // Raw images, closed loop.
@@ -175,7 +183,7 @@ async fn every_mode_against_a_real_unit() {
     // A CIFAR-10 file written here: labels give an accuracy we can check.
     let dir = tempfile::tempdir().expect("temp dir");
     let dataset = dir.path().join("data_batch.bin");
-    let expected = write_cifar(&dataset, 10);
+    let expected = write_cifar(&dataset, 10, &WeightSource::File(model.weights.clone()));
     let (ok, report) = run_test_unit(args(&[
         "-a",
         &address,
@@ -192,12 +200,22 @@ async fn every_mode_against_a_real_unit() {
         "accuracy {accuracy}, expected {expected}"
     );
 
-    // Open loop at a fixed rate.
-    let (ok, report) = run_test_unit(args(&["-a", &address, "-n", "6", "--rate", "20"])).await;
+    // Open loop at a fixed rate, well under what the unit serves (one
+    // thread, the whole network: about 12 images/s here): 40 Poisson
+    // arrivals at 5/s take about 8 s, far more than one answer's latency.
+    // The gaps are drawn from --seed, the same in every run: seed 7's 39
+    // gaps sum to 7.8 s (their mean), so the rate measured is 5/s less
+    // what the last answer's latency adds.
+    let (ok, report) = run_test_unit(args(&["-a", &address, "-n", "40", "--rate", "5", "--seed", "7"])).await;
     assert!(ok, "{report}");
     assert_eq!(
         (report["sent"].as_u64(), report["answered"].as_u64()),
-        (Some(6), Some(6))
+        (Some(40), Some(40))
+    );
+    let rate = report["throughput_rps"].as_f64().expect("throughput");
+    assert!(
+        (rate - 5.0).abs() <= 0.2 * 5.0,
+        "--rate 5 held: {rate:.2} answers/s: {report}"
     );
 }
 
@@ -209,7 +227,7 @@ async fn every_mode_against_a_real_unit() {
 async fn samples_of_one_request_exit_at_their_own_units_and_count_per_sample() {
     let dir = tempfile::tempdir().expect("temp dir");
     let dataset = dir.path().join("data_batch.bin");
-    write_cifar(&dataset, 8);
+    write_cifar(&dataset, 8, &WeightSource::Random(SEED));
     let inputs = Inputs::dataset(&dataset).expect("a valid dataset");
     let model = load(&WeightSource::Random(SEED), Device::Cpu, Precision::F32)
         .expect("weights")
@@ -295,25 +313,34 @@ async fn a_unit_that_is_down_counts_errors_and_fails() {
     );
 }
 
-/// Writes `n` CIFAR-10 records (pseudo-random pixels, labels 0..9 cycling) and
-/// returns the accuracy the model at exit 16 must reach on them.
-fn write_cifar(path: &Path, n: usize) -> f64 {
+/// Writes `n` CIFAR-10 records: the first `n` digits of the heads-only
+/// model's test set, labelled with what `weights` answers at exit 16 for
+/// each, but for every third record, labelled one class off on purpose.
+/// Returns the accuracy a client that pairs each image with its own label
+/// must report. With the trained weights the answers differ between
+/// images, so a client that pairs them otherwise reports another accuracy.
+fn write_cifar(path: &Path, n: usize, weights: &WeightSource) -> f64 {
+    let digits = std::fs::read(dnet_testkit::trained::heads_only().test_set).expect("the test set");
+    let model = load(weights, Device::Cpu, Precision::F32).expect("weights").model;
     let mut bytes = Vec::with_capacity(n * RECORD_BYTES);
-    for i in 0..n {
-        bytes.push((i % 10) as u8);
-        bytes.extend((0..RECORD_BYTES - 1).map(|j| ((i * 7919 + j * 104_729) % 251) as u8));
+    let mut answers = std::collections::BTreeSet::new();
+    let mut correct = 0;
+    for (i, record) in digits.chunks_exact(RECORD_BYTES).take(n).enumerate() {
+        let pixels = &record[1..];
+        let probs = model.forward(&normalise(pixels), 0, 16).expect("forward").probs;
+        let answer = probs.argmax(1, false).int64_value(&[0]) as u8;
+        answers.insert(answer);
+        let wrong = i % 3 == 0;
+        bytes.push(if wrong { (answer + 1) % 10 } else { answer });
+        bytes.extend_from_slice(pixels);
+        correct += usize::from(!wrong);
     }
     std::fs::write(path, &bytes).expect("write dataset");
-    let inputs = Inputs::dataset(path).expect("a valid dataset");
-    let model = load(&WeightSource::Random(SEED), Device::Cpu, Precision::F32)
-        .expect("weights")
-        .model;
-    let correct = (0..n as u64)
-        .filter(|&i| {
-            let sample = inputs.get(i);
-            let probs = model.forward(&sample.image, 0, 16).expect("forward").probs;
-            probs.argmax(1, false).int64_value(&[0]) == i64::from(sample.labels[0].expect("label"))
-        })
-        .count();
+    if matches!(weights, WeightSource::File(_)) {
+        assert!(
+            answers.len() >= 3,
+            "the trained model tells the images apart: {answers:?}"
+        );
+    }
     correct as f64 / n as f64
 }

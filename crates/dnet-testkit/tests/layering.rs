@@ -39,6 +39,16 @@ const RULES: [(&str, &[&str], &str); 6] = [
     ),
 ];
 
+/// (crate, dependencies it must link): the positive control. An empty or
+/// reformatted `cargo tree` output would pass every rule above; it cannot
+/// show these.
+const REQUIRED: [(&str, &[&str]); 4] = [
+    ("dnet-edge", &["tonic", "h2"]),
+    ("transmission-unit", &["lapin", "dnet-edge"]),
+    ("computation-unit", &["tch", "lapin", "dnet-edge"]),
+    ("dnet-model", &["tch", "safetensors"]),
+];
+
 /// The names of every package `package` depends on, as cargo resolves it alone.
 fn dependencies(package: &str) -> Vec<String> {
     let output = Command::new(env!("CARGO"))
@@ -62,8 +72,23 @@ fn dependencies(package: &str) -> Vec<String> {
 #[test]
 fn each_crate_links_only_what_its_layer_may() {
     let mut broken = Vec::new();
+    for (package, required) in REQUIRED {
+        let linked = dependencies(package);
+        for name in required {
+            if !linked.iter().any(|dependency| dependency == name) {
+                broken.push(format!(
+                    "{package} does not link {name}, which it needs: is `cargo tree`'s output read right?"
+                ));
+            }
+        }
+    }
     for (package, forbidden, why) in RULES {
         let linked = dependencies(package);
+        assert!(
+            linked.first().is_some_and(|root| root == package),
+            "cargo tree -p {package} starts with {:?}",
+            linked.first()
+        );
         for name in forbidden {
             if linked.iter().any(|dependency| dependency == name) {
                 broken.push(format!("{package} links {name}: {why}"));

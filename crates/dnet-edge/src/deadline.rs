@@ -22,6 +22,14 @@ pub struct Arrival(pub Instant);
 /// before the budget ends (`service`).
 pub const WAY_BACK: Duration = Duration::from_millis(20);
 
+/// How long before the end of a call's budget a late answer is given
+/// (`--answer-when-late`): a tenth of the budget, so that it reaches the
+/// caller in time, but at least its way back.
+#[must_use]
+pub fn late_margin(budget: Duration) -> Duration {
+    WAY_BACK.max(budget / 10)
+}
+
 /// How long a call may take.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Budget {
@@ -100,6 +108,30 @@ mod tests {
         let budget = budget(&metadata, Duration::from_secs(3), max);
         assert_eq!(budget.time, Duration::from_millis(980));
         assert!(!budget.clamped);
+    }
+
+    #[test]
+    fn a_short_deadline_keeps_back_at_most_a_tenth_and_a_late_answer_still_fits() {
+        let max = Duration::from_secs(60);
+        let mut metadata = MetadataMap::new();
+        for (timeout, expected_budget, expected_margin) in [
+            // Short: the keep-back is a tenth of the deadline (not 20 ms,
+            // which would eat a fifth of it), the late answer's margin its way back.
+            ("100m", 90, 20),
+            ("50m", 45, 20),
+            // Long: 20 ms kept back, a late answer a tenth of the budget early.
+            ("2S", 1980, 198),
+        ] {
+            metadata.insert("grpc-timeout", timeout.parse().expect("valid header"));
+            let budget = budget(&metadata, Duration::from_secs(3), max).time;
+            assert_eq!(budget, Duration::from_millis(expected_budget), "{timeout}");
+            let margin = late_margin(budget);
+            assert_eq!(margin, Duration::from_millis(expected_margin), "{timeout}");
+            assert!(
+                margin < budget,
+                "{timeout}: a late answer is given before the budget ends"
+            );
+        }
     }
 
     #[test]

@@ -341,9 +341,7 @@ impl<B: Backend> DNet for UnitService<B> {
         let call = Call {
             arrived,
             deadline: arrived + budget.time,
-            // A late answer must reach the caller in time: its way back, or a
-            // tenth of the budget if longer.
-            margin: deadline::WAY_BACK.max(budget.time / 10),
+            margin: deadline::late_margin(budget.time),
             shadow,
         };
         let outcome = self.handle(request, call).await;

@@ -6,12 +6,17 @@ cd "$(dirname "$0")/.."
 BIN=${DNET_BIN_DIR:-target/release}
 PART=$1
 SECTION=$(mktemp)
+# A run that breaks a bound still writes its section (so the page shows
+# what broke), then fails.
+status=0
 case "$PART" in
   chaos)
-    "$BIN/chaos" --bin-dir "$BIN" --seconds "${DNET_CHAOS_SECONDS:-18}" --out "$SECTION.table"
+    "$BIN/chaos" --bin-dir "$BIN" --seconds "${DNET_CHAOS_SECONDS:-18}" --out "$SECTION.table" || status=$?
+    [ -s "$SECTION.table" ] || exit "$status"
     { echo "## Faults under load (\`make chaos\`)"; echo; cat "$SECTION.table"; } > "$SECTION" ;;
   soak)
-    scripts/cascade.sh scripts/soak.sh "$SECTION" "${DNET_SOAK_RATE:-16}" "${DNET_SOAK_SECONDS:-600}" ;;
+    scripts/cascade.sh scripts/soak.sh "$SECTION" "${DNET_SOAK_RATE:-16}" "${DNET_SOAK_SECONDS:-600}" || status=$?
+    [ -s "$SECTION" ] || exit "$status" ;;
   *) echo "usage: $0 chaos|soak" >&2; exit 2 ;;
 esac
 python3 - "$PART" "$SECTION" <<'PY'
@@ -24,3 +29,4 @@ text = re.sub(re.escape(begin) + ".*?" + re.escape(end), f"{begin}\n{section}\n\
 open("RELIABILITY.md", "w").write(text)
 PY
 echo "[reliability] $PART section of RELIABILITY.md rewritten"
+exit "$status"

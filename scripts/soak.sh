@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run inside scripts/cascade.sh by `make soak`: test-unit at a steady open-loop
 # rate for a long time, and each unit process's memory (RSS) and open file
-# descriptors at the start and at the end. Writes a Markdown section.
+# descriptors at the start and at the end. Writes a Markdown section, and
+# exits 1 when a request failed or went unanswered, or a process grew past
+# the bound (RSS by more than 10 % and 16 MiB, or 4 more open descriptors).
 #   soak.sh OUT.md RATE SECONDS
 set -euo pipefail
 OUT=$1 RATE=$2 SECONDS_TOTAL=$3
@@ -19,8 +21,10 @@ sleep "$WARMUP"
 sample "$TMP/start"
 wait "$LOAD" || true
 sample "$TMP/end"
-python3 - "$TMP" "$RATE" "$SECONDS_TOTAL" "$WARMUP" > "$OUT" <<'PY'
+status=0
+python3 - "$TMP" "$RATE" "$SECONDS_TOTAL" "$WARMUP" > "$OUT" <<'PY' || status=$?
 import json, sys
+GROWTH_SHARE, GROWTH_MIB, MORE_FDS = 0.10, 16, 4
 tmp, rate, seconds, warmup = sys.argv[1:5]
 report = json.load(open(f"{tmp}/report.json"))
 start = {l.split()[0]: l.split()[1:] for l in open(f"{tmp}/start")}
@@ -32,12 +36,30 @@ print(f"cascade's capacity measured by `make bench`) for {seconds} s. Memory and
 print(f"process after {warmup} s of warm-up and at the end:\n")
 print(f"Requests: {report['sent']} sent, {report['answered']} answered, {errors} errors {report['errors']}; "
       f"latency p50 {report['latency_ms']['p50']:.0f} ms, p99 {report['latency_ms']['p99']:.0f} ms.\n")
-print("| process | RSS start MiB | RSS end MiB | change | fds start | fds end |")
-print("|---|---|---|---|---|---|")
+print("| process | RSS start MiB | RSS end MiB | change | fds start | fds end | within the bound |")
+print("|---|---|---|---|---|---|---|")
+broken = []
+unanswered = report["sent"] - report["answered"]
+if errors or unanswered:
+    broken.append(f"{errors} errors, {unanswered} unanswered")
 for name in start:
     rs, fs = int(start[name][0]), int(start[name][1])
+    if name not in end:
+        broken.append(f"{name} ended during the soak")
+        print(f"| {name} | {rs/1024:.1f} | gone | | {fs} | | no |")
+        continue
     re_, fe = int(end[name][0]), int(end[name][1])
-    print(f"| {name} | {rs/1024:.1f} | {re_/1024:.1f} | {100*(re_-rs)/rs:+.1f}% | {fs} | {fe} |")
+    grew = re_ - rs > max(GROWTH_SHARE * rs, GROWTH_MIB * 1024) or fe - fs > MORE_FDS
+    if grew:
+        broken.append(f"{name} grew from {rs/1024:.1f} to {re_/1024:.1f} MiB, {fs} to {fe} fds")
+    print(f"| {name} | {rs/1024:.1f} | {re_/1024:.1f} | {100*(re_-rs)/rs:+.1f}% | {fs} | {fe} | {'no' if grew else 'yes'} |")
 print()
+print(f"Bounds: no request fails or goes unanswered; no process's RSS grows by more than {GROWTH_SHARE:.0%} and "
+      f"{GROWTH_MIB} MiB, nor its open descriptors by more than {MORE_FDS}, between the warm-up and the end. "
+      + ("All held." if not broken else "**Broken**: " + "; ".join(broken) + "."))
+print()
+sys.exit(1 if broken else 0)
 PY
 cat "$TMP/report.txt"
+[ "$status" = 0 ] || echo "[soak] FAILED: a bound broke (see $OUT)" >&2
+exit "$status"

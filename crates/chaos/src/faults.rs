@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use dnet_testkit::{Broker, ComputationUnit, PrivateBroker, TestQueue, TransmissionUnit};
 
+use crate::bounds::Bounds;
 use crate::load;
 use crate::proxy;
 use crate::report::{Ran, Row, CALLERS};
@@ -95,7 +96,16 @@ async fn kill_a_worker(broker: &Broker, duration: Duration) -> anyhow::Result<Ro
         workers: vec![&survivor],
         replaced_logs: vec![doomed.process.log()],
     };
-    let mut row = Row::of("kill -9 one of two workers", tally?, ANSWER_EXIT, ran, String::new()).await?;
+    let mut row = Row::of("kill -9 one of two workers", tally?, ANSWER_EXIT, ran, String::new())
+        .await?
+        .bounded(
+            &Bounds {
+                min_answered: 0.99,
+                errors_allowed: &[],
+                max_recovery: None,
+            },
+            None,
+        );
     row.note = format!(
         "{} request(s) the killed worker held were redelivered to the survivor",
         row.redelivered
@@ -137,7 +147,16 @@ async fn restart_the_broker(duration: Duration, retries: bool) -> anyhow::Result
     );
     let (tally, back) = (tally?, back?);
     let note = tally.recovery_note(back, "the broker was back");
-    let row = Row::of(&name, tally, ANSWER_EXIT, Ran::one(&unit, &worker), note).await?;
+    let recovery = tally.recovery_after(back);
+    // With retries, calls wait for the broker rather than fail.
+    let bounds = Bounds {
+        min_answered: if retries { 0.9 } else { 0.7 },
+        errors_allowed: &["Unavailable"],
+        max_recovery: Some(Duration::from_secs(5)),
+    };
+    let row = Row::of(&name, tally, ANSWER_EXIT, Ran::one(&unit, &worker), note)
+        .await?
+        .bounded(&bounds, recovery);
     drop((worker, unit, queue));
     Ok(row)
 }
@@ -168,12 +187,21 @@ async fn restart_the_next_unit(broker: &Broker, duration: Duration, retries: boo
     );
     let (tally, second) = (tally?, restarted?);
     let note = tally.recovery_note(back, "the restart");
+    let recovery = tally.recovery_after(back);
     let ran = Ran {
         units: vec![&first, &second],
         workers: vec![&w1, &w2],
         replaced_logs: Vec::new(),
     };
-    Row::of(&name, tally, ANSWER_EXIT, ran, note).await
+    // Down for a third of the run: the calls meanwhile fail at once.
+    let bounds = Bounds {
+        min_answered: 0.6,
+        errors_allowed: &["Unavailable"],
+        max_recovery: Some(Duration::from_secs(2)),
+    };
+    Ok(Row::of(&name, tally, ANSWER_EXIT, ran, note)
+        .await?
+        .bounded(&bounds, recovery))
 }
 
 /// 4. A slow link between units that also cuts connections.
@@ -199,7 +227,16 @@ async fn slow_cutting_link(broker: &Broker, duration: Duration) -> anyhow::Resul
         workers: vec![&w1, &w2],
         replaced_logs: Vec::new(),
     };
-    Row::of("slow link that cuts connections", tally, ANSWER_EXIT, ran, note).await
+    let bounds = Bounds {
+        min_answered: 0.5,
+        errors_allowed: &["Unavailable", "DeadlineExceeded"],
+        max_recovery: None,
+    };
+    Ok(
+        Row::of("slow link that cuts connections", tally, ANSWER_EXIT, ran, note)
+            .await?
+            .bounded(&bounds, None),
+    )
 }
 
 /// 5. A worker stalled (SIGSTOP) past the deadline.
@@ -209,24 +246,31 @@ async fn stall_a_worker(broker: &Broker, duration: Duration) -> anyhow::Result<R
     let unit = unit(broker, &queue, &[]).await?;
     let worker = worker(broker, &queue, ANSWER_EXIT, true).await?;
     let address = unit.endpoint();
-    let (tally, stalled) = tokio::join!(
+    let (tally, resumed) = tokio::join!(
         load::closed_loop(&address, CALLERS, duration, Duration::from_secs(1), 0),
         async {
             tokio::time::sleep(duration / 3).await;
             worker.process.signal("STOP")?;
             tokio::time::sleep(Duration::from_secs(3)).await;
-            worker.process.signal("CONT")
+            worker.process.signal("CONT")?;
+            anyhow::Ok(Instant::now())
         }
     );
-    let tally = tally?;
-    stalled?;
+    let (tally, resumed) = (tally?, resumed?);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    Row::of(
+    let recovery = tally.recovery_after(resumed);
+    let bounds = Bounds {
+        min_answered: 0.9,
+        errors_allowed: &["DeadlineExceeded"],
+        max_recovery: Some(Duration::from_secs(1)),
+    };
+    Ok(Row::of(
         "worker stalled (SIGSTOP)",
         tally,
         ANSWER_EXIT,
         Ran::one(&unit, &worker),
         "stalled 3 s with a 1 s deadline".into(),
     )
-    .await
+    .await?
+    .bounded(&bounds, recovery))
 }

@@ -2,7 +2,9 @@
 //! prints, per scenario, requests sent, answered, answers checked against the
 //! model (wrong), work done twice (computed again, late replies), errors by
 //! kind and rate, lost (sent - answered - clean errors) and redeliveries.
-//! Exit status 1 when anything was lost or wrong.
+//! Exit status 1 when anything was lost or wrong, or a scenario broke its
+//! bounds (`bounds`: the share answered, the errors its fault may cause,
+//! the recovery after it, and the checks a scenario makes itself).
 //!
 //! Layout: `load` (callers in closed and open loop, how a call ended),
 //! `verify` (every answer against the model), `proxy` (a slow, cutting TCP
@@ -13,6 +15,7 @@
 //! (rows and the table).
 //! Processes, queues and the private broker come from `dnet-testkit`.
 
+mod bounds;
 mod counters;
 mod cpus;
 mod faults;
@@ -100,9 +103,12 @@ async fn main() -> anyhow::Result<()> {
         std::fs::write(out, &table)?;
     }
     let bad: u64 = rows.iter().map(|r| r.tally.lost + r.check.wrong).sum();
-    let broken: Vec<&String> = rows.iter().flat_map(|r| &r.failures).collect();
+    let broken: Vec<String> = rows
+        .iter()
+        .flat_map(|r| r.failures.iter().map(move |f| format!("{}: {f}", r.name)))
+        .collect();
     if bad > 0 || !broken.is_empty() {
-        eprintln!("{bad} requests lost or answered wrongly; broken: {broken:?}");
+        eprintln!("[chaos] FAILED: {bad} requests lost or answered wrongly; broken: {broken:?}");
         std::process::exit(1);
     }
     Ok(())

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use dnet_testkit::{ComputationUnit, TransmissionUnit};
 
+use crate::bounds::Bounds;
 use crate::counters;
 use crate::load::{self, Tally};
 use crate::twice::{self, Twice};
@@ -24,7 +25,10 @@ pub struct Row {
     pub redelivered: u64,
     /// Work done twice, counted where it happened.
     pub twice: Twice,
-    /// Promises the scenario found broken (besides lost and wrong answers).
+    /// The scenario's bounds, as the table states them.
+    pub bounds: String,
+    /// Promises the scenario found broken (besides lost and wrong answers):
+    /// its bounds, and what it checks itself.
     pub failures: Vec<String>,
     pub note: String,
 }
@@ -63,17 +67,34 @@ impl Row {
             redelivered: counters::total("dnet_worker_redelivered_total", ran.workers.iter().map(|w| w.metrics()))
                 .await? as u64,
             twice: twice::count(&ran.units, &ran.workers, &ran.replaced_logs).await?,
+            bounds: String::new(),
             failures: Vec::new(),
             note,
         })
+    }
+
+    /// This row held to `bounds` (`recovery`: seconds from the fault's end
+    /// to the first answer after it).
+    #[must_use]
+    pub fn bounded(mut self, bounds: &Bounds, recovery: Option<f64>) -> Row {
+        self.bounds = bounds.describe();
+        self.failures.extend(bounds.broken(&self.tally, recovery));
+        self
+    }
+
+    /// Adds `broken` to the failures unless `held`.
+    pub fn require(&mut self, held: bool, broken: impl FnOnce() -> String) {
+        if !held {
+            self.failures.push(broken());
+        }
     }
 }
 
 /// The Markdown table of all rows.
 #[must_use]
 pub fn table(rows: &[Row], duration: Duration) -> String {
-    let mut out = "| scenario | sent | answered | wrong answers | computed again | late replies | errors by kind | error rate | lost | redelivered | notes |
-|---|---|---|---|---|---|---|---|---|---|---|
+    let mut out = "| scenario | sent | answered | wrong answers | computed again | late replies | errors by kind | error rate | lost | redelivered | bounds | held | notes |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
 "
     .to_owned();
     for row in rows {
@@ -85,8 +106,13 @@ pub fn table(rows: &[Row], duration: Duration) -> String {
             errors.join(", ")
         };
         let error_rate = 100.0 * t.error_count() as f64 / t.sent.max(1) as f64;
+        let held = if row.failures.is_empty() {
+            "yes".to_owned()
+        } else {
+            format!("**no**: {}", row.failures.join("; "))
+        };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {error_rate:.1}% | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {error_rate:.1}% | {} | {} | {} | {held} | {} |\n",
             row.name,
             t.sent,
             t.answered,
@@ -96,6 +122,7 @@ pub fn table(rows: &[Row], duration: Duration) -> String {
             errors,
             t.lost,
             row.redelivered,
+            row.bounds,
             row.note
         ));
     }
@@ -107,7 +134,9 @@ pub fn table(rows: &[Row], duration: Duration) -> String {
          wrong answers = answers that are not their request's. Work done twice, counted where it happens: \
          computed again = answers the workers computed for a request (its correlation id, from their logs) that \
          a worker had answered before; late replies = replies the transmission units dropped because no call \
-         waited for them. redelivered = deliveries the workers received marked redelivered.\n",
+         waited for them. redelivered = deliveries the workers received marked redelivered. bounds = what the \
+         scenario must reach besides 0 lost and 0 wrong (its answered share, the error kinds its fault may cause, \
+         the first answer after the fault ends, and the checks its notes name); a run that breaks one fails.\n",
         duration.as_secs(),
         load::GRACE.as_secs()
     ));

@@ -10,6 +10,10 @@ DEMO=${DNET_CACHE:-$HOME/.cache/dnet}/demo
 VENV=${DNET_VENV:-${DNET_CACHE:-$HOME/.cache/dnet}/venv}
 name=digits
 [ "${1:-}" = --heads-only ] && name=digits-heads
+# One training at a time: test suites may ask for the model at once.
+mkdir -p "$DEMO"
+exec 9>"$DEMO/.train.lock"
+flock 9
 if [ ! -f "$DEMO/$name.safetensors" ]; then
   echo "[train] no $DEMO/$name.safetensors: training it (scripts/train_demo.py $*)"
   "$VENV/bin/python" scripts/train_demo.py --out "$DEMO" "$@"

@@ -19,6 +19,11 @@ pub const SEED: u64 = 1;
 /// Every scenario's answers come from this exit (exit 2 units never answer).
 pub const ANSWER_EXIT: u8 = 4;
 
+/// The longest a unit and its worker may take to answer again once the
+/// broker is back: each reconnects after a backoff of up to 5 s
+/// (`dnet-amqp`'s MAX_BACKOFF, full jitter), one after the other at worst.
+const BROKER_RECOVERY: Duration = Duration::from_secs(12);
+
 /// `--retry-budget` of the transmission units: off, or the default.
 fn retry_flags(retries: bool) -> &'static [&'static str] {
     if retries {
@@ -128,6 +133,7 @@ async fn restart_the_broker(duration: Duration, retries: bool) -> anyhow::Result
         let node = std::sync::Arc::clone(&node);
         async move {
             tokio::time::sleep(duration / 3).await;
+            let began = Instant::now();
             let stopping = std::sync::Arc::clone(&node);
             let stopped = tokio::task::spawn_blocking(move || stopping.stop_app()).await;
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -136,7 +142,7 @@ async fn restart_the_broker(duration: Duration, retries: bool) -> anyhow::Result
             let started = tokio::task::spawn_blocking(move || starting.start_app()).await;
             stopped??;
             started??;
-            anyhow::Ok(Instant::now())
+            anyhow::Ok((began, Instant::now()))
         }
     };
     // Longer load: stopping and starting RabbitMQ takes seconds, and recovery is measured after.
@@ -145,18 +151,19 @@ async fn restart_the_broker(duration: Duration, retries: bool) -> anyhow::Result
         load::closed_loop(&address, CALLERS, load_time, Duration::from_secs(5), 0),
         fault
     );
-    let (tally, back) = (tally?, back?);
+    let (tally, (began, back)) = (tally?, back?);
     let note = tally.recovery_note(back, "the broker was back");
     let recovery = tally.recovery_after(back);
     // With retries, calls wait for the broker rather than fail.
     let bounds = Bounds {
-        min_answered: if retries { 0.9 } else { 0.7 },
+        min_answered: if retries { 0.9 } else { 0.5 },
         errors_allowed: &["Unavailable"],
-        max_recovery: Some(Duration::from_secs(5)),
+        max_recovery: Some(BROKER_RECOVERY),
     };
-    let row = Row::of(&name, tally, ANSWER_EXIT, Ran::one(&unit, &worker), note)
+    let mut row = Row::of(&name, tally, ANSWER_EXIT, Ran::one(&unit, &worker), note)
         .await?
         .bounded(&bounds, recovery);
+    row.errors_only_during(began, back, bounds.max_recovery.unwrap_or_default());
     drop((worker, unit, queue));
     Ok(row)
 }
@@ -176,12 +183,13 @@ async fn restart_the_next_unit(broker: &Broker, duration: Duration, retries: boo
     let address = first.endpoint();
     let fault = async {
         tokio::time::sleep(duration / 3).await;
+        let began = Instant::now();
         second.process.kill();
         tokio::time::sleep(duration / 3).await;
         let restarted = unit(broker, &q2, &["-l", &next]).await;
-        (restarted, Instant::now())
+        (restarted, began, Instant::now())
     };
-    let (tally, (restarted, back)) = tokio::join!(
+    let (tally, (restarted, began, back)) = tokio::join!(
         load::closed_loop(&address, CALLERS, duration, Duration::from_secs(5), 0),
         fault
     );
@@ -193,15 +201,20 @@ async fn restart_the_next_unit(broker: &Broker, duration: Duration, retries: boo
         workers: vec![&w1, &w2],
         replaced_logs: Vec::new(),
     };
-    // Down for a third of the run: the calls meanwhile fail at once.
+    // Down for a third of the run: the calls meanwhile fail at once (each
+    // caller pauses 50 ms after an error), so the share answered depends on
+    // how fast the unit answers otherwise; what must hold is that errors
+    // come only while it is down.
     let bounds = Bounds {
-        min_answered: 0.6,
+        min_answered: 0.3,
         errors_allowed: &["Unavailable"],
         max_recovery: Some(Duration::from_secs(2)),
     };
-    Ok(Row::of(&name, tally, ANSWER_EXIT, ran, note)
+    let mut row = Row::of(&name, tally, ANSWER_EXIT, ran, note)
         .await?
-        .bounded(&bounds, recovery))
+        .bounded(&bounds, recovery);
+    row.errors_only_during(began, back, Duration::from_secs(2));
+    Ok(row)
 }
 
 /// 4. A slow link between units that also cuts connections.
@@ -250,13 +263,14 @@ async fn stall_a_worker(broker: &Broker, duration: Duration) -> anyhow::Result<R
         load::closed_loop(&address, CALLERS, duration, Duration::from_secs(1), 0),
         async {
             tokio::time::sleep(duration / 3).await;
+            let began = Instant::now();
             worker.process.signal("STOP")?;
             tokio::time::sleep(Duration::from_secs(3)).await;
             worker.process.signal("CONT")?;
-            anyhow::Ok(Instant::now())
+            anyhow::Ok((began, Instant::now()))
         }
     );
-    let (tally, resumed) = (tally?, resumed?);
+    let (tally, (began, resumed)) = (tally?, resumed?);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let recovery = tally.recovery_after(resumed);
     let bounds = Bounds {
@@ -264,7 +278,7 @@ async fn stall_a_worker(broker: &Broker, duration: Duration) -> anyhow::Result<R
         errors_allowed: &["DeadlineExceeded"],
         max_recovery: Some(Duration::from_secs(1)),
     };
-    Ok(Row::of(
+    let mut row = Row::of(
         "worker stalled (SIGSTOP)",
         tally,
         ANSWER_EXIT,
@@ -272,5 +286,8 @@ async fn stall_a_worker(broker: &Broker, duration: Duration) -> anyhow::Result<R
         "stalled 3 s with a 1 s deadline".into(),
     )
     .await?
-    .bounded(&bounds, recovery))
+    .bounded(&bounds, recovery);
+    // A call sent just before it resumed ends at its deadline, 1 s later.
+    row.errors_only_during(began, resumed, Duration::from_secs(2));
+    Ok(row)
 }

@@ -100,6 +100,10 @@ pub async fn flood_a_stalled_unit(broker: &Broker) -> anyhow::Result<Row> {
     .await?
     .bounded(&bounds, None);
     row.failures.extend(failures);
+    let answered = row.tally.answered;
+    row.require(answered == MAX_IN_FLIGHT, || {
+        format!("{answered} calls answered, not the {MAX_IN_FLIGHT} admitted")
+    });
     Ok(row)
 }
 

@@ -23,10 +23,18 @@ const CONCURRENCIES: [usize; 6] = [1, 2, 4, 8, 16, 32];
 /// Request ids of the phases of one scenario, apart so every answer stays traceable.
 const PHASE: u64 = 1_000_000;
 /// The least goodput under overload, as a share of the capacity measured in
-/// the same run, for the run to pass. The goal is 0.9 in at least 4 of 5
-/// runs of `make chaos` (RELIABILITY.md keeps the record); one run's bound
-/// leaves room for a busy machine, not for a unit that wastes its capacity.
-const MIN_GOODPUT: f64 = 0.8;
+/// the same run, for the run to pass: runs of `make chaos` (18 s and more)
+/// and the short ones of `make test`, whose capacity is the best of six 2 s
+/// windows and skews high. The goal is 0.9 in at least 4 of 5 runs of
+/// `make chaos` (RELIABILITY.md keeps the record); one run's bound leaves
+/// room for a busy machine, not for a unit that wastes its capacity.
+fn min_goodput(duration: Duration) -> f64 {
+    if duration >= Duration::from_secs(18) {
+        0.8
+    } else {
+        0.6
+    }
+}
 /// The overload's worker computes the whole network: calls take long enough
 /// for their latency to mean something.
 const FULL_NETWORK: u8 = 16;
@@ -188,9 +196,9 @@ async fn overload(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
     )
     .await?
     .bounded(&bounds, None);
-    let share = goodput / capacity.rate;
-    row.require(share >= MIN_GOODPUT, || {
-        format!("goodput {share:.2} of capacity, bound {MIN_GOODPUT} (goal 0.9 in 4 of 5 runs)")
+    let (share, bound) = (goodput / capacity.rate, min_goodput(duration));
+    row.require(share >= bound, || {
+        format!("goodput {share:.2} of capacity, bound {bound} (goal 0.9 in 4 of 5 runs)")
     });
     let slower = then_ms / normal_ms;
     row.require(slower <= 2.0, || {
@@ -220,12 +228,13 @@ async fn stall_then_burst(broker: &Broker, duration: Duration) -> anyhow::Result
     let rate = 20.0;
     let (tally, resumed) = tokio::join!(open_loop(&address, rate, load_time, Duration::from_secs(1), 0), async {
         tokio::time::sleep(load_time / 4).await;
+        let began = Instant::now();
         worker.process.signal("STOP")?;
         tokio::time::sleep(stall).await;
         worker.process.signal("CONT")?;
-        anyhow::Ok(Instant::now())
+        anyhow::Ok((began, Instant::now()))
     });
-    let (tally, resumed) = (tally?, resumed?);
+    let (tally, (began, resumed)) = (tally?, resumed?);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let expired = counter(&worker, "dnet_expired_total").await?;
     let recovery = tally.recovery_note(resumed, "it resumed");
@@ -251,6 +260,7 @@ async fn stall_then_burst(broker: &Broker, duration: Duration) -> anyhow::Result
     )
     .await?
     .bounded(&bounds, recovery);
+    row.errors_only_during(began, resumed, Duration::from_secs(2));
     let late_replies = row.twice.late_replies;
     row.require(late_replies == 0, || {
         format!("{late_replies} replies computed for callers who had left")

@@ -1,6 +1,6 @@
 //! What each scenario reports, and the Markdown table of all of them.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dnet_testkit::{ComputationUnit, TransmissionUnit};
 
@@ -80,6 +80,19 @@ impl Row {
         self.bounds = bounds.describe();
         self.failures.extend(bounds.broken(&self.tally, recovery));
         self
+    }
+
+    /// Holds the row's errors to its fault: none ended before the fault
+    /// began (`from`) or more than `settle` after it ended (`to`).
+    pub fn errors_only_during(&mut self, from: Instant, to: Instant, settle: Duration) {
+        let outside = self.tally.errors_outside(from, to + settle);
+        self.bounds.push_str(&format!(
+            ", errors only during the fault and {:.0} s after",
+            settle.as_secs_f64()
+        ));
+        self.require(outside == 0, || {
+            format!("{outside} errors outside the fault (before it, or more than {settle:?} after it ended)")
+        });
     }
 
     /// Adds `broken` to the failures unless `held`.

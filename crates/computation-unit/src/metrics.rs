@@ -27,7 +27,7 @@ pub struct WorkerMetrics {
     pub expired: Counter,
     /// Requests answered ERROR because they stopped --max-attempts workers.
     pub poisoned: Counter,
-    /// Requests dropped (acknowledged, not computed) because they carried
+    /// Requests dropped (rejected without requeue, not computed) because they carried
     /// no reply_to or correlation id: nobody could receive their answer.
     pub unanswerable: Counter,
 }

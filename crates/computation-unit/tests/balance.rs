@@ -176,4 +176,15 @@ async fn connections_past_their_age_are_left_without_failing_a_call() {
         "{} of {calls} failed: {failures:?}",
         failures.len()
     );
+    // A stream that never ends by itself (a health watch) is cut once its
+    // connection has outlived the age and the grace: no connection outlives them.
+    let lasted = dnet_testkit::grpc::watch_lasts(next.address, PATIENCE)
+        .await
+        .expect("the watch ends with its connection");
+    // The GOAWAY at 1 s leaves the stream on; the close at 2 s (from the
+    // connection's accept, just before the watch began) ends it.
+    assert!(
+        lasted >= Duration::from_millis(1500),
+        "not at the age, at age + grace: {lasted:?}"
+    );
 }

@@ -119,11 +119,12 @@ async fn a_call_that_cannot_finish_in_time_gets_deadline_exceeded_and_is_not_com
         metrics.ordinary("dnet_batch_size_sum").expect("sum"),
     );
 
-    // 16 images take four times the first call's forward; the deadline is far
-    // shorter than that but long enough that the unit, not the client's own
-    // timer (which would say CANCELLED), answers first.
+    // 48 images take twelve times the first call's forward (about a second
+    // on one CPU thread); the deadline is far shorter than that but long
+    // enough that the unit, not the client's own timer (which would say
+    // CANCELLED), answers first.
     let mut client = unit.client().await.expect("client");
-    let mut short = tonic::Request::new(request(0, &images(16, 2)));
+    let mut short = tonic::Request::new(request(0, &images(48, 2)));
     short.set_timeout(Duration::from_millis(150));
     let refused = client.compute(short).await.expect_err("no time to compute");
     assert_eq!(refused.code(), Code::DeadlineExceeded, "{refused:?}");

@@ -121,17 +121,26 @@ pub fn of<B>(request: &http::Request<B>) -> Option<ConnectionId> {
     })
 }
 
+impl Counted {
+    /// The error that ends the connection once it has outlived its age and
+    /// grace. Every read and write asks, so the timer is polled (and wakes
+    /// the connection) whatever the connection waits for: a client that
+    /// stops reading leaves the server blocked on writes, not on reads.
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        let close_at = self.close_at.as_mut()?;
+        close_at.as_mut().poll(cx).is_ready().then(|| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the connection outlived --max-connection-age and its grace",
+            )
+        })
+    }
+}
+
 impl AsyncRead for Counted {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        // HTTP/2 always has a read pending, so the timer is polled (and wakes
-        // the connection) for as long as the connection lives.
-        if let Some(close_at) = self.close_at.as_mut() {
-            if close_at.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the connection outlived --max-connection-age and its grace",
-                )));
-            }
+        if let Some(expired) = self.expired(cx) {
+            return Poll::Ready(Err(expired));
         }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
@@ -139,6 +148,9 @@ impl AsyncRead for Counted {
 
 impl AsyncWrite for Counted {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if let Some(expired) = self.expired(cx) {
+            return Poll::Ready(Err(expired));
+        }
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -147,6 +159,9 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let Some(expired) = self.expired(cx) {
+            return Poll::Ready(Err(expired));
+        }
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
@@ -155,6 +170,9 @@ impl AsyncWrite for Counted {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(expired) = self.expired(cx) {
+            return Poll::Ready(Err(expired));
+        }
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 

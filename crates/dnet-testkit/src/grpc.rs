@@ -56,6 +56,26 @@ pub async fn wait_for_health(address: SocketAddr, status: ServingStatus, limit: 
     .await
 }
 
+/// Opens a health watch of `unit.DNet` at `address` (a stream the unit
+/// never ends by itself) and waits up to `limit` for it to end; returns how
+/// long it lasted.
+///
+/// # Errors
+/// The watch cannot be opened, or it was still open after `limit`.
+pub async fn watch_lasts(address: SocketAddr, limit: Duration) -> anyhow::Result<Duration> {
+    let channel = Channel::from_shared(format!("http://{address}"))?.connect().await?;
+    let started = std::time::Instant::now();
+    let mut stream = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: "unit.DNet".to_owned(),
+        })
+        .await?
+        .into_inner();
+    let ended = tokio::time::timeout(limit, async { while let Ok(Some(_update)) = stream.message().await {} }).await;
+    ended.map_err(|_| anyhow::anyhow!("the health watch of {address} was still open after {limit:?}"))?;
+    Ok(started.elapsed())
+}
+
 /// (messages waiting, consumers) of the unit's queue, from `Qstatus`.
 ///
 /// # Errors

@@ -212,6 +212,12 @@ async fn every_mode_against_a_real_unit() {
         (report["sent"].as_u64(), report["answered"].as_u64()),
         (Some(40), Some(40))
     );
+    // A sender that does not wait its gaps ends sooner, however fast the unit.
+    let wall = report["wall_s"].as_f64().expect("wall time");
+    assert!(
+        wall >= 7.8,
+        "40 arrivals at 5/s took {wall:.2} s, less than their gaps' 7.82 s"
+    );
     let rate = report["throughput_rps"].as_f64().expect("throughput");
     assert!(
         (rate - 5.0).abs() <= 0.2 * 5.0,

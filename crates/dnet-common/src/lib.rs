@@ -7,6 +7,7 @@
 //! - `labels`: Prometheus label sets the programs share.
 //! - `http2`: flow-control windows and frame size of every gRPC server and client.
 //! - `metrics_http`: the Prometheus `/metrics` endpoint.
+//! - `never_sent`: whether a failed call never reached the server (safe to send again).
 //! - `resources`: the memory this process may use (cgroup-aware).
 //! - `shutdown`: a future that completes on SIGTERM or SIGINT.
 //! - `telemetry`: tracing set-up, text or JSON.
@@ -17,6 +18,7 @@ pub mod http2;
 pub mod labels;
 pub mod log_limit;
 pub mod metrics_http;
+pub mod never_sent;
 pub mod resources;
 pub mod shutdown;
 pub mod telemetry;

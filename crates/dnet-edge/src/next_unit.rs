@@ -9,6 +9,7 @@ use tonic::transport::{Channel, ClientTlsConfig};
 use tonic::Status;
 
 use crate::error::Error;
+use dnet_common::never_sent::never_sent;
 
 /// A client to the next unit; reconnects and follows its addresses by itself.
 #[derive(Clone, Debug)]
@@ -117,43 +118,18 @@ fn classify(address: String, status: &Status, deadline: Instant) -> Error {
     if Instant::now() >= deadline {
         return Error::NextDeadline { address };
     }
-    let Some(source) = std::error::Error::source(status) else {
+    if std::error::Error::source(status).is_none() {
         return Error::Next {
             address,
             code: status.code(),
             message,
         };
-    };
-    if never_sent(source) {
+    }
+    if never_sent(status) {
         Error::NextNotSent { address, message }
     } else {
         Error::NextBroken { address, message }
     }
-}
-
-/// Whether a transport error means that the request never reached the
-/// server: the connection could not be made, the connection ended (after a
-/// GOAWAY) while the request still waited to be handed to it (hyper says
-/// canceled), or HTTP/2 says the server did not process the stream
-/// (REFUSED_STREAM, or a GOAWAY that excludes it).
-fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(error) = cause {
-        if error.is::<tonic::ConnectError>() {
-            return true;
-        }
-        if error
-            .downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_canceled)
-        {
-            return true;
-        }
-        if let Some(h2) = error.downcast_ref::<h2::Error>() {
-            return h2.reason() == Some(h2::Reason::REFUSED_STREAM) || (h2.is_go_away() && h2.is_remote());
-        }
-        cause = error.source();
-    }
-    false
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use dnet_common::balance::Balanced;
+use dnet_common::never_sent::never_sent;
 use dnet_model::codec;
 use dnet_proto::{ComputationRequest, ComputationResponse, DNetClient, Data, HopRecord, StatusCode};
 use result::{answers_of, category_of};
@@ -203,20 +204,30 @@ async fn through_local_layers(image: tch::Tensor, local: &LocalLayers) -> Result
     }
 }
 
-/// Calls the first unit with `request`.
+/// How many times a call that never reached the unit is sent again (gRPC's
+/// transparent retry, gRFC A6): a connection that ends after the unit's
+/// GOAWAY (`--max-connection-age`) cancels the calls still queued for it.
+const TRANSPARENT_RETRIES: u32 = 3;
+
+/// Calls the first unit with `request`, within `timeout` in all.
 async fn send(request: ComputationRequest, mut first: FirstUnit, timeout: Duration) -> Outcome {
     if first.balanced.live() == 0 {
         // With no address to call, the balancer would hold the call until its
         // timeout; counted as sent, as a call refused by the unit would be.
         return failed("Unavailable", true);
     }
+    let deadline = tokio::time::Instant::now() + timeout;
     let client = &mut first.client;
-    let mut call = tonic::Request::new(request);
-    call.set_timeout(timeout);
-    match tokio::time::timeout(timeout, client.compute(call)).await {
-        Err(_) => failed("DeadlineExceeded", true),
-        Ok(Err(status)) => failed(&format!("{:?}", status.code()), true),
-        Ok(Ok(answer)) => answered(answer.into_inner()),
+    let mut retries = 0;
+    loop {
+        let mut call = tonic::Request::new(request.clone());
+        call.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        match tokio::time::timeout_at(deadline, client.compute(call)).await {
+            Err(_) => return failed("DeadlineExceeded", true),
+            Ok(Err(status)) if retries < TRANSPARENT_RETRIES && never_sent(&status) => retries += 1,
+            Ok(Err(status)) => return failed(&format!("{:?}", status.code()), true),
+            Ok(Ok(answer)) => return answered(answer.into_inner()),
+        }
     }
 }
 

@@ -48,6 +48,13 @@ const NOISE: f64 = 0.2;
 const NOISE_SEED: u64 = 5;
 /// How long the test waits for shadow work still on its way back.
 const PATIENCE: Duration = Duration::from_secs(120);
+/// The two tests run one at a time. Shadow work is computed only while unit
+/// 16 is idle: with two cascades on two CPUs it seldom is, most shadow
+/// samples expire, and those that come back are not a fair sample of the
+/// traffic (the last of each round), which skews the window unit 8 proves
+/// its threshold on (a slow machine, 2026-12-07: from 0.9999 it held at
+/// 0.9116, 12 points of early share under calibrate's choice).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The heads-only demo model and its test set, trained if missing.
 fn demo_model() -> (PathBuf, PathBuf) {
@@ -223,6 +230,7 @@ async fn verify(unit: &TransmissionUnit, test: &Path, noise: f64, table: &ExitTa
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn from_far_below_far_above_and_at_the_offline_choice_it_settles_where_calibrate_puts_it() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (weights, test) = tokio::task::spawn_blocking(demo_model).await.expect("join");
     let clean = inputs(&test, 0.0);
     // The whole test set, as often as it is sent in one pass.
@@ -252,6 +260,7 @@ async fn from_far_below_far_above_and_at_the_offline_choice_it_settles_where_cal
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_inputs_change_the_threshold_moves_so_that_the_target_holds_on_them() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let (weights, test) = tokio::task::spawn_blocking(demo_model).await.expect("join");
     let (clean, noisy) = (inputs(&test, 0.0), inputs(&test, NOISE));
     // The noisy inputs the learning rounds send, and the clean test set.

@@ -183,7 +183,12 @@ async fn every_mode_against_a_real_unit() {
     // A CIFAR-10 file written here: labels give an accuracy we can check.
     let dir = tempfile::tempdir().expect("temp dir");
     let dataset = dir.path().join("data_batch.bin");
-    let expected = write_cifar(&dataset, 10, &WeightSource::File(model.weights.clone()));
+    let expected = write_cifar(
+        &dataset,
+        10,
+        &model.test_set,
+        &WeightSource::File(model.weights.clone()),
+    );
     let (ok, report) = run_test_unit(args(&[
         "-a",
         &address,
@@ -233,7 +238,12 @@ async fn every_mode_against_a_real_unit() {
 async fn samples_of_one_request_exit_at_their_own_units_and_count_per_sample() {
     let dir = tempfile::tempdir().expect("temp dir");
     let dataset = dir.path().join("data_batch.bin");
-    write_cifar(&dataset, 8, &WeightSource::Random(SEED));
+    write_cifar(
+        &dataset,
+        8,
+        &dnet_testkit::trained::heads_only().test_set,
+        &WeightSource::Random(SEED),
+    );
     let inputs = Inputs::dataset(&dataset).expect("a valid dataset");
     let model = load(&WeightSource::Random(SEED), Device::Cpu, Precision::F32)
         .expect("weights")
@@ -319,14 +329,14 @@ async fn a_unit_that_is_down_counts_errors_and_fails() {
     );
 }
 
-/// Writes `n` CIFAR-10 records: the first `n` digits of the heads-only
-/// model's test set, labelled with what `weights` answers at exit 16 for
+/// Writes `n` CIFAR-10 records: the first `n` digits of `test_set` (the
+/// heads-only model's), labelled with what `weights` answers at exit 16 for
 /// each, but for every third record, labelled one class off on purpose.
 /// Returns the accuracy a client that pairs each image with its own label
 /// must report. With the trained weights the answers differ between
 /// images, so a client that pairs them otherwise reports another accuracy.
-fn write_cifar(path: &Path, n: usize, weights: &WeightSource) -> f64 {
-    let digits = std::fs::read(dnet_testkit::trained::heads_only().test_set).expect("the test set");
+fn write_cifar(path: &Path, n: usize, test_set: &Path, weights: &WeightSource) -> f64 {
+    let digits = std::fs::read(test_set).expect("the test set");
     let model = load(weights, Device::Cpu, Precision::F32).expect("weights").model;
     let mut bytes = Vec::with_capacity(n * RECORD_BYTES);
     let mut answers = std::collections::BTreeSet::new();

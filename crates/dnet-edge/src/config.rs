@@ -205,6 +205,11 @@ fn unit_interval(text: &str) -> Result<f64, String> {
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 48 << 20;
 /// The most calls, and the most connections, a unit takes by default.
 const DEFAULT_CAP: u64 = 1024;
+/// The longest AMQP per-message expiration (a 32-bit count of milliseconds),
+/// which carries a call's deadline through the queue.
+pub const MAX_EXPIRATION: Duration = Duration::from_millis(u32::MAX as u64);
+/// The largest `--retry-budget` (tower's budget takes at most 1000 retries per call).
+const MAX_RETRY_BUDGET: f32 = 100_000.0;
 /// The fewest connections a unit takes by default.
 const MIN_CONNECTIONS: u64 = 8;
 
@@ -258,6 +263,20 @@ impl EdgeArgs {
     /// # Errors
     /// A message naming the flags.
     pub fn check(&self) -> Result<(), String> {
+        if self.max_deadline > MAX_EXPIRATION {
+            return Err(format!(
+                "--max-deadline {:?} is longer than an AMQP expiration can carry ({} ms, 2^32 - 1): lower it",
+                self.max_deadline,
+                MAX_EXPIRATION.as_millis()
+            ));
+        }
+        // tower's budget asserts its ratio lies in 0..=1000 (percent 0..=100000).
+        if !(0.0..=MAX_RETRY_BUDGET).contains(&self.retry_budget) {
+            return Err(format!(
+                "--retry-budget {} is not a percentage of calls in 0..={MAX_RETRY_BUDGET}",
+                self.retry_budget
+            ));
+        }
         if self.timeout > self.max_deadline {
             return Err(format!(
                 "--timeout {:?} is longer than --max-deadline {:?}: raise --max-deadline or lower --timeout",
@@ -314,5 +333,47 @@ impl EdgeArgs {
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "dnet-unit".to_owned());
         format!("{host}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::EdgeArgs;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        edge: EdgeArgs,
+    }
+
+    fn check(args: &[&str]) -> Result<(), String> {
+        Cli::try_parse_from(std::iter::once("unit").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?
+            .edge
+            .check()
+    }
+
+    #[test]
+    fn a_retry_budget_tower_cannot_hold_is_refused_not_a_panic() {
+        assert!(check(&["--retry-budget", "100000"]).is_ok());
+        for refused in ["100001", "1e9", "NaN"] {
+            let error = check(&["--retry-budget", refused]).expect_err(refused);
+            assert!(error.contains("--retry-budget"), "{error}");
+        }
+        // And what is accepted builds the policy without tower's assertion.
+        let _ = crate::retry::RetryPolicy::new(100_000.0);
+    }
+
+    #[test]
+    fn a_max_deadline_past_the_amqp_expiration_bound_is_refused() {
+        let bound_ms = u64::from(u32::MAX);
+        assert!(check(&["--max-deadline", &format!("{bound_ms}ms")]).is_ok());
+        let error = check(&["--max-deadline", &format!("{}ms", bound_ms + 1)]).expect_err("past the bound");
+        assert!(
+            error.contains("--max-deadline") && error.contains("4294967295"),
+            "{error}"
+        );
     }
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use dnet_amqp::credentials::AmqpCredentials;
+use dnet_amqp::{QueueContract, QueueType};
 use dnet_common::telemetry::ObservabilityArgs;
 use dnet_edge::config::{EdgeArgs, DEFAULT_MAX_MESSAGE_BYTES};
 use dnet_model::model::{DEFAULT_THRESHOLDS, SIDE_EXITS};
@@ -228,7 +229,10 @@ impl UnitArgs {
 
 #[derive(Clone, Debug, Args)]
 pub struct WorkerArgs {
-    /// RabbitMQ host or host:port (guest/guest), or a full amqp:// URI.
+    /// RabbitMQ host or host:port (guest/guest), or a full amqp:// URI; or
+    /// several, comma-separated (a cluster's nodes; a name that resolves to
+    /// several addresses counts as each): the worker consumes through one
+    /// that answers and moves to another when it is lost.
     #[arg(
         short = 'a',
         long,
@@ -255,6 +259,12 @@ pub struct WorkerArgs {
     )]
     pub queue_name: String,
 
+    /// The kind of queue: classic (the original's, on one node) or quorum
+    /// (replicated over a cluster; its delivery limit derives from
+    /// --max-attempts). Every program on one queue gives the same.
+    #[arg(long, env = "DNET_QUEUE_TYPE", value_enum, default_value_t = QueueType::Classic)]
+    pub queue_type: QueueType,
+
     #[command(flatten)]
     pub unit: UnitArgs,
 
@@ -278,21 +288,32 @@ pub struct WorkerArgs {
 }
 
 impl WorkerArgs {
-    /// The broker URI: `-a` as given when it is a URI, else
+    /// The broker URIs: each address of `-a` as given when it is a URI, else
     /// `amqp://guest:guest@HOST[:PORT]/%2f`; `--amqp-user` and
-    /// `--amqp-password` replace its credentials.
+    /// `--amqp-password` replace their credentials.
     ///
     /// # Errors
     /// `-a` is not a host nor an amqp:// or amqps:// URI.
-    pub fn amqp_uri(&self) -> Result<String, String> {
-        let uri = if self.amqp_address.contains("://") {
-            self.amqp_address.clone()
-        } else {
-            format!("amqp://guest:guest@{}/%2f", self.amqp_address)
-        };
-        self.amqp_credentials
-            .apply(&uri)
-            .map_err(|e| format!("-a/--amqp-address: {e}"))
+    pub fn amqp_uris(&self) -> Result<Vec<String>, String> {
+        let bare_host = |host: &str| format!("amqp://guest:guest@{host}/%2f");
+        dnet_amqp::connect::split_addresses(&self.amqp_address, Some(&bare_host))
+            .map_err(|e| format!("-a/--amqp-address: {e}"))?
+            .iter()
+            .map(|uri| {
+                self.amqp_credentials
+                    .apply(uri)
+                    .map_err(|e| format!("-a/--amqp-address: {e}"))
+            })
+            .collect()
+    }
+
+    /// What this worker declares its queue with.
+    #[must_use]
+    pub fn queue_contract(&self) -> QueueContract {
+        QueueContract {
+            queue_type: self.queue_type,
+            max_attempts: self.unit.max_attempts,
+        }
     }
 
     /// `--prefetch`, else twice the batch size (at most u16::MAX).

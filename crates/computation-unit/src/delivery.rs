@@ -44,6 +44,8 @@ const GIVE_BACK_RETRY: Duration = Duration::from_millis(50);
 /// What every delivery of one broker session needs.
 pub struct Context {
     pub channel: Channel,
+    /// The broker session the deliveries came on (held requests are keyed by it).
+    pub session: u64,
     pub queue: String,
     pub unit: Arc<UnitSettings>,
     pub engine: Arc<Engine>,
@@ -110,7 +112,9 @@ pub async fn serve(mut delivery: Delivery, context: Arc<Context>, _held: Option<
             context.metrics.count_reply(&response, shadow);
             if delivery.ack(BasicAckOptions::default()).await.is_err() {
                 // The broker puts it back, marked redelivered: not a death.
-                context.returned.returned(correlation_id.as_str());
+                context
+                    .returned
+                    .returned_delivery((context.session, delivery.delivery_tag), correlation_id.as_str());
             }
             debug!(correlation_id = %correlation_id, status = response.status, "answered");
         }
@@ -231,7 +235,9 @@ async fn give_back(delivery: &Delivery, body: &[u8], context: &Context, attempts
         // Back in the queue by the nack, or by the broker when the channel
         // closes: marked redelivered, though this worker lives.
         if let Some(id) = correlation_id {
-            context.returned.returned(id);
+            context
+                .returned
+                .returned_delivery((context.session, delivery.delivery_tag), id);
         }
     }
     context.metrics.requeued.inc();

@@ -193,6 +193,7 @@ fn consume(args: WorkerArgs) -> anyhow::Result<()> {
     let ready = tokio::sync::watch::Sender::new(false);
     let metrics = runtime.block_on(async {
         let metrics = WorkerMetrics::register(&mut registry);
+        let node = dnet_amqp::node::NodeMetric::register(&mut registry);
         thresholds_file::start(
             args.unit.thresholds_file.clone(),
             settings.thresholds.clone(),
@@ -214,8 +215,10 @@ fn consume(args: WorkerArgs) -> anyhow::Result<()> {
             ));
         }
         let worker_settings = WorkerSettings {
-            amqp_uri: args.amqp_uri().map_err(anyhow::Error::msg)?,
+            amqp_uris: args.amqp_uris().map_err(anyhow::Error::msg)?,
             queue: args.queue_name.clone(),
+            contract: args.queue_contract(),
+            max_message_bytes: args.max_message_bytes,
             prefetch: args.prefetch(),
             exit_on_start_layer,
             unit: settings,
@@ -227,15 +230,17 @@ fn consume(args: WorkerArgs) -> anyhow::Result<()> {
                 .transpose()
                 .map_err(anyhow::Error::msg)?,
         };
-        worker::run(
+        let stopped = worker::run(
             worker_settings,
             Arc::clone(&engine),
             Arc::clone(&metrics),
+            node,
             &ready,
             dnet_common::shutdown::signal(),
         )
         .await;
         stop_metrics.cancel();
+        stopped.map_err(anyhow::Error::msg)?;
         anyhow::Ok(metrics)
     })?;
     if let Ok(engine) = Arc::try_unwrap(engine) {

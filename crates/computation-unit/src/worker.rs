@@ -5,7 +5,10 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use dnet_amqp::{computation_queue_arguments, computation_queue_options, connect_with_backoff, redact};
+use dnet_amqp::limits::{check_message_size, SizeError};
+use dnet_amqp::node::NodeMetric;
+use dnet_amqp::queue::{declare, DeclareError};
+use dnet_amqp::{Brokers, QueueContract};
 use dnet_model::engine::Engine;
 use dnet_model::request::UnitSettings;
 use futures::StreamExt;
@@ -28,9 +31,14 @@ const DRAIN_DELIVERIES: std::time::Duration = std::time::Duration::from_secs(5);
 /// Where to consume from and how to treat deliveries.
 #[derive(Clone, Debug)]
 pub struct WorkerSettings {
-    pub amqp_uri: String,
+    /// The broker's nodes (one, or a cluster's).
+    pub amqp_uris: Vec<String>,
     pub queue: String,
+    /// How the queue is declared (its type, its delivery limit).
+    pub contract: QueueContract,
     pub prefetch: u16,
+    /// Largest message this worker publishes: checked against the broker's limit on connecting.
+    pub max_message_bytes: usize,
     /// What this unit accepts and how it answers.
     pub unit: UnitSettings,
     /// Test only: exit the process on a request of this start layer.
@@ -41,46 +49,89 @@ pub struct WorkerSettings {
     pub tls_ca: Option<String>,
 }
 
-/// Consumes the queue until `shutdown`, reconnecting when the broker is
-/// lost; `ready` is true while the queue is consumed. On shutdown: stop
-/// consuming, finish the batch being computed, give the other requests back,
-/// close the connection.
+/// Consumes the queue until `shutdown`, moving to another node (or
+/// reconnecting) when the broker is lost or cancels the consumer; `ready`
+/// is true from the first consume until a round of every node fails. On
+/// shutdown: stop consuming, finish the batch being computed, give the
+/// other requests back, close the connection.
+///
+/// # Errors
+/// A setting the broker refuses, which no reconnect mends: the queue
+/// exists with another type or delivery limit, or `max_message_bytes` is
+/// over the broker's limit.
 pub async fn run(
     settings: WorkerSettings,
     engine: Arc<Engine>,
     metrics: Arc<WorkerMetrics>,
+    node: NodeMetric,
     ready: &watch::Sender<bool>,
     shutdown: impl Future<Output = ()>,
-) {
+) -> Result<(), String> {
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
     let unit = Arc::new(settings.unit.clone());
     let returned = Arc::new(Returned::default());
     let refusals = Arc::new(Refusals::default());
+    let mut brokers = Brokers::new(
+        settings.amqp_uris.clone(),
+        &settings.connection_name,
+        settings.tls_ca.clone(),
+    );
+    let mut session = 0_u64;
+    // The nodes whose message size limit was checked, and the sessions that
+    // could not start since the last one that did: a round's worth of them
+    // is a round without a usable node.
+    let mut checked = std::collections::HashSet::new();
+    let mut failed_opens = 0;
     tokio::pin!(shutdown);
     loop {
-        let connecting = connect_with_backoff(
-            &settings.amqp_uri,
-            &settings.connection_name,
-            settings.tls_ca.as_deref(),
-            stop.cancelled(),
-        );
-        let connection = tokio::select! {
-            connection = connecting => connection,
+        let no_node = || {
+            ready.send_replace(false);
+            node.set(None);
+        };
+        let connecting = brokers.connect(stop.cancelled(), no_node);
+        let connected = tokio::select! {
+            connected = connecting => connected,
             () = &mut shutdown => None,
         };
-        let Some(connection) = connection else { break };
-        let (channel, consumer) = match open(&connection, &settings).await {
-            Ok(opened) => opened,
-            Err(error) => {
-                warn!(%error, queue = %settings.queue, "cannot consume the queue, reconnecting");
+        let Some(connected) = connected else { break };
+        let connection = connected.connection;
+        session += 1;
+        let opening = open(&connection, &settings, &connected.node, &mut checked);
+        let opened = tokio::select! {
+            opened = opening => opened,
+            () = &mut shutdown => {
+                dnet_amqp::close(&connection, 200, "computation unit stopping").await;
+                break;
+            }
+        };
+        let (channel, consumer) = match opened {
+            Ok(opened) => {
+                failed_opens = 0;
+                opened
+            }
+            Err(Opening::Refused(message)) => {
+                dnet_amqp::close(&connection, 320, "a setting the broker refuses").await;
+                stop.cancel();
+                return Err(message);
+            }
+            Err(Opening::Failed(error)) => {
+                warn!(%error, queue = %settings.queue, node = %connected.node, "cannot consume the queue, reconnecting");
                 dnet_amqp::close(&connection, 320, "retrying").await;
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                continue;
+                failed_opens += 1;
+                if failed_opens >= brokers.len() {
+                    ready.send_replace(false);
+                    node.set(None);
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                    () = &mut shutdown => break,
+                }
             }
         };
         let context = Arc::new(Context {
             channel: channel.clone(),
+            session,
             queue: settings.queue.clone(),
             unit: Arc::clone(&unit),
             engine: Arc::clone(&engine),
@@ -89,17 +140,21 @@ pub async fn run(
             refusals: Arc::clone(&refusals),
             exit_on_start_layer: settings.exit_on_start_layer,
         });
-        info!(queue = %settings.queue, prefetch = settings.prefetch, "consuming");
+        info!(queue = %settings.queue, node = %connected.node, queue_type = settings.contract.queue_type.as_str(),
+            prefetch = settings.prefetch, "consuming");
+        node.set(Some(&connected.node));
         ready.send_replace(true);
         let consumer_tag = consumer.tag();
         let consuming = consume(consumer, &context, &tracker);
         tokio::pin!(consuming);
         tokio::select! {
             () = &mut consuming => {
-                ready.send_replace(false);
                 // What it held goes back to the queue, redelivered: not a death.
-                returned.session_lost();
-                warn!(broker = %redact(&settings.amqp_uri), "consumer ended (connection lost or queue deleted), reconnecting");
+                returned.session_lost(session);
+                warn!(node = %connected.node, "consumer ended (connection lost, queue moved or deleted), consuming again");
+                // A cancel by the broker leaves the connection open: close it,
+                // so what this session held goes back now.
+                dnet_amqp::close(&connection, 320, "consuming again").await;
             }
             () = &mut shutdown => {
                 ready.send_replace(false);
@@ -117,19 +172,49 @@ pub async fn run(
         }
     }
     stop.cancel();
+    Ok(())
 }
 
-async fn open(connection: &Connection, settings: &WorkerSettings) -> lapin::Result<(Channel, Consumer)> {
-    let channel = connection.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    channel.basic_qos(settings.prefetch, BasicQosOptions::default()).await?;
+/// Why a session could not start consuming.
+enum Opening {
+    /// A setting the broker refuses: the program stops, with this message.
+    Refused(String),
+    /// Anything else: reconnect.
+    Failed(String),
+}
+
+/// Checks the broker's message size limit (once per node), then declares
+/// and consumes the queue.
+async fn open(
+    connection: &Connection,
+    settings: &WorkerSettings,
+    node: &str,
+    checked: &mut std::collections::HashSet<String>,
+) -> Result<(Channel, Consumer), Opening> {
+    let failed = |error: lapin::Error| Opening::Failed(error.to_string());
+    if !checked.contains(node) {
+        match check_message_size(connection, settings.max_message_bytes, "--max-message-bytes").await {
+            Ok(()) => {
+                checked.insert(node.to_owned());
+            }
+            Err(SizeError::TooLarge(message)) => return Err(Opening::Refused(message)),
+            Err(error) => return Err(Opening::Failed(error.to_string())),
+        }
+    }
+    let channel = connection.create_channel().await.map_err(failed)?;
     channel
-        .queue_declare(
-            settings.queue.as_str().into(),
-            computation_queue_options(),
-            computation_queue_arguments(),
-        )
-        .await?;
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(failed)?;
+    channel
+        .basic_qos(settings.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(failed)?;
+    match declare(&channel, &settings.queue, settings.contract).await {
+        Ok(_) => {}
+        Err(refused @ DeclareError::Mismatch { .. }) => return Err(Opening::Refused(refused.to_string())),
+        Err(error) => return Err(Opening::Failed(error.to_string())),
+    }
     let consumer = channel
         .basic_consume(
             settings.queue.as_str().into(),
@@ -137,7 +222,8 @@ async fn open(connection: &Connection, settings: &WorkerSettings) -> lapin::Resu
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
-        .await?;
+        .await
+        .map_err(failed)?;
     Ok((channel, consumer))
 }
 
@@ -148,11 +234,12 @@ async fn consume(mut consumer: Consumer, context: &Arc<Context>, tracker: &TaskT
     while let Some(delivery) = consumer.next().await {
         match delivery {
             Ok(delivery) => {
+                let key = (context.session, delivery.delivery_tag);
                 let held = delivery
                     .properties
                     .correlation_id()
                     .as_ref()
-                    .map(|id| context.returned.hold(id.as_str()));
+                    .map(|id| context.returned.hold(key, id.as_str()));
                 tracker.spawn(delivery::serve(delivery, Arc::clone(context), held));
             }
             Err(error) => {

@@ -7,7 +7,9 @@
 //! Layout:
 //! - `config`: command line and `DNET_*` environment variables (the edge's and the broker's).
 //! - `queue_unit`: `run(listener, config, shutdown)`: the transmission unit.
-//! - `queue_client`: AMQP RPC with many calls in flight, reconnecting on loss.
+//! - `queue_client`: AMQP RPC with many calls in flight.
+//! - `queue_session`: the broker session on one of the nodes, moving to another on loss.
+//! - `queue_poll`: the queue's counts, read every 250 ms (admission, `Qstatus`).
 //! - `queue_backend`: the queue as the edge's `Backend`.
 //! - `queue_error`: why a call to the queue failed, and what the edge makes of it.
 
@@ -15,4 +17,6 @@ pub mod config;
 pub mod queue_backend;
 pub mod queue_client;
 pub mod queue_error;
+pub mod queue_poll;
+pub mod queue_session;
 pub mod queue_unit;

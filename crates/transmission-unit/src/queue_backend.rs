@@ -27,7 +27,7 @@ impl Backend for QueueClient {
     }
 
     async fn status(&self) -> Result<QueueStatus, Error> {
-        Ok(QueueClient::status(self).await.map_err(BackendError::from)?)
+        Ok(QueueClient::status(self).map_err(BackendError::from)?)
     }
 
     fn ready(&self) -> watch::Receiver<bool> {

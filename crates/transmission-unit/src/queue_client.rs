@@ -3,55 +3,57 @@
 //! Each request is published to the computation queue with a fresh
 //! `correlation_id` and this client's own exclusive reply queue as `reply_to`;
 //! one consumer task routes replies to the waiting calls through a map of
-//! one-shot senders. A supervisor task keeps a broker session alive: it
-//! connects with backoff, and when the connection is lost it fails the calls
-//! of that session with `ConnectionLost` and connects again. While a session
-//! lives, the queue's waiting messages are read every 250 ms (admission).
+//! one-shot senders. The broker session (on one of the nodes given, moving
+//! to another when it is lost) is `queue_session`'s; the queue's counts,
+//! read every 250 ms for admission and `Qstatus`, are `queue_poll`'s.
 //!
 //! Each request carries its deadline (docs/architecture.md, "Deadlines"),
 //! less the time its reply needs to come back: the broker drops it unread
-//! once it expires, and a worker skips it.
+//! once it expires, and a worker skips it. A call whose session is lost
+//! while it waits fails with `ConnectionLost`, which the edge publishes
+//! again on the next session while the deadline and the retry budget allow
+//! (docs/architecture.md, "Computed twice").
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Connection, Consumer};
+use lapin::{BasicProperties, Channel};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use dnet_amqp::attempts::with_attempts;
 use dnet_amqp::deadline::with_deadline;
+use dnet_amqp::node::NodeMetric;
 use dnet_amqp::publish::{publish, PublishError};
-use dnet_amqp::{computation_queue_arguments, computation_queue_options, connect_with_backoff, redact};
+use dnet_amqp::QueueContract;
+use lapin::types::ShortString;
 
 use dnet_edge::backend::QueueStatus;
 use dnet_edge::deadline::WAY_BACK;
 
 use crate::queue_error::QueueError;
+use crate::queue_poll::QueueCounts;
+use crate::queue_session::{supervise, Session};
 
-/// Longest wait for a queue status answer.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
-/// Wait before reconnecting when a fresh connection could not open its channels.
-const SESSION_RETRY: Duration = Duration::from_secs(1);
-/// How often the queue's waiting messages are read.
-const QUEUE_POLL: Duration = Duration::from_millis(250);
+/// The first wait before publishing again a request the broker refused; doubled each time.
+const REFUSED_FIRST_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+/// The longest wait between two publishes of one refused request.
+const REFUSED_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where and how to reach the computation queue.
 #[derive(Clone, Debug)]
 pub struct QueueSettings {
-    /// amqp:// URI of the broker.
-    pub uri: String,
+    /// amqp:// URIs of the broker's nodes (one, or a cluster's).
+    pub uris: Vec<String>,
     /// Name of the computation queue.
     pub queue: String,
+    /// How the queue is declared (type, delivery limit): as its workers do.
+    pub contract: QueueContract,
     /// Name the connection shows in the broker's management UI.
     pub connection_name: String,
     /// CA (PEM) trusted for `amqps://`, besides the system's.
@@ -64,6 +66,11 @@ pub struct QueueSettings {
     pub late_replies: Counter,
     /// Exported as `dnet_queue_waiting`: messages waiting in the queue, as last read.
     pub waiting_gauge: Gauge,
+    /// Exported as `dnet_amqp_node`: the node the unit is on.
+    pub node: NodeMetric,
+    /// Exported as `dnet_queue_refused_publishes`: requests the broker
+    /// refused (nack) and the unit published again within their deadline.
+    pub refused_publishes: Counter,
 }
 
 /// Handle to the RPC client; clones share one broker session.
@@ -72,41 +79,26 @@ pub struct QueueClient {
     inner: Arc<Inner>,
 }
 
-struct Inner {
-    settings: QueueSettings,
+pub struct Inner {
+    pub settings: QueueSettings,
     /// The live broker session; `None` while (re)connecting.
-    session: RwLock<Option<Arc<Session>>>,
+    session: watch::Sender<Option<Arc<Session>>>,
     /// Calls waiting for their reply, by correlation id.
     pending: Mutex<HashMap<String, Pending>>,
-    /// `true` while a session is live; drives the health status.
-    connected: watch::Sender<bool>,
+    /// `true` from the first session until a round in which no node
+    /// answered: drives the health status (a move to another node is not
+    /// an outage).
+    pub connected: watch::Sender<bool>,
     /// Ends the supervisor and closes the connection.
-    stop: CancellationToken,
+    pub stop: CancellationToken,
+    /// Why the unit stopped on its own: a setting the broker refuses.
+    fatal: Mutex<Option<String>>,
     /// Tells the supervisor that the broker closed the publish channel.
-    publish_closed: Notify,
+    pub publish_closed: Notify,
     /// The supervisor task, awaited on close.
     supervisor: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Messages waiting in the computation queue, as last read.
-    waiting: AtomicU64,
-}
-
-struct Session {
-    /// Distinguishes this session's calls from those of earlier ones.
-    generation: u64,
-    connection: Connection,
-    /// Channel with publisher confirms on, used for every request; replaced
-    /// when the broker closes it (a message it refuses closes the channel).
-    publish: RwLock<Channel>,
-    /// This client's exclusive, server-named reply queue.
-    reply_to: ShortString,
-    /// The channel its replies are consumed on.
-    replies: Channel,
-}
-
-impl Session {
-    fn publish_channel(&self) -> Channel {
-        self.publish.read().unwrap_or_else(PoisonError::into_inner).clone()
-    }
+    /// The computation queue's counts, as last read.
+    counts: QueueCounts,
 }
 
 struct Pending {
@@ -135,29 +127,42 @@ impl QueueClient {
         let (connected, _) = watch::channel(false);
         let inner = Arc::new(Inner {
             settings,
-            session: RwLock::new(None),
+            session: watch::Sender::new(None),
             pending: Mutex::new(HashMap::new()),
             connected,
             stop: CancellationToken::new(),
+            fatal: Mutex::new(None),
             publish_closed: Notify::new(),
             supervisor: Mutex::new(None),
-            waiting: AtomicU64::new(0),
+            counts: QueueCounts::default(),
         });
         let supervisor = tokio::spawn(supervise(Arc::clone(&inner)));
         *inner.supervisor.lock().unwrap_or_else(PoisonError::into_inner) = Some(supervisor);
         Self { inner }
     }
 
-    /// Watches whether a broker session is live.
+    /// Watches whether the unit is on a node (or moving to another).
     #[must_use]
     pub fn connected(&self) -> watch::Receiver<bool> {
         self.inner.connected.subscribe()
     }
 
+    /// Completes when the client stopped on its own, with why: a setting
+    /// the broker refuses (the queue's type, the message size), which no
+    /// reconnect mends. Pending while it runs.
+    pub async fn failed(&self) -> String {
+        self.inner.stop.cancelled().await;
+        let why = self.inner.fatal.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        match why {
+            Some(why) => why,
+            None => std::future::pending().await,
+        }
+    }
+
     /// Messages waiting in the computation queue, as last read (every 250 ms).
     #[must_use]
     pub fn waiting(&self) -> u64 {
-        self.inner.waiting.load(Ordering::Relaxed)
+        self.inner.counts.waiting.load(Ordering::Relaxed)
     }
 
     /// Number of calls waiting for a reply (for tests and diagnostics).
@@ -182,9 +187,7 @@ impl QueueClient {
                 limit: settings.max_message_bytes,
             });
         }
-        let session = self.inner.current_session().ok_or_else(|| QueueError::NotConnected {
-            broker: redact(&settings.uri),
-        })?;
+        let session = self.inner.session_by(deadline).await?;
         let correlation_id = uuid::Uuid::new_v4().to_string();
         let (reply_tx, reply_rx) = oneshot::channel();
         self.inner.insert_pending(
@@ -201,16 +204,36 @@ impl QueueClient {
 
         let started = Instant::now();
         let exchange = async {
-            let properties = BasicProperties::default()
-                .with_correlation_id(correlation_id.as_str().into())
-                .with_reply_to(session.reply_to.clone());
             // A reply needs time to come back (the worker's publish and
             // confirm, the broker, this consumer): the worker is told to
             // compute only what it can end that long (at most a tenth of the
             // time left) before this call gives up.
             let compute_by = deadline - WAY_BACK.min(deadline.saturating_duration_since(Instant::now()) / 10);
-            let properties = with_attempts(with_deadline(properties, compute_by.into_std()), attempts);
-            self.publish(&session, body, properties).await?;
+            let mut wait = REFUSED_FIRST_WAIT;
+            loop {
+                // Built anew each time: the expiration is the time left now.
+                let properties = BasicProperties::default()
+                    .with_correlation_id(correlation_id.as_str().into())
+                    .with_reply_to(session.reply_to.clone());
+                let properties = with_attempts(with_deadline(properties, compute_by.into_std()), attempts);
+                match self.publish(&session, body, properties).await {
+                    Ok(()) => break,
+                    // A nack means the queue did not take the message (a
+                    // quorum queue without a majority, during an election):
+                    // nothing was delivered, so publishing again is safe.
+                    Err(QueueError::Refused { .. }) if Instant::now() + wait < compute_by => {
+                        settings.refused_publishes.inc();
+                        debug!(correlation_id = %correlation_id, wait_ms = wait.as_millis() as u64, "the broker refused the request; publishing it again");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(REFUSED_MAX_WAIT);
+                        // Its reply queue went with a lost session: the edge retries the call.
+                        if self.inner.current_session().map(|s| s.generation) != Some(session.generation) {
+                            return Err(QueueError::ConnectionLost);
+                        }
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
             reply_rx.await.unwrap_or(Err(QueueError::ConnectionLost))
         };
         match tokio::time::timeout_at(deadline, exchange).await {
@@ -235,59 +258,50 @@ impl QueueClient {
         match publish(&channel, queue, body, properties).await {
             Ok(()) => Ok(()),
             Err(PublishError::Refused | PublishError::Unconfirmed) => Err(QueueError::Refused { queue: queue.clone() }),
-            Err(PublishError::Failed(error)) => Err(self.publish_failed(&channel, error)),
+            Err(PublishError::Failed(error)) => Err(self.publish_failed(&channel, error, body.len())),
         }
     }
 
-    /// What a failed publish means: a channel the broker closed (reopened
-    /// by the supervisor), or another AMQP failure.
-    fn publish_failed(&self, channel: &Channel, error: lapin::Error) -> QueueError {
+    /// What a failed publish of `size` bytes means: a channel the broker
+    /// closed (reopened by the supervisor) for this very message's size, or
+    /// for another reason, or another AMQP failure.
+    fn publish_failed(&self, channel: &Channel, error: lapin::Error, size: usize) -> QueueError {
         let queue = self.inner.settings.queue.clone();
         if channel.status().connected() {
             return QueueError::Amqp { queue, source: error };
         }
         self.inner.publish_closed.notify_one();
         match error.kind() {
-            lapin::ErrorKind::ProtocolError(amqp) => QueueError::ChannelClosed {
-                queue,
-                code: amqp.get_id(),
-                text: amqp.get_message().to_string(),
-            },
+            lapin::ErrorKind::ProtocolError(amqp) => {
+                let text = amqp.get_message().to_string();
+                if refused_size(&text) == Some(size) {
+                    QueueError::OverBrokerLimit { size, text }
+                } else {
+                    QueueError::ChannelClosed {
+                        queue,
+                        code: amqp.get_id(),
+                        text,
+                    }
+                }
+            }
             _ => QueueError::Amqp { queue, source: error },
         }
     }
 
-    /// Message and consumer counts of the computation queue.
+    /// Message and consumer counts of the computation queue, as read last
+    /// (at most 250 ms ago) in the live session: no call to the broker.
     ///
     /// # Errors
-    /// `NotConnected` while reconnecting, `Timeout` or `Amqp` if the broker
-    /// does not answer the declare.
-    pub async fn status(&self) -> Result<QueueStatus, QueueError> {
-        let settings = &self.inner.settings;
-        let session = self.inner.current_session().ok_or_else(|| QueueError::NotConnected {
-            broker: redact(&settings.uri),
-        })?;
-        let amqp_error = |source| QueueError::Amqp {
-            queue: settings.queue.clone(),
-            source,
-        };
-        let query = async {
-            // A channel of its own: a failed declare closes the channel it ran on.
-            let channel = session.connection.create_channel().await.map_err(amqp_error)?;
-            let queue = declare_computation_queue(&channel, &settings.queue)
-                .await
-                .map_err(amqp_error)?;
-            let _ = channel.close(200, "queue status read".into()).await;
-            Ok(QueueStatus {
-                messages: queue.message_count(),
-                consumers: queue.consumer_count(),
-            })
-        };
-        tokio::time::timeout(STATUS_TIMEOUT, query).await.unwrap_or_else(|_| {
-            Err(QueueError::Timeout {
-                queue: settings.queue.clone(),
-                waited_ms: STATUS_TIMEOUT.as_millis(),
-            })
+    /// `NotConnected` while no session has read them.
+    pub fn status(&self) -> Result<QueueStatus, QueueError> {
+        let counts = &self.inner.counts;
+        let live = self.inner.current_session().map(|s| s.generation);
+        if live.is_none() || live != Some(counts.read_in.load(Ordering::Relaxed)) {
+            return Err(self.inner.not_connected());
+        }
+        Ok(QueueStatus {
+            messages: u32::try_from(counts.waiting.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
+            consumers: counts.consumers.load(Ordering::Relaxed),
         })
     }
 
@@ -340,23 +354,67 @@ impl Inner {
     }
 
     fn current_session(&self) -> Option<Arc<Session>> {
-        self.session.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.session.borrow().clone()
     }
 
-    fn set_session(&self, session: Arc<Session>) {
-        *self.session.write().unwrap_or_else(PoisonError::into_inner) = Some(session);
+    fn not_connected(&self) -> QueueError {
+        QueueError::NotConnected {
+            broker: self.settings.node.current().unwrap_or_else(|| "any node".to_owned()),
+        }
+    }
+
+    /// The live session; while the unit moves to another node, the next
+    /// one (waiting at most until `deadline`). With no node answering,
+    /// `NotConnected` at once: callers learn of an outage without waiting.
+    async fn session_by(&self, deadline: Instant) -> Result<Arc<Session>, QueueError> {
+        if let Some(session) = self.current_session() {
+            return Ok(session);
+        }
+        if !*self.connected.borrow() {
+            return Err(self.not_connected());
+        }
+        let mut sessions = self.session.subscribe();
+        let mut connected = self.connected.subscribe();
+        let next = async {
+            tokio::select! {
+                session = sessions.wait_for(Option::is_some) => session.ok().and_then(|s| s.clone()),
+                _ = connected.wait_for(|c| !c) => None,
+            }
+        };
+        match tokio::time::timeout_at(deadline, next).await {
+            Ok(Some(session)) => Ok(session),
+            _ => Err(self.not_connected()),
+        }
+    }
+
+    pub(crate) fn set_session(&self, session: Arc<Session>) {
+        self.session.send_replace(Some(session));
         self.connected.send_replace(true);
     }
 
-    fn take_session(&self) -> Option<Arc<Session>> {
-        let session = self.session.write().unwrap_or_else(PoisonError::into_inner).take();
+    /// The session, taken away; the unit stays ready, moving to another node.
+    pub(crate) fn take_session(&self) -> Option<Arc<Session>> {
+        self.session.send_replace(None)
+    }
+
+    /// Stops the client for a setting the broker refuses.
+    pub(crate) fn stop_for(&self, why: String) {
+        tracing::error!(%why, "stopping: the broker refuses this unit's settings");
+        *self.fatal.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
         self.connected.send_replace(false);
-        session
+        self.stop.cancel();
+    }
+
+    pub(crate) fn store_counts(&self, waiting: u64, consumers: u32, generation: u64) {
+        self.counts.store(waiting, consumers, generation);
+        self.settings
+            .waiting_gauge
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
     }
 
     /// Hands a reply to the call waiting for it; a late or duplicate reply
     /// (no call waiting) is dropped.
-    fn route_reply(&self, correlation_id: Option<&ShortString>, body: Vec<u8>) {
+    pub(crate) fn route_reply(&self, correlation_id: Option<&ShortString>, body: Vec<u8>) {
         let Some(correlation_id) = correlation_id else {
             warn!("dropping a reply without correlation_id");
             return;
@@ -373,7 +431,7 @@ impl Inner {
     }
 
     /// Ends every call of session `generation` with `ConnectionLost`.
-    fn fail_session_calls(&self, generation: u64) {
+    pub(crate) fn fail_session_calls(&self, generation: u64) {
         let failed: Vec<Pending> = {
             let mut pending = self.pending();
             let ids: Vec<String> = pending
@@ -397,221 +455,27 @@ impl Inner {
     }
 }
 
-async fn declare_computation_queue(channel: &Channel, queue: &str) -> lapin::Result<lapin::Queue> {
-    channel
-        .queue_declare(queue.into(), computation_queue_options(), computation_queue_arguments())
-        .await
+/// The size of the message RabbitMQ refused, from its channel close text
+/// ("PRECONDITION_FAILED - message size 2097160 is larger than configured
+/// max size 1048576"): which of the calls publishing on the shared channel
+/// sent it.
+fn refused_size(text: &str) -> Option<usize> {
+    let (_, after) = text.split_once("message size ")?;
+    let (size, rest) = after.split_once(' ')?;
+    rest.starts_with("is larger than").then(|| size.parse().ok()).flatten()
 }
 
-/// Opens the publish channel (confirms on), declares the computation queue,
-/// and starts consuming an exclusive reply queue.
-async fn open_session(connection: Connection, generation: u64, queue: &str) -> lapin::Result<(Session, Consumer)> {
-    let publish = open_publish_channel(&connection).await?;
-    declare_computation_queue(&publish, queue).await?;
-    let replies = connection.create_channel().await?;
-    let reply_queue = replies
-        .queue_declare(
-            ShortString::from(""),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let reply_to = reply_queue.name().clone();
-    let consumer = replies
-        .basic_consume(
-            reply_to.clone(),
-            ShortString::from(""),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok((
-        Session {
-            generation,
-            connection,
-            publish: RwLock::new(publish),
-            reply_to,
-            replies,
-        },
-        consumer,
-    ))
-}
+#[cfg(test)]
+mod tests {
+    use super::refused_size;
 
-/// A channel with publisher confirms on.
-async fn open_publish_channel(connection: &Connection) -> lapin::Result<Channel> {
-    let channel = connection.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    Ok(channel)
-}
-
-/// Replaces a publish channel the broker closed; the unit is not ready
-/// (health NOT_SERVING) until it is open again.
-///
-/// # Errors
-/// The connection cannot open a channel: the session is lost.
-async fn reopen_publish_channel(inner: &Inner, session: &Session) -> lapin::Result<()> {
-    if session.publish_channel().status().connected() {
-        return Ok(()); // reopened already, for an earlier call that saw it closed
+    #[test]
+    fn the_refused_size_is_read_from_the_close_text() {
+        assert_eq!(
+            refused_size("PRECONDITION_FAILED - message size 2097160 is larger than configured max size 1048576"),
+            Some(2_097_160)
+        );
+        assert_eq!(refused_size("PRECONDITION_FAILED - inequivalent arg"), None);
+        assert_eq!(refused_size("message size x is larger than"), None);
     }
-    inner.connected.send_replace(false);
-    warn!(queue = %inner.settings.queue, "RabbitMQ closed the publish channel; reopening it");
-    let channel = open_publish_channel(&session.connection).await?;
-    *session.publish.write().unwrap_or_else(PoisonError::into_inner) = channel;
-    inner.connected.send_replace(true);
-    info!(queue = %inner.settings.queue, "publish channel reopened: publishing again");
-    Ok(())
-}
-
-/// Keeps one broker session alive until `stop`.
-async fn supervise(inner: Arc<Inner>) {
-    let settings = inner.settings.clone();
-    let mut generation = 0_u64;
-    loop {
-        let Some(connection) = connect_with_backoff(
-            &settings.uri,
-            &settings.connection_name,
-            settings.tls_ca.as_deref(),
-            inner.stop.cancelled(),
-        )
-        .await
-        else {
-            return;
-        };
-        generation += 1;
-        let events = connection.events_listener();
-        let (session, consumer) = match open_session(connection, generation, &settings.queue).await {
-            Ok(opened) => opened,
-            Err(error) => {
-                warn!(%error, queue = %settings.queue, "cannot set up the RabbitMQ session, reconnecting");
-                tokio::time::sleep(SESSION_RETRY).await;
-                continue;
-            }
-        };
-        info!(queue = %settings.queue, reply_to = %session.reply_to, "ready: publishing to the computation queue");
-        let session = Arc::new(session);
-        inner.set_session(Arc::clone(&session));
-        let stop_polling = CancellationToken::new();
-        let poller = tokio::spawn(poll_queue(
-            Arc::clone(&inner),
-            Arc::clone(&session),
-            stop_polling.clone(),
-        ));
-
-        let replies = consume_replies(&inner, consumer);
-        let connection_lost = wait_for_connection_error(events);
-        tokio::pin!(replies, connection_lost);
-        loop {
-            tokio::select! {
-                () = &mut replies => break,
-                () = &mut connection_lost => break,
-                () = inner.publish_closed.notified() => {
-                    if let Err(error) = reopen_publish_channel(&inner, &session).await {
-                        warn!(%error, "cannot reopen the publish channel");
-                        break;
-                    }
-                }
-                () = inner.stop.cancelled() => {
-                    stop_polling.cancel();
-                    let _ = poller.await;
-                    inner.fail_session_calls(generation);
-                    return;
-                }
-            }
-        }
-        poller.abort();
-        warn!(broker = %redact(&settings.uri), "connection to RabbitMQ lost, reconnecting");
-        if let Some(session) = inner.take_session() {
-            dnet_amqp::close(&session.connection, 320, "reconnecting").await;
-        }
-        inner.fail_session_calls(generation);
-    }
-}
-
-/// Reads the computation queue's waiting messages every QUEUE_POLL with a
-/// passive declare on a channel of its own, until the session ends.
-async fn poll_queue(inner: Arc<Inner>, session: Arc<Session>, stop: CancellationToken) {
-    let queue = inner.settings.queue.as_str();
-    loop {
-        let channel = match session.connection.create_channel().await {
-            Ok(channel) => channel,
-            Err(_) => return,
-        };
-        loop {
-            let declared = channel
-                .queue_declare(
-                    queue.into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..computation_queue_options()
-                    },
-                    FieldTable::default(),
-                )
-                .await;
-            match declared {
-                Ok(status) => {
-                    let waiting = u64::from(status.message_count());
-                    inner.waiting.store(waiting, Ordering::Relaxed);
-                    inner
-                        .settings
-                        .waiting_gauge
-                        .set(i64::try_from(waiting).unwrap_or(i64::MAX));
-                }
-                // The channel is closed by the failed declare (e.g. the queue
-                // was deleted): open another on the next round.
-                Err(error) => {
-                    debug!(%error, "cannot read the queue's length");
-                    break;
-                }
-            }
-            tokio::select! {
-                () = tokio::time::sleep(QUEUE_POLL) => {}
-                () = stop.cancelled() => {
-                    let _ = channel.close(200, "stopping".into()).await;
-                    return;
-                }
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(QUEUE_POLL) => {}
-            () = stop.cancelled() => return,
-        }
-    }
-}
-
-/// Routes replies until the consumer ends (connection or channel lost).
-async fn consume_replies(inner: &Inner, mut consumer: Consumer) {
-    while let Some(delivery) = consumer.next().await {
-        match delivery {
-            Ok(delivery) => inner.route_reply(delivery.properties.correlation_id().as_ref(), delivery.data),
-            Err(error) => {
-                warn!(%error, "reply consumer failed");
-                return;
-            }
-        }
-    }
-}
-
-async fn wait_for_connection_error(events: impl futures::Stream<Item = lapin::Event> + Unpin) {
-    let mut events = events;
-    while let Some(event) = events.next().await {
-        match event {
-            lapin::Event::Error(error) => {
-                warn!(%error, "RabbitMQ connection error");
-                return;
-            }
-            lapin::Event::ConnectionBlocked(reason) => {
-                warn!(%reason, "RabbitMQ blocked publishing")
-            }
-            lapin::Event::ConnectionUnblocked => info!("RabbitMQ unblocked publishing"),
-            _ => {}
-        }
-    }
-    // The event stream ending means the connection is gone too.
 }

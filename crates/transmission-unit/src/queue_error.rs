@@ -29,6 +29,12 @@ pub enum QueueError {
     /// have been the cause), then answered with this.
     #[error("RabbitMQ closed the channel publishing to queue '{queue}': {text} (AMQP {code})")]
     ChannelClosed { queue: String, code: u16, text: String },
+    /// The broker refused this very message for its size (over its
+    /// `max_message_size`, which a unit checks at start against
+    /// `--max-message-bytes`: the broker's setting changed since). Never
+    /// sent again: it would close the channel again.
+    #[error("RabbitMQ refused a request of {size} bytes for its size: {text}")]
+    OverBrokerLimit { size: usize, text: String },
     /// The AMQP operation itself failed (channel or connection error).
     #[error("RabbitMQ operation on queue '{queue}' failed: {source}")]
     Amqp {
@@ -42,7 +48,7 @@ impl From<QueueError> for BackendError {
     fn from(error: QueueError) -> Self {
         let (code, retry) = match &error {
             QueueError::Timeout { .. } => (Code::DeadlineExceeded, Retry::Never),
-            QueueError::TooLarge { .. } => (Code::ResourceExhausted, Retry::Never),
+            QueueError::TooLarge { .. } | QueueError::OverBrokerLimit { .. } => (Code::ResourceExhausted, Retry::Never),
             // The message that made the broker close the channel may have
             // been another call's.
             QueueError::ChannelClosed { code, .. } => (
@@ -65,5 +71,27 @@ impl From<QueueError> for BackendError {
             message: error.to_string(),
             retry,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_the_broker_refused_for_its_size_is_never_sent_again() {
+        let error = BackendError::from(QueueError::OverBrokerLimit {
+            size: 10,
+            text: "message size 10 is larger than configured max size 5".to_owned(),
+        });
+        assert_eq!(error.code, Code::ResourceExhausted);
+        assert!(matches!(error.retry, Retry::Never));
+        // Another call's message closing the shared channel: this one may go once more.
+        let error = BackendError::from(QueueError::ChannelClosed {
+            queue: "q".to_owned(),
+            code: 406,
+            text: "message size 99 is larger than configured max size 5".to_owned(),
+        });
+        assert!(matches!(error.retry, Retry::Once));
     }
 }

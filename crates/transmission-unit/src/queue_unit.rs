@@ -33,15 +33,25 @@ pub async fn run(
         .map(dnet_amqp::read_ca)
         .transpose()
         .map_err(ServeError::Config)?;
-    let uri = config
-        .amqp_credentials
-        .apply(&config.amqp_address)
-        .map_err(|e| ServeError::Config(format!("--amqp-address: {e}")))?;
+    // Settings that contradict each other are refused before the broker is called.
+    config.edge.check().map_err(ServeError::Config)?;
+    let uris = config.amqp_uris().map_err(ServeError::Config)?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
+    let node = dnet_amqp::node::NodeMetric::register(&mut registry);
+    let refused_publishes = prometheus_client::metrics::counter::Counter::default();
+    registry.register(
+        "dnet_queue_refused_publishes",
+        "Requests the broker refused (nack; a quorum queue without a majority) and the unit published again within their deadline",
+        refused_publishes.clone(),
+    );
+    let brokers = dnet_amqp::Brokers::new(uris.clone(), "", None).describe();
     let queue = QueueClient::start(QueueSettings {
-        uri: uri.clone(),
+        uris,
         queue: config.queue_name.clone(),
+        contract: config.queue_contract(),
+        node,
+        refused_publishes,
         connection_name: format!("transmission-unit {unit_name}"),
         tls_ca,
         max_message_bytes: config.edge.max_message_bytes,
@@ -49,7 +59,7 @@ pub async fn run(
         late_replies: metrics.late_replies.clone(),
         waiting_gauge: metrics.queue_waiting.clone(),
     });
-    info!(queue = %config.queue_name, broker = %dnet_amqp::redact(&uri), "transmission unit starting");
+    info!(queue = %config.queue_name, brokers = %brokers, queue_type = config.queue_type.as_str(), "transmission unit starting");
     let edge = Edge {
         args: config.edge,
         unit_name,
@@ -59,5 +69,23 @@ pub async fn run(
         // Learnt from the first reply its workers computed.
         own_exit: None,
     };
-    serve(listener, metrics_listener, edge, queue, shutdown).await
+    // A setting the broker refuses (the queue's type, the message size)
+    // stops the unit with why: no reconnect mends it.
+    let refused = std::sync::Mutex::new(None);
+    let stopping = async {
+        tokio::select! {
+            () = shutdown => {}
+            why = queue.failed() => {
+                *refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(why);
+            }
+        }
+    };
+    if let Err(error) = serve(listener, metrics_listener, edge, queue.clone(), stopping).await {
+        queue.close().await;
+        return Err(error);
+    }
+    match refused.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner) {
+        Some(why) => Err(ServeError::Config(why)),
+        None => Ok(()),
+    }
 }

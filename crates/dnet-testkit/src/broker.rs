@@ -52,18 +52,27 @@ impl Broker {
     /// # Errors
     /// rabbitmqctl is missing or fails; the error holds what it printed.
     pub fn rabbitmqctl(&self, args: &[&str]) -> anyhow::Result<String> {
-        let mut command = Command::new("rabbitmqctl");
+        self.tool("rabbitmqctl", args)
+    }
+
+    /// Runs one of RabbitMQ's command-line tools (`rabbitmqctl`,
+    /// `rabbitmq-queues`, ...) against this node (blocking).
+    ///
+    /// # Errors
+    /// The tool is missing or fails; the error holds what it printed.
+    pub fn tool(&self, program: &str, args: &[&str]) -> anyhow::Result<String> {
+        let mut command = Command::new(program);
         if let Some(node) = &self.node {
             command.args(["-n", node]);
         }
         let output = command
             .args(args)
             .output()
-            .context("cannot run rabbitmqctl (the test broker must be local)")?;
+            .with_context(|| format!("cannot run {program} (the test broker must be local)"))?;
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         if !output.status.success() {
             bail!(
-                "rabbitmqctl {} failed: {}{}",
+                "{program} {} failed: {}{}",
                 args.join(" "),
                 stdout,
                 String::from_utf8_lossy(&output.stderr)
@@ -150,6 +159,8 @@ impl Broker {
 pub struct PrivateBroker {
     broker: Broker,
     node: String,
+    /// Its Erlang distribution port (kept across restarts).
+    dist_port: u16,
     /// Config, data and logs; kept until the node has stopped.
     dir: tempfile::TempDir,
 }
@@ -187,19 +198,92 @@ impl PrivateBroker {
                 node: Some(node.clone()),
             },
             node,
+            dist_port,
             dir,
         };
         give_to_rabbitmq_user(&path)?;
+        private.launch()?;
+        private.wait_until_up(Duration::from_secs(60))?;
+        Ok(private)
+    }
+
+    /// Starts the node's server process (detached), with its data as it was.
+    fn launch(&self) -> anyhow::Result<()> {
         let status = Command::new("rabbitmq-server")
             .arg("-detached")
-            .envs(private.environment(dist_port))
+            .envs(self.environment(self.dist_port))
             .status()
             .context("cannot run rabbitmq-server")?;
         if !status.success() {
-            bail!("rabbitmq-server -detached failed for {}", private.node);
+            bail!("rabbitmq-server -detached failed for {}", self.node);
         }
-        private.wait_until_up(Duration::from_secs(60))?;
-        Ok(private)
+        Ok(())
+    }
+
+    /// The Erlang node name (`name@localhost`).
+    #[must_use]
+    pub fn node_name(&self) -> &str {
+        &self.node
+    }
+
+    /// The operating-system pid of the node, from its pid file.
+    ///
+    /// # Errors
+    /// No readable pid file (the node is not running).
+    pub fn pid(&self) -> anyhow::Result<u32> {
+        let text = std::fs::read_to_string(self.dir.path().join("pid"))?;
+        text.trim().parse().context("a pid in the node's pid file")
+    }
+
+    /// Kills the node's process with SIGKILL (no goodbye to its clients or
+    /// its cluster) and waits until it is gone.
+    ///
+    /// # Errors
+    /// No pid, or the process does not end within 10 s.
+    pub fn kill(&self) -> anyhow::Result<()> {
+        let pid = self.pid()?;
+        // A stale pid file must not kill a process that reused the number.
+        let command = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&command).contains("beam") {
+            let _ = std::fs::remove_file(self.dir.path().join("pid"));
+            return Ok(());
+        }
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status()?;
+        let gone = Instant::now();
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            if gone.elapsed() > Duration::from_secs(10) {
+                bail!("node {} (pid {pid}) did not end after SIGKILL", self.node);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_file(self.dir.path().join("pid"));
+        Ok(())
+    }
+
+    /// Stops the node (its process ends; its data stays for a restart).
+    ///
+    /// # Errors
+    /// rabbitmqctl fails.
+    pub fn stop(&self) -> anyhow::Result<()> {
+        let pid_file = self.dir.path().join("pid").display().to_string();
+        self.broker.rabbitmqctl(&["stop", &pid_file]).map(drop)
+    }
+
+    /// Starts the node again after [`PrivateBroker::kill`] or
+    /// [`PrivateBroker::stop`], on the same ports and data (a cluster member
+    /// rejoins its cluster), and waits until it is up (`limit`).
+    ///
+    /// # Errors
+    /// It does not come up in time.
+    pub fn restart(&self, limit: Duration) -> anyhow::Result<()> {
+        self.launch()?;
+        self.wait_until_up(limit)
+    }
+
+    /// Whether the node answers rabbitmqctl now.
+    #[must_use]
+    pub fn is_up(&self) -> bool {
+        self.broker.rabbitmqctl(&["await_startup", "--timeout", "1"]).is_ok()
     }
 
     /// The node, for programs and rabbitmqctl.
@@ -256,10 +340,13 @@ impl PrivateBroker {
 
 impl Drop for PrivateBroker {
     fn drop(&mut self) {
+        if !self.dir.path().join("pid").exists() {
+            return; // killed and not started again
+        }
         // `stop PIDFILE` returns once the node's process has exited.
-        let pid_file = self.dir.path().join("pid").display().to_string();
-        if let Err(error) = self.broker.rabbitmqctl(&["stop", &pid_file]) {
+        if let Err(error) = self.stop() {
             eprintln!("[testkit] could not stop private RabbitMQ node {}: {error}", self.node);
+            let _ = self.kill();
         }
     }
 }

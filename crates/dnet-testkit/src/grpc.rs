@@ -89,3 +89,47 @@ pub async fn qstatus(address: SocketAddr) -> anyhow::Result<(u64, u64)> {
         .into_inner();
     Ok((answer.qlength, answer.consumer))
 }
+
+/// The statuses a health watch of `unit.DNet` has seen, collected in the background.
+pub struct HealthUpdates {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<ServingStatus>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HealthUpdates {
+    /// Stops watching; every status seen, the first (the status when the watch opened) included.
+    #[must_use]
+    pub fn stop(self) -> Vec<ServingStatus> {
+        self.task.abort();
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Opens a health watch of `unit.DNet` at `address` and records each
+/// status it sends until [`HealthUpdates::stop`].
+///
+/// # Errors
+/// The watch cannot be opened.
+pub async fn health_updates(address: SocketAddr) -> anyhow::Result<HealthUpdates> {
+    let channel = Channel::from_shared(format!("http://{address}"))?.connect().await?;
+    let mut stream = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: "unit.DNet".to_owned(),
+        })
+        .await?
+        .into_inner();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = std::sync::Arc::clone(&seen);
+    let task = tokio::spawn(async move {
+        while let Ok(Some(update)) = stream.message().await {
+            record
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(update.status());
+        }
+    });
+    Ok(HealthUpdates { seen, task })
+}

@@ -4,6 +4,8 @@
 //! Layout:
 //! - `broker`: the RabbitMQ a suite talks to (the machine's, or a private
 //!   node started and stopped by the suite), and `rabbitmqctl` against it.
+//! - `cluster`: a private three-node RabbitMQ cluster (nodes killed and
+//!   started again by the chaos scenarios).
 //! - `queue`: a queue name no other test uses, deleted on `Drop`.
 //! - `process`: a child process with its log in a file, killed on `Drop`;
 //!   waiting for lines of its JSON log.
@@ -27,6 +29,7 @@
 //! stop before their queue is deleted (a consumer would declare it again).
 
 pub mod broker;
+pub mod cluster;
 pub mod container;
 pub mod flood;
 pub mod grpc;
@@ -40,6 +43,7 @@ pub mod trained;
 pub mod wait;
 
 pub use broker::{Broker, PrivateBroker};
+pub use cluster::PrivateCluster;
 pub use metrics::Metrics;
 pub use process::Process;
 pub use programs::{ComputationUnit, TransmissionUnit};

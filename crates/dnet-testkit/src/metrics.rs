@@ -110,6 +110,19 @@ impl Metrics {
         self.labelled(name, "traffic", "ordinary")
     }
 
+    /// The value of label `label` on the series of `name` whose value is
+    /// `equals` (e.g. the node `dnet_amqp_node` sets to 1), if one is.
+    #[must_use]
+    pub fn label_where(&self, name: &str, label: &str, equals: f64) -> Option<String> {
+        let key = format!("{label}=\"");
+        self.series(name)
+            .filter(|(_, value)| (*value - equals).abs() < f64::EPSILON)
+            .find_map(|(labels, _)| {
+                let (_, rest) = labels.split_once(&key)?;
+                rest.split_once('"').map(|(value, _)| value.to_owned())
+            })
+    }
+
     /// (labels without braces, value) of every line of series `name`.
     fn series<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (&'a str, f64)> + 'a {
         self.text.lines().filter_map(move |line| {

@@ -70,34 +70,81 @@ async fn a_fifty_day_deadline_is_cut_to_max_deadline_and_later_calls_are_answere
 }
 
 #[tokio::test]
-async fn a_message_the_broker_refuses_is_answered_and_the_unit_keeps_serving() {
-    // A broker whose largest message is 1 MiB: it closes the channel of a
-    // publish over it (PRECONDITION_FAILED), as newer releases do with an
-    // expiration over 2^32 - 1 ms or an access refusal.
+async fn a_max_message_bytes_over_the_brokers_limit_stops_the_unit_at_start_naming_both() {
+    // A broker whose largest message is 1 MiB; the unit's default is 48 MiB.
     let node = tokio::task::spawn_blocking(|| PrivateBroker::start_with_config("max_message_size = 1048576"))
         .await
         .expect("task")
         .expect("private broker");
     let broker = node.broker().clone();
     let queue = TestQueue::new(&broker);
-    let unit = unit(&broker, &queue, &[]).await;
+    let mut unit = TransmissionUnit::launch(&broker, queue.name(), &[])
+        .await
+        .expect("the unit starts serving gRPC");
+    let status = unit
+        .process
+        .wait_exit(PATIENCE)
+        .await
+        .expect("the unit stops by itself");
+    assert!(!status.success(), "a configuration error: {status}");
+    let log = unit.process.log();
+    assert!(
+        log.contains("--max-message-bytes 50331648") && log.contains("1048576"),
+        "names both numbers: {log}"
+    );
+    // Within the broker's limit it starts.
+    let _unit = TransmissionUnit::start(&broker, queue.name(), &["--max-message-bytes", "1048576"])
+        .await
+        .expect("within the limit the unit starts");
+    drop(_unit);
+    drop(queue);
+    tokio::task::spawn_blocking(move || drop(node)).await.expect("stopped");
+}
+
+#[tokio::test]
+async fn a_message_the_broker_refuses_for_its_size_is_not_sent_again_and_the_unit_stays_ready() {
+    // The unit starts within the broker's 1 MiB; then the broker's limit
+    // drops to 256 KiB (an operator's change) for the channels opened from
+    // now on, and the unit reconnects: a call of 512 KiB passes the unit's
+    // own limit and the broker refuses it by closing the publish channel.
+    let node = tokio::task::spawn_blocking(|| PrivateBroker::start_with_config("max_message_size = 1048576"))
+        .await
+        .expect("task")
+        .expect("private broker");
+    let broker = node.broker().clone();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &["--max-message-bytes", "1048576"]).await;
     let worker = Worker::start(&broker, queue.name(), 10, |r| Behaviour::Reply(success(16, r.x))).await;
+    broker
+        .rabbitmqctl(&["eval", "application:set_env(rabbit, max_message_size, 262144)."])
+        .expect("lower the broker's limit");
+    broker
+        .close_connection(&format!("transmission-unit {}", unit.name))
+        .expect("the unit reconnects");
+    dnet_testkit::wait_for("a second session", PATIENCE, || {
+        let sessions = unit.process.events("ready: publishing to the computation queue").len();
+        async move { (sessions >= 2).then_some(()) }
+    })
+    .await
+    .expect("a second session");
+    wait_for_health(unit.address, ServingStatus::Serving, PATIENCE)
+        .await
+        .expect("serving on the new session");
+    let health = dnet_testkit::grpc::health_updates(unit.address)
+        .await
+        .expect("health watch");
     let mut client = unit.client().await.expect("client");
 
     let refused = client
-        .compute(request(0, &vec![7_u8; 2 << 20]))
+        .compute(request(0, &vec![7_u8; 512 << 10]))
         .await
-        .expect_err("the broker refuses 2 MiB");
-    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        .expect_err("the broker refuses 512 KiB");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(
-        refused.message().contains("RabbitMQ closed the channel") && refused.message().contains("max size"),
+        refused.message().contains("for its size") && refused.message().contains("262144"),
         "says why: {}",
         refused.message()
     );
-
-    wait_for_health(unit.address, ServingStatus::Serving, PATIENCE)
-        .await
-        .expect("serving again once the channel is reopened");
     let answer = client
         .compute(request(0, b"small"))
         .await
@@ -107,10 +154,62 @@ async fn a_message_the_broker_refuses_is_answered_and_the_unit_keeps_serving() {
         answer.data,
         Some(Data::Result(dnet_proto::Bytes::from_static(b"small")))
     );
+    // Published once: sent again, it would have closed the channel again
+    // before the small call, which needed the channel reopened, was answered.
+    dnet_testkit::wait_for("the channel's reopening logged", PATIENCE, || {
+        let closes = unit
+            .process
+            .events("RabbitMQ closed the publish channel; reopening it")
+            .len();
+        async move { (closes >= 1).then_some(()) }
+    })
+    .await
+    .expect("reopened");
+    let closes = unit
+        .process
+        .events("RabbitMQ closed the publish channel; reopening it")
+        .len();
+    assert_eq!(closes, 1, "the refused message was not sent again");
+    let seen = health.stop();
+    assert!(
+        seen.iter().all(|status| *status == ServingStatus::Serving),
+        "the unit stayed ready through the channel's reopening: {seen:?}"
+    );
     worker.stop().await;
     drop(unit);
     drop(queue);
     tokio::task::spawn_blocking(move || drop(node)).await.expect("stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_qstatus_calls_is_answered_from_the_polled_counts_and_they_stay_current() {
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &[]).await;
+    let client = unit.client().await.expect("client");
+    // More at once than a connection has channels (RabbitMQ's channel_max, 2047).
+    let calls: Vec<_> = (0..3000)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.qstatus(dnet_proto::QstatusRequest {}).await })
+        })
+        .collect();
+    let mut failed = 0;
+    for call in calls {
+        if call.await.expect("task").is_err() {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 0, "every Qstatus is answered from the poller's counts");
+    // The broker's own count of what waits, after the flood: the poller still reads it.
+    common::publish_raw(&broker, queue.name(), 3).await;
+    dnet_testkit::wait_for("Qstatus shows the 3 messages", PATIENCE, || async {
+        let (waiting, _) = unit.qstatus().await.ok()?;
+        (waiting == 3).then_some(())
+    })
+    .await
+    .expect("current counts");
+    assert_eq!(broker.queue_counts(queue.name()).expect("counts").map(|c| c.0), Some(3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -380,13 +380,13 @@ async fn qstatus_counts_messages_and_consumers() {
     for call in calls {
         call.await.expect("call task").expect("answered once workers came");
     }
-    let status = client
-        .clone()
-        .qstatus(QstatusRequest {})
-        .await
-        .expect("qstatus")
-        .into_inner();
-    assert_eq!((status.qlength, status.consumer), (0, 2));
+    // Qstatus answers from the counts read every 250 ms.
+    wait_for("Qstatus reports (0, 2)", PATIENCE, || async {
+        let status = client.clone().qstatus(QstatusRequest {}).await.ok()?.into_inner();
+        ((status.qlength, status.consumer) == (0, 2)).then_some(())
+    })
+    .await
+    .expect("two consumers, nothing waiting");
     for worker in workers {
         worker.stop().await;
     }

@@ -96,3 +96,33 @@ async fn the_worker_is_ready_only_while_it_consumes() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_the_broker_cancels_consumes_again() {
+    // Deleting the queue makes RabbitMQ cancel its consumers (basic.cancel,
+    // as when a queue moves): the worker declares it again and consumes,
+    // without a restart, and answers what is sent to it then.
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &[]).await;
+    let mut consumer = worker(&broker, &queue, 16, &[]).await;
+    unit.wait_for_consumers(1).await.expect("one consumer");
+    broker.delete_queue(queue.name()).expect("delete the queue");
+    wait_for("the worker to consume again", PATIENCE, || {
+        let sessions = consumer.process.events("consuming").len();
+        let counts = broker.queue_counts(queue.name());
+        async move { (sessions >= 2 && matches!(counts, Ok(Some((_, _, 1))))).then_some(()) }
+    })
+    .await
+    .expect("consuming again after the cancel");
+    let answer = unit
+        .client()
+        .await
+        .expect("client")
+        .compute(request(0, &images(1, 7)))
+        .await
+        .expect("answered after the cancel")
+        .into_inner();
+    assert_eq!(answer.status, StatusCode::Success as i32);
+    assert!(consumer.process.exited().is_none(), "the same process");
+}

@@ -7,7 +7,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dnet_amqp::{computation_queue_arguments, computation_queue_options};
+use dnet_amqp::{QueueContract, QueueType};
+
+/// The classic queue's declare, as the transmission unit makes it by default.
+pub const CLASSIC: QueueContract = QueueContract {
+    queue_type: QueueType::Classic,
+    max_attempts: 3,
+};
 use dnet_proto::{ComputationRequest, ComputationResponse};
 use dnet_testkit::Broker;
 use futures::StreamExt;
@@ -52,6 +58,20 @@ impl Worker {
     where
         F: Fn(ComputationRequest) -> Behaviour + Send + Sync + 'static,
     {
+        Worker::start_on(broker, queue, CLASSIC, prefetch, behaviour).await
+    }
+
+    /// [`Worker::start`] on a queue declared as `contract` says (e.g. quorum).
+    pub async fn start_on<F>(
+        broker: &Broker,
+        queue: &str,
+        contract: QueueContract,
+        prefetch: u16,
+        behaviour: F,
+    ) -> Worker
+    where
+        F: Fn(ComputationRequest) -> Behaviour + Send + Sync + 'static,
+    {
         let connection = Arc::new(
             Connection::connect(&broker.uri, ConnectionProperties::default())
                 .await
@@ -59,7 +79,7 @@ impl Worker {
         );
         let channel = connection.create_channel().await.expect("channel");
         channel
-            .queue_declare(queue.into(), computation_queue_options(), computation_queue_arguments())
+            .queue_declare(queue.into(), contract.options(), contract.arguments())
             .await
             .expect("declare with the transmission unit's arguments");
         channel
@@ -162,4 +182,36 @@ pub fn not_success(exit: u64, x: impl Into<dnet_proto::Bytes>) -> ComputationRes
         }],
         ..ComputationResponse::default()
     }
+}
+
+/// Publishes `count` small messages straight to `queue` (declared as the
+/// unit declares it), with confirms: requests nobody consumes.
+pub async fn publish_raw(broker: &Broker, queue: &str, count: usize) {
+    let connection = Connection::connect(&broker.uri, ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    channel
+        .queue_declare(queue.into(), CLASSIC.options(), CLASSIC.arguments())
+        .await
+        .expect("declare");
+    for _ in 0..count {
+        channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                b"waiting",
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirmed");
+    }
+    let _ = connection.close(200, "done".into()).await;
 }

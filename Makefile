@@ -32,7 +32,7 @@ help:
 	@echo "make bench  measure and rewrite BENCHMARKS.md"
 	@echo "make bench-trained  early exit on the trained demo model: the calibrated cascade against exit 16 alone, shadow work, answers at 2x and 3x capacity, live thresholds from three starts and under drift; its BENCHMARKS.md section"
 	@echo "make bench-link  the cascade across a shaped slow link (root: network namespaces, tc netem); its BENCHMARKS.md section"
-	@echo "make chaos  fault injection under load (a private RabbitMQ node is restarted), rewrites RELIABILITY.md"
+	@echo "make chaos  fault injection under load (a private RabbitMQ node is restarted; nodes of a private three-node cluster are killed, five runs), rewrites RELIABILITY.md"
 	@echo "make soak   10 minutes at ~80% load, memory and fds per process, rewrites RELIABILITY.md"
 	@echo "make fuzz-long  each fuzz target (or FUZZ_TARGET) for FUZZ_SECONDS (600): runs, crashes, OOMs, coverage; minimises fuzz/corpus"
 
@@ -73,6 +73,7 @@ bench-link: build
 
 chaos: build
 	@scripts/reliability.sh chaos
+	@scripts/reliability.sh cluster
 
 soak: build
 	@scripts/reliability.sh soak

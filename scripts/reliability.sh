@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # `make chaos` / `make soak`: runs one part and replaces its section of RELIABILITY.md.
-#   reliability.sh chaos|soak
+#   reliability.sh chaos|cluster|soak
+# chaos: the faults, overload and flood scenarios once; cluster: the broker
+# cluster scenarios DNET_CLUSTER_RUNS times (5), every run's table and a
+# summary over the runs (`make chaos` runs both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${DNET_BIN_DIR:-target/release}
@@ -14,10 +17,19 @@ case "$PART" in
     "$BIN/chaos" --bin-dir "$BIN" --seconds "${DNET_CHAOS_SECONDS:-18}" --out "$SECTION.table" || status=$?
     [ -s "$SECTION.table" ] || exit "$status"
     { echo "## Faults under load (\`make chaos\`)"; echo; cat "$SECTION.table"; } > "$SECTION" ;;
+  cluster)
+    runs=${DNET_CLUSTER_RUNS:-5}
+    for run in $(seq 1 "$runs"); do
+      echo "[reliability] cluster scenarios, run $run of $runs"
+      "$BIN/chaos" --bin-dir "$BIN" --seconds "${DNET_CHAOS_SECONDS:-18}" --only cluster --out "$SECTION.run$run" || status=$?
+    done
+    python3 scripts/cluster_runs.py "$SECTION" "$runs" > "$SECTION.md" || status=$?
+    mv "$SECTION.md" "$SECTION"
+    [ -s "$SECTION" ] || exit "$status" ;;
   soak)
     scripts/cascade.sh scripts/soak.sh "$SECTION" "${DNET_SOAK_RATE:-16}" "${DNET_SOAK_SECONDS:-600}" || status=$?
     [ -s "$SECTION" ] || exit "$status" ;;
-  *) echo "usage: $0 chaos|soak" >&2; exit 2 ;;
+  *) echo "usage: $0 chaos|cluster|soak" >&2; exit 2 ;;
 esac
 python3 - "$PART" "$SECTION" <<'PY'
 import re, sys

@@ -23,7 +23,8 @@ impl Bounds {
     /// What the bounds say, for the table.
     #[must_use]
     pub fn describe(&self) -> String {
-        let mut parts = vec![format!("answered >= {:.0}%", 100.0 * self.min_answered)];
+        let share = format!("{:.1}", 100.0 * self.min_answered);
+        let mut parts = vec![format!("answered >= {}%", share.trim_end_matches(".0"))];
         parts.push(if self.errors_allowed.is_empty() {
             "no errors".to_owned()
         } else {

@@ -250,14 +250,28 @@ pub async fn open_loop(
     deadline: Duration,
     first_id: u64,
 ) -> anyhow::Result<Tally> {
+    open_loop_until(address, rate, tokio::time::sleep(duration), deadline, first_id).await
+}
+
+/// [`open_loop`] until `until` completes.
+pub async fn open_loop_until(
+    address: &str,
+    rate: f64,
+    until: impl std::future::Future<Output = ()>,
+    deadline: Duration,
+    first_id: u64,
+) -> anyhow::Result<Tally> {
     let client = client(address)?;
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let end = Instant::now() + duration;
+    tokio::pin!(until);
     let mut tasks = Vec::new();
     let mut id = first_id;
-    while Instant::now() < end {
-        ticks.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = &mut until => break,
+        }
         let mut client = client.clone();
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();

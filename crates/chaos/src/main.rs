@@ -11,11 +11,13 @@
 //! link), `faults` (processes and links failing), `overload` (overload, a
 //! stall then a burst, a poison request), `cpus` (the overload's worker on a
 //! CPU of its own), `twice` (work done twice), `flood` (large calls against
-//! a stalled unit), `counters` (counters summed over programs), `report`
+//! a stalled unit), `cluster` (nodes of a RabbitMQ cluster killed under a
+//! cascade on quorum queues), `counters` (counters summed over programs), `report`
 //! (rows and the table).
 //! Processes, queues and the private broker come from `dnet-testkit`.
 
 mod bounds;
+mod cluster;
 mod counters;
 mod cpus;
 mod faults;
@@ -68,6 +70,8 @@ enum Group {
     Overload,
     /// Large calls against a stalled unit.
     Flood,
+    /// Nodes of a private three-node RabbitMQ cluster killed under a quorum-queue cascade.
+    Cluster,
 }
 
 #[tokio::main]
@@ -92,6 +96,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if runs(Group::Flood) {
         rows.push(flood::flood_a_stalled_unit(&broker).await?);
+    }
+    if runs(Group::Cluster) {
+        rows.extend(cluster::all(duration).await?);
     }
     for row in &mut rows {
         let reference = verify::Reference::new(faults::SEED, usize::from(row.answer_exit))?;

@@ -12,6 +12,7 @@ rm -rf "$OUT" && mkdir -p "$OUT/runs"
 
 cargo build --release --workspace --bins
 DNET_BENCH_OUT="$OUT/10-transmission-unit.md" cargo bench -p transmission-unit --bench hop
+DNET_BENCH_OUT="$OUT/15-quorum.md" cargo bench -p transmission-unit --bench quorum
 DNET_BENCH_OUT="$OUT/20-model.md" cargo bench -p dnet-model --bench model
 DNET_BENCH_OUT="$OUT/25-unit.md" cargo bench -p computation-unit --bench unit
 

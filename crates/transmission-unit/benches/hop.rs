@@ -72,8 +72,14 @@ async fn main() {
         .max_decoding_message_size(64 << 20);
 
     let bare = QueueClient::start(QueueSettings {
-        uri: broker.uri.clone(),
+        uris: vec![broker.uri.clone()],
         queue: queue.name().to_owned(),
+        contract: dnet_amqp::QueueContract {
+            queue_type: dnet_amqp::QueueType::Classic,
+            max_attempts: 3,
+        },
+        node: Default::default(),
+        refused_publishes: Default::default(),
         connection_name: "bench baseline".into(),
         tls_ca: None,
         max_message_bytes: 64 << 20,

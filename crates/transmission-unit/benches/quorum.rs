@@ -1,0 +1,242 @@
+//! What a quorum queue costs: on one private three-node RabbitMQ cluster,
+//! in one run, the same measurements with `--queue-type classic` (the queue
+//! on one node) and `--queue-type quorum` (replicated on three, a confirm
+//! meaning a majority holds the message):
+//!
+//! - one transmission-unit hop with an instantly answering worker, 12 KB and
+//!   660 KB, concurrency 1 and 32;
+//! - the cascade 8 -> 12 -> 16 (release units, random weights, one libtorch
+//!   thread each, every sample handed on to exit 16), concurrency 1 and 16.
+//!
+//! Each program connects to a node of its own (its list starting there), as
+//! a deployment spreads them. Writes a Markdown section to
+//! `$DNET_BENCH_OUT` (default `bench-out/quorum.md`).
+//!
+//! Run: `cargo bench -p transmission-unit --bench quorum` (or `make bench`).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::future::Future;
+use std::time::Duration;
+
+use common::{success, Behaviour, Worker};
+use dnet_amqp::{QueueContract, QueueType};
+use dnet_proto::{ComputationRequest, DNetClient};
+use dnet_testkit::stats::{closed_loop_repeats, Summary};
+use dnet_testkit::{ComputationUnit, PrivateCluster, TransmissionUnit};
+use safetensors::tensor::{Dtype, TensorView};
+
+const WARMUP: Duration = Duration::from_millis(500);
+const MEASURE: Duration = Duration::from_secs(2);
+const REPEATS: usize = 5;
+/// A normalised 3x32x32 image (start_layer 0) and a layer-8 boundary tensor (288x24x24).
+const SIZES: [(&str, usize); 2] = [("12 KB", 3 * 32 * 32 * 4), ("660 KB", 288 * 24 * 24 * 4)];
+const HOP_CONCURRENCY: [usize; 2] = [1, 32];
+const CASCADE_CONCURRENCY: [usize; 2] = [1, 16];
+const TYPES: [QueueType; 2] = [QueueType::Classic, QueueType::Quorum];
+
+/// Median of REPEATS runs (range) of each statistic.
+struct Stats {
+    p50_ms: Summary,
+    rps: Summary,
+}
+
+async fn measure<F, Fut>(concurrency: usize, call: F) -> Stats
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let (rps, p50_ms, _) = closed_loop_repeats(REPEATS, concurrency, WARMUP, MEASURE, call).await;
+    Stats { p50_ms, rps }
+}
+
+fn contract(queue_type: QueueType) -> QueueContract {
+    QueueContract {
+        queue_type,
+        max_attempts: 3,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cluster = tokio::task::spawn_blocking(|| PrivateCluster::start(3))
+        .await
+        .expect("task")
+        .expect("a private three-node RabbitMQ cluster");
+    let mut hop_rows = Vec::new();
+    for (label, size) in SIZES {
+        for concurrency in HOP_CONCURRENCY {
+            let mut cells = Vec::new();
+            for queue_type in TYPES {
+                cells.push(hop(&cluster, queue_type, size, concurrency).await);
+            }
+            hop_rows.push(row(label, concurrency, &cells));
+        }
+    }
+    let mut cascade_rows = Vec::new();
+    for concurrency in CASCADE_CONCURRENCY {
+        let mut cells = Vec::new();
+        for queue_type in TYPES {
+            cells.push(cascade(&cluster, queue_type, concurrency).await);
+        }
+        cascade_rows.push(row("image, 8 -> 12 -> 16", concurrency, &cells));
+    }
+    let header = "| x | concurrency | classic p50 ms | classic req/s | quorum p50 ms | quorum req/s | p50 ratio quorum/classic | req/s ratio quorum/classic |\n\
+                  |---|---|---|---|---|---|---|---|";
+    let section = format!(
+        "## Classic against quorum queues (private three-node cluster)\n\n\
+         The same measurements with `--queue-type classic` (the queue on one node) and `--queue-type quorum` \
+         (replicated on three nodes; a publisher confirm means a majority holds the message), in one run on one \
+         private RabbitMQ cluster on this machine; each program on a node of its own. Closed loop; each cell the \
+         median of {REPEATS} runs of {} s after {} ms warm-up (range); ratios divide medians.\n\n\
+         ### One transmission-unit hop (instant worker)\n\n{header}\n{}\n\n\
+         ### The cascade (release units, random weights, one libtorch thread each, every sample to exit 16)\n\n\
+         {header}\n{}\n",
+        MEASURE.as_secs(),
+        WARMUP.as_millis(),
+        hop_rows.join("\n"),
+        cascade_rows.join("\n")
+    );
+    let out = std::env::var("DNET_BENCH_OUT").unwrap_or_else(|_| "bench-out/quorum.md".to_owned());
+    if let Some(parent) = std::path::Path::new(&out).parent() {
+        std::fs::create_dir_all(parent).expect("output folder");
+    }
+    std::fs::write(&out, &section).expect("write the benchmark section");
+    println!("{section}");
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .expect("cluster stopped");
+}
+
+/// One table row: classic and quorum cells, and their ratios.
+fn row(label: &str, concurrency: usize, cells: &[Stats]) -> String {
+    let (classic, quorum) = (&cells[0], &cells[1]);
+    eprintln!(
+        "{label} c={concurrency}: classic p50 {:.3} ms, quorum p50 {:.3} ms",
+        classic.p50_ms, quorum.p50_ms
+    );
+    format!(
+        "| {label} | {concurrency} | {:.3} | {:.0} | {:.3} | {:.0} | {:.2} | {:.2} |",
+        classic.p50_ms,
+        classic.rps,
+        quorum.p50_ms,
+        quorum.rps,
+        quorum.p50_ms.median / classic.p50_ms.median,
+        quorum.rps.median / classic.rps.median
+    )
+}
+
+/// A transmission unit on node 0 and an instant worker on node 1.
+async fn hop(cluster: &PrivateCluster, queue_type: QueueType, size: usize, concurrency: usize) -> Stats {
+    let queue = format!("dnet-bench-{}", uuid_like());
+    let worker = Worker::start_on(cluster.node(1).broker(), &queue, contract(queue_type), 64, |_| {
+        Behaviour::Reply(success(16, vec![0; 200]))
+    })
+    .await;
+    let uris = cluster.uris_from(0);
+    let unit = TransmissionUnit::start(
+        cluster.node(0).broker(),
+        &queue,
+        &["-a", &uris, "--queue-type", queue_type.as_str()],
+    )
+    .await
+    .expect("the release transmission unit starts");
+    let client = client(&unit).await;
+    let request = ComputationRequest {
+        start_layer: 0,
+        x: vec![7; size].into(),
+        ..ComputationRequest::default()
+    };
+    let stats = measure(concurrency, move || {
+        let (mut client, request) = (client.clone(), request.clone());
+        async move {
+            client.compute(request).await.expect("hop answer");
+        }
+    })
+    .await;
+    drop(unit);
+    worker.stop().await;
+    let _ = cluster.node(0).broker().delete_queue(&queue);
+    stats
+}
+
+/// The cascade 8 -> 12 -> 16, each program on a node of its own.
+async fn cascade(cluster: &PrivateCluster, queue_type: QueueType, concurrency: usize) -> Stats {
+    let tag = uuid_like();
+    let never = vec!["1"; 15].join(",");
+    let mut fronts: Vec<TransmissionUnit> = Vec::new();
+    let mut workers = Vec::new();
+    let mut queues = Vec::new();
+    for (exit, front_on, worker_on) in [(16_u8, 2, 0), (12, 1, 2), (8, 0, 1)] {
+        let queue = format!("dnet-bench-{tag}-{exit}");
+        let uris = cluster.uris_from(worker_on);
+        workers.push(
+            ComputationUnit::start(
+                cluster.node(0).broker(),
+                &queue,
+                exit,
+                1,
+                &["-a", &uris, "--queue-type", queue_type.as_str(), "--thresholds", &never],
+            )
+            .await
+            .expect("worker starts"),
+        );
+        let uris = cluster.uris_from(front_on);
+        let next = fronts.last().map(TransmissionUnit::endpoint);
+        let mut flags = vec!["-a", uris.as_str(), "--queue-type", queue_type.as_str()];
+        if let Some(next) = &next {
+            flags.extend(["-n", next.as_str()]);
+        }
+        fronts.push(
+            TransmissionUnit::start(cluster.node(0).broker(), &queue, &flags)
+                .await
+                .expect("transmission unit starts"),
+        );
+        queues.push(queue);
+    }
+    let client = client(fronts.last().expect("unit 8")).await;
+    let request = ComputationRequest {
+        start_layer: 0,
+        x: image().into(),
+        ..ComputationRequest::default()
+    };
+    let stats = measure(concurrency, move || {
+        let (mut client, request) = (client.clone(), request.clone());
+        async move {
+            client.compute(request).await.expect("cascade answer");
+        }
+    })
+    .await;
+    drop(fronts);
+    drop(workers);
+    for queue in queues {
+        let _ = cluster.node(0).broker().delete_queue(&queue);
+    }
+    stats
+}
+
+async fn client(unit: &TransmissionUnit) -> DNetClient<tonic::transport::Channel> {
+    DNetClient::connect(format!("http://{}", unit.address))
+        .await
+        .expect("connect")
+        .max_decoding_message_size(64 << 20)
+}
+
+/// One image as a request's safetensors `x` (zeros: the cost is the same).
+fn image() -> Vec<u8> {
+    let bytes = vec![0u8; 3 * 32 * 32 * 4];
+    let view = TensorView::new(Dtype::F32, vec![1, 3, 32, 32], &bytes).expect("a view");
+    safetensors::serialize([("x", view)], None).expect("serialize")
+}
+
+/// A name part no other run uses.
+fn uuid_like() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    )
+}

@@ -95,6 +95,9 @@ else
   build computation-unit dnet/computation-unit:0.1.0-cpu . --build-arg TORCH_VARIANT=cpu
   build test-unit dnet/test-unit:0.1.0 .
 fi
+# Debian's RabbitMQ, for the three-node cluster of example/compose/cluster.yaml.
+mkdir -p "$STAGE/rabbitmq"
+build rabbitmq dnet/rabbitmq:3.10-bookworm "$STAGE/rabbitmq"
 read -r context origin < <(weights)
 build weights dnet/inception-weights:epoch53 "$context" --build-arg "WEIGHTS=$origin"
 # Layers shared between images (libtorch, the base) are stored once.

@@ -31,7 +31,7 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
 KUBERNETES_VERSION = "1.30.0"
-LAYOUTS = ["one-hot", "distrib", "cloud-edge", "direct"]
+LAYOUTS = ["one-hot", "distrib", "distrib-ha", "cloud-edge", "direct"]
 
 results = {"passed": 0, "failed": 0}
 
@@ -80,6 +80,51 @@ def pods(docs):
             for d in docs if d["kind"] == "Deployment"]
 
 
+def queue_declare(env):
+    """How a program declares its queue: its type, and for quorum the delivery limit's --max-attempts."""
+    kind = env.get("DNET_QUEUE_TYPE", "classic")
+    return (kind, env.get("DNET_MAX_ATTEMPTS", "3") if kind == "quorum" else "")
+
+
+# The RabbitmqCluster spec fields of the RabbitMQ Cluster Operator (rabbitmq.com/v1beta1).
+RABBITMQ_CLUSTER_SPEC = {"replicas", "image", "imagePullSecrets", "service", "persistence", "resources",
+                         "affinity", "tolerations", "rabbitmq", "tls", "override", "skipPostDeployTasks",
+                         "terminationGracePeriodSeconds", "delayStartSeconds", "secretBackend"}
+RABBITMQ_SPEC = {"additionalPlugins", "additionalConfig", "advancedConfig", "envConfig", "erlangInetConfig"}
+
+
+def cluster_consistency(docs):
+    """Problems with a layout on a RabbitMQ cluster: a RabbitmqCluster of at least three
+    nodes (known fields only), every program on quorum queues, reaching every node through
+    the operator's headless Service and reading the operator's Secret."""
+    problems = []
+    clusters = [d for d in docs if d["kind"] == "RabbitmqCluster"]
+    if len(clusters) != 1:
+        return [f"{len(clusters)} RabbitmqClusters, expected one"]
+    cluster = clusters[0]
+    name, spec = cluster["metadata"]["name"], cluster["spec"]
+    problems += [f"RabbitmqCluster {name}: unknown field spec.{k}" for k in sorted(set(spec) - RABBITMQ_CLUSTER_SPEC)]
+    problems += [f"RabbitmqCluster {name}: unknown field spec.rabbitmq.{k}"
+                 for k in sorted(set(spec.get("rabbitmq", {})) - RABBITMQ_SPEC)]
+    if spec.get("replicas", 1) < 3:
+        problems.append(f"RabbitmqCluster {name}: {spec.get('replicas', 1)} replicas; a quorum survives a node's loss from 3")
+    for deployment, _, containers in pods(docs):
+        for c in containers:
+            env = {e["name"]: e for e in c.get("env", [])}
+            address = (env.get("DNET_AMQP_ADDRESS") or env.get("DNET_ADDRESS") or {}).get("value")
+            if address is None:
+                continue
+            if env.get("DNET_QUEUE_TYPE", {}).get("value") != "quorum":
+                problems.append(f"{deployment}/{c['name']}: not on a quorum queue (DNET_QUEUE_TYPE)")
+            if broker_host(address) != f"{name}-nodes":
+                problems.append(f"{deployment}/{c['name']}: broker {broker_host(address)}, not every node ({name}-nodes)")
+            for key in ("DNET_AMQP_USER", "DNET_AMQP_PASSWORD"):
+                secret = env.get(key, {}).get("valueFrom", {}).get("secretKeyRef", {}).get("name")
+                if secret != f"{name}-default-user":
+                    problems.append(f"{deployment}/{c['name']}: {key} from {secret}, not {name}-default-user")
+    return problems
+
+
 def readme_images():
     with open(os.path.join(ROOT, "docker/README.md")) as f:
         return set(re.findall(r"`(dnet/[a-z0-9-]+:[A-Za-z0-9._-]+)`", f.read()))
@@ -120,7 +165,7 @@ def consistency(docs, images):
                     if get.get("path") != path or ports.get(get.get("port"), str(get.get("port"))) != metrics_port:
                         problems.append(f"{name}: the computation unit has no {probe} on {path} of its metrics port")
                 computation.append((name, labels, env.get("DNET_QUEUE_NAME"), broker_host(env.get("DNET_ADDRESS")),
-                                    int(env.get("DNET_EXIT_LAYER", "10"))))
+                                    int(env.get("DNET_EXIT_LAYER", "10")), queue_declare(env)))
 
     def exit_of(unit):
         name, labels, tu, _ = unit
@@ -138,6 +183,11 @@ def consistency(docs, images):
         exits = {c[4] for c in consumers}
         if len(exits) != 1:
             problems.append(f"{name}: consumers of queue {queue} disagree on the exit layer: {sorted(exits)}")
+        # RabbitMQ refuses a declare with other settings: every program on a queue declares it alike.
+        declares = {c[5] for c in consumers} | {queue_declare(env)}
+        if len(declares) != 1:
+            problems.append(f"{name}: the programs of queue {queue} disagree on the queue type "
+                            f"(DNET_QUEUE_TYPE, DNET_MAX_ATTEMPTS): {sorted(declares)}")
         return min(exits)
 
     for unit in units:
@@ -369,6 +419,39 @@ def compose_consistency(compose, distrib):
     return problems
 
 
+def compose_cluster(compose):
+    """Problems with example/compose/cluster.yaml's broker: three nodes of the
+    project's RabbitMQ image on distinct names and ports with one cookie, each
+    peer-discovering the others, and every unit given every node."""
+    problems = []
+    nodes = {name: s for name, s in compose["services"].items() if name.startswith("rabbitmq")}
+    envs = [s.get("environment", {}) for s in nodes.values()]
+    if len(nodes) != 3:
+        problems.append(f"{len(nodes)} RabbitMQ nodes, expected 3")
+    for key in ("RABBITMQ_NODENAME", "RABBITMQ_NODE_PORT", "RABBITMQ_DIST_PORT"):
+        if len({str(e.get(key)) for e in envs}) != len(nodes):
+            problems.append(f"the nodes do not each have their own {key}")
+    if len({str(e.get("RABBITMQ_ERLANG_COOKIE")) for e in envs}) != 1:
+        problems.append("the nodes do not share one Erlang cookie")
+    for name, s in nodes.items():
+        if s.get("image") != "dnet/rabbitmq:3.10-bookworm" or s.get("network_mode") != "host":
+            problems.append(f"{name}: not dnet/rabbitmq:3.10-bookworm on the host's network")
+    with open(os.path.join(ROOT, "example/compose/rabbitmq-cluster.conf")) as f:
+        conf = f.read()
+    problems += [f"rabbitmq-cluster.conf does not list {e.get('RABBITMQ_NODENAME')}"
+                 for e in envs if f"= {e.get('RABBITMQ_NODENAME')}" not in conf]
+    ports = sorted(str(e.get("RABBITMQ_NODE_PORT")) for e in envs)
+    for name, s in compose["services"].items():
+        env = s.get("environment", {})
+        address = env.get("DNET_AMQP_ADDRESS") or env.get("DNET_ADDRESS")
+        if address is None:
+            continue
+        given = sorted(re.findall(r":(\d+)/", address))
+        if given != ports:
+            problems.append(f"{name}: given broker ports {given}, the nodes listen on {ports}")
+    return problems
+
+
 def main():
     # example/compose/ is for docker-compose, not Kubernetes.
     manifests = sorted(p for p in glob.glob(os.path.join(ROOT, "example/**/*.yaml"), recursive=True)
@@ -416,6 +499,19 @@ def main():
     report("the compose check rejects a changed value and a missing variable",
            [f"missed: {e}" for e in ("DNET_EXIT_LAYER=11", "set by only one") if not any(e in p for p in found)])
 
+    cluster = load([os.path.join(ROOT, "example/compose/cluster.yaml")])[0]
+    ha = load(sorted(glob.glob(os.path.join(ROOT, "example", "distrib-ha", "*.yaml"))))
+    report("example/compose/cluster.yaml runs the units of example/distrib-ha", compose_consistency(cluster, ha))
+    report("example/compose/cluster.yaml runs three RabbitMQ nodes and gives every unit every node",
+           compose_cluster(cluster))
+    broken = copy.deepcopy(cluster)
+    broken["services"]["rabbitmq-3"]["environment"]["RABBITMQ_NODE_PORT"] = "5682"
+    broken["services"]["computation-unit-8"]["environment"]["DNET_QUEUE_TYPE"] = "classic"
+    found = compose_cluster(broken) + compose_consistency(broken, ha)
+    report("the cluster compose check rejects a shared port and a classic queue",
+           [f"missed: {e}" for e in ("own RABBITMQ_NODE_PORT", "DNET_QUEUE_TYPE=classic")
+            if not any(e in p for p in found)])
+
     images = readme_images()
     shared = load([os.path.join(ROOT, "example/dnet-nodeport.yaml"), os.path.join(ROOT, "example/dnet-testunit.yaml")])
     for layout in LAYOUTS:
@@ -462,6 +558,22 @@ def main():
                     m["subPath"] = "thresholds"
     report("consistency check rejects a thresholds file mounted with subPath",
            [] if any("no subPath" in p for p in consistency(docs, images)) else ["missed"])
+
+    ha = load(sorted(glob.glob(os.path.join(ROOT, "example", "distrib-ha", "*.yaml"))))
+    report("example/distrib-ha runs every program on quorum queues of a three-node RabbitmqCluster",
+           cluster_consistency(ha))
+    broken = copy.deepcopy(ha)
+    for d in broken:
+        if d["kind"] == "RabbitmqCluster":
+            d["spec"]["replicas"] = 1
+            d["spec"]["replica"] = 3
+        for c in d.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            if c["name"] == "computation-unit":
+                c["env"] = [e for e in c["env"] if e["name"] != "DNET_QUEUE_TYPE"]
+    found = cluster_consistency(broken) + consistency(broken, readme_images())
+    report("the cluster check rejects one replica, an unknown field and a worker on a classic queue",
+           [f"missed: {e}" for e in ("1 replicas", "unknown field spec.replica", "not on a quorum queue",
+                                     "disagree on the queue type") if not any(e in p for p in found)])
 
     distrib = load(sorted(glob.glob(os.path.join(ROOT, "example", "distrib", "*.yaml"))))
     keda = load(sorted(glob.glob(os.path.join(ROOT, "example", "keda", "*.yaml"))))

@@ -42,8 +42,8 @@ for table in filter(None, tables):
 
 print("## Broker cluster: nodes killed under load (`make chaos`)\n")
 print(f"{runs} runs of `chaos --only cluster` (a cascade 8 -> 12 -> 16 on a private three-node RabbitMQ cluster, "
-      "quorum queues, each unit's two programs on different nodes, open-loop load at 70 % of the capacity "
-      "measured first; every killed node brought back before the next scenario). Over the runs:\n")
+      "quorum queues, each unit's two programs on different nodes, four paced closed-loop callers at 70 % of the "
+      "capacity measured first; every killed node brought back before the next scenario). Over the runs:\n")
 print("| scenario | runs | bounds held | sent | failed | most failed in one run | lost | wrong | "
       "answers stopped at most (s) | answers back after the cluster's return (s) | longest call (s) |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")

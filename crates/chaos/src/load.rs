@@ -241,6 +241,48 @@ pub async fn closed_loop(
     gather(first_id, tasks).await
 }
 
+/// A paced closed loop: `callers` callers, each waiting for its answer
+/// before the next call and sending at most `rate` / `callers` calls a
+/// second, until `until` completes; each call with `deadline`, ids from
+/// `first_id`. At a rate below capacity it loads the units to that share,
+/// and when they stall, the callers wait with them rather than pile up.
+pub async fn paced_loop(
+    address: &str,
+    callers: usize,
+    rate: f64,
+    until: impl std::future::Future<Output = ()>,
+    deadline: Duration,
+    first_id: u64,
+) -> anyhow::Result<Tally> {
+    let client = client(address)?;
+    let next_id = Arc::new(AtomicU64::new(first_id));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let interval = Duration::from_secs_f64(callers as f64 / rate);
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (mut client, next_id, stop) = (client.clone(), Arc::clone(&next_id), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                while !stop.load(Ordering::Relaxed) {
+                    let started = tokio::time::Instant::now();
+                    call(
+                        &mut client,
+                        next_id.fetch_add(1, Ordering::SeqCst),
+                        deadline,
+                        &mut tally,
+                    )
+                    .await;
+                    tokio::time::sleep_until(started + interval).await;
+                }
+                tally
+            })
+        })
+        .collect();
+    until.await;
+    stop.store(true, Ordering::Relaxed);
+    gather(first_id, tasks).await
+}
+
 /// Open loop: one request every 1/`rate` s for `duration`, whatever the
 /// answers, each with `deadline`; request ids count up from `first_id`.
 pub async fn open_loop(

@@ -9,7 +9,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, Connection, Consumer};
 use tokio_util::sync::CancellationToken;
@@ -210,6 +210,7 @@ pub async fn supervise(inner: Arc<Inner>) {
             stop_polling.clone(),
         ));
 
+        let reply_tag = consumer.tag();
         let replies = consume_replies(&inner, consumer);
         let connection_lost = wait_for_connection_error(events);
         tokio::pin!(replies, connection_lost);
@@ -227,6 +228,10 @@ pub async fn supervise(inner: Arc<Inner>) {
                     stop_polling.cancel();
                     let _ = poller.await;
                     inner.fail_session_calls(generation);
+                    // Cancelled here, in order: a consumer dropped while active
+                    // cancels itself in the background, racing the channel's
+                    // close (lapin logs that race as an error).
+                    let _ = session.replies.basic_cancel(reply_tag, BasicCancelOptions::default()).await;
                     return;
                 }
             }

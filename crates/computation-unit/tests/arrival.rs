@@ -102,10 +102,13 @@ async fn slow_call(flags: &[&str]) -> (Ended, Duration) {
 }
 
 /// The next unit may have no more than the caller's time left after the
-/// message came.
+/// message came. The unit's clock starts when it reads the headers, which on
+/// a busy machine is a little after the caller sent them (401 ms was seen
+/// once): half the body's delay is allowed for that, while a deadline
+/// counted from the message's arrival would give the whole body's delay more.
 fn assert_callers_deadline(told: Duration) {
     assert!(
-        told <= TIMEOUT - BODY_DELAY,
+        told <= TIMEOUT - BODY_DELAY / 2,
         "the next unit was given {told:?}: more than the {:?} the caller had left once the message came",
         TIMEOUT - BODY_DELAY
     );

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use dnet_amqp::limits::{check_message_size, SizeError};
+use dnet_amqp::limits::SizeError;
 use dnet_amqp::node::NodeMetric;
 use dnet_amqp::queue::{declare, DeclareError};
 use dnet_amqp::{Brokers, QueueContract};
@@ -78,11 +78,6 @@ pub async fn run(
         settings.tls_ca.clone(),
     );
     let mut session = 0_u64;
-    // The nodes whose message size limit was checked, and the sessions that
-    // could not start since the last one that did: a round's worth of them
-    // is a round without a usable node.
-    let mut checked = std::collections::HashSet::new();
-    let mut failed_opens = 0;
     tokio::pin!(shutdown);
     loop {
         let no_node = || {
@@ -97,7 +92,7 @@ pub async fn run(
         let Some(connected) = connected else { break };
         let connection = connected.connection;
         session += 1;
-        let opening = open(&connection, &settings, &connected.node, &mut checked);
+        let opening = open(&connection, &settings, &connected.node, &mut brokers);
         let opened = tokio::select! {
             opened = opening => opened,
             () = &mut shutdown => {
@@ -107,7 +102,7 @@ pub async fn run(
         };
         let (channel, consumer) = match opened {
             Ok(opened) => {
-                failed_opens = 0;
+                brokers.opened();
                 opened
             }
             Err(Opening::Refused(message)) => {
@@ -118,8 +113,7 @@ pub async fn run(
             Err(Opening::Failed(error)) => {
                 warn!(%error, queue = %settings.queue, node = %connected.node, "cannot consume the queue, reconnecting");
                 dnet_amqp::close(&connection, 320, "retrying").await;
-                failed_opens += 1;
-                if failed_opens >= brokers.len() {
+                if brokers.failed_to_open() {
                     ready.send_replace(false);
                     node.set(None);
                 }
@@ -189,17 +183,14 @@ async fn open(
     connection: &Connection,
     settings: &WorkerSettings,
     node: &str,
-    checked: &mut std::collections::HashSet<String>,
+    brokers: &mut Brokers,
 ) -> Result<(Channel, Consumer), Opening> {
     let failed = |error: lapin::Error| Opening::Failed(error.to_string());
-    if !checked.contains(node) {
-        match check_message_size(connection, settings.max_message_bytes, "--max-message-bytes").await {
-            Ok(()) => {
-                checked.insert(node.to_owned());
-            }
-            Err(SizeError::TooLarge(message)) => return Err(Opening::Refused(message)),
-            Err(error) => return Err(Opening::Failed(error.to_string())),
-        }
+    let size = brokers.check_message_size_once(connection, node, settings.max_message_bytes, "--max-message-bytes");
+    match size.await {
+        Ok(()) => {}
+        Err(SizeError::TooLarge(message)) => return Err(Opening::Refused(message)),
+        Err(error) => return Err(Opening::Failed(error.to_string())),
     }
     let channel = connection.create_channel().await.map_err(failed)?;
     channel

@@ -2,12 +2,15 @@
 //! tried in turn, with capped, fully jittered backoff between rounds;
 //! passwords kept out of logs, an extra CA for `amqps://`.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
 
 use lapin::tcp::OwnedTLSConfig;
 use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties};
+
+use crate::limits::{check_message_size, SizeError};
 use tracing::{info, warn};
 
 /// First wait between rounds of connection attempts; doubled after each failed round.
@@ -27,6 +30,10 @@ pub struct Brokers {
     /// Where the next round starts: after the node used last, so that a
     /// program that lost its node tries the others first.
     next: usize,
+    /// The nodes whose message size limit was checked.
+    checked: HashSet<String>,
+    /// Sessions that could not be set up since the last one that could.
+    failed_opens: usize,
 }
 
 /// A connection, and the node (`host:port`) it is to.
@@ -46,25 +53,41 @@ impl Brokers {
             connection_name: connection_name.to_owned(),
             tls_ca,
             next: 0,
+            checked: HashSet::new(),
+            failed_opens: 0,
         }
     }
 
-    /// The number of addresses given.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.uris.len()
+    /// [`check_message_size`] of `bytes` on `node` (`flag` names the
+    /// program's setting), once per node: a node that passed is not probed again.
+    ///
+    /// # Errors
+    /// See [`check_message_size`].
+    pub async fn check_message_size_once(
+        &mut self,
+        connection: &Connection,
+        node: &str,
+        bytes: usize,
+        flag: &str,
+    ) -> Result<(), SizeError> {
+        if !self.checked.contains(node) {
+            check_message_size(connection, bytes, flag).await?;
+            self.checked.insert(node.to_owned());
+        }
+        Ok(())
     }
 
-    /// Whether no address was given.
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.uris.is_empty()
+    /// A session was set up on the node connected to.
+    pub fn opened(&mut self) {
+        self.failed_opens = 0;
     }
 
-    /// The addresses as given, passwords hidden, for logs.
-    #[must_use]
-    pub fn describe(&self) -> String {
-        self.uris.iter().map(|uri| redact(uri)).collect::<Vec<_>>().join(",")
+    /// A session could not be set up on the node connected to; `true` once
+    /// a round's worth of them failed since the last that could: a round
+    /// without a usable node.
+    pub fn failed_to_open(&mut self) -> bool {
+        self.failed_opens += 1;
+        self.failed_opens >= self.uris.len()
     }
 
     /// Connects to a node that answers: each in turn, starting after the
@@ -175,6 +198,12 @@ fn each_address(uri: &str, parsed: &AMQPUri, resolved: &[std::net::SocketAddr]) 
             (one.to_string(), format!("{host}:{port} ({})", address.ip()))
         })
         .collect()
+}
+
+/// `uris` as given, passwords hidden, for logs.
+#[must_use]
+pub fn describe(uris: &[String]) -> String {
+    uris.iter().map(|uri| redact(uri)).collect::<Vec<_>>().join(",")
 }
 
 /// The addresses of `--amqp-address`: comma-separated, each an `amqp://` or

@@ -4,7 +4,6 @@
 //! another node. The unit stays ready through a reconnect: it is not ready
 //! only before its first session and after a round in which no node answered.
 
-use std::collections::HashSet;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use lapin::{Channel, Connection, Consumer};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use dnet_amqp::limits::{check_message_size, SizeError};
+use dnet_amqp::limits::SizeError;
 use dnet_amqp::queue::{declare, DeclareError};
 use dnet_amqp::Brokers;
 
@@ -64,18 +63,15 @@ async fn open_session(
     connection: Connection,
     node: &str,
     generation: u64,
-    checked: &mut HashSet<String>,
+    brokers: &mut Brokers,
 ) -> Result<(Session, Consumer), Opening> {
     let failed = |error: lapin::Error| Opening::Failed(error.to_string());
     let settings = &inner.settings;
-    if !checked.contains(node) {
-        match check_message_size(&connection, settings.max_message_bytes, "--max-message-bytes").await {
-            Ok(()) => {
-                checked.insert(node.to_owned());
-            }
-            Err(SizeError::TooLarge(message)) => return Err(Opening::Refused(message)),
-            Err(error) => return Err(Opening::Failed(error.to_string())),
-        }
+    let size = brokers.check_message_size_once(&connection, node, settings.max_message_bytes, "--max-message-bytes");
+    match size.await {
+        Ok(()) => {}
+        Err(SizeError::TooLarge(message)) => return Err(Opening::Refused(message)),
+        Err(error) => return Err(Opening::Failed(error.to_string())),
     }
     let publish = open_publish_channel(&connection).await.map_err(failed)?;
     match declare(&publish, &settings.queue, settings.contract).await {
@@ -157,10 +153,6 @@ pub async fn supervise(inner: Arc<Inner>) {
         settings.tls_ca.clone(),
     );
     let mut generation = 0_u64;
-    let mut checked = HashSet::new();
-    // Sessions that could not start since the last one that did: a round's
-    // worth of them is a round without a usable node.
-    let mut failed_opens = 0;
     loop {
         let no_node = || {
             inner.connected.send_replace(false);
@@ -171,14 +163,14 @@ pub async fn supervise(inner: Arc<Inner>) {
         };
         generation += 1;
         let events = connected.connection.events_listener();
-        let opening = open_session(&inner, connected.connection, &connected.node, generation, &mut checked);
+        let opening = open_session(&inner, connected.connection, &connected.node, generation, &mut brokers);
         let opened = tokio::select! {
             opened = opening => opened,
             () = inner.stop.cancelled() => return,
         };
         let (session, consumer) = match opened {
             Ok(opened) => {
-                failed_opens = 0;
+                brokers.opened();
                 opened
             }
             Err(Opening::Refused(message)) => {
@@ -188,8 +180,7 @@ pub async fn supervise(inner: Arc<Inner>) {
             Err(Opening::Failed(error)) => {
                 warn!(%error, queue = %settings.queue, node = %connected.node,
                     "cannot set up the RabbitMQ session, reconnecting");
-                failed_opens += 1;
-                if failed_opens >= brokers.len() {
+                if brokers.failed_to_open() {
                     no_node();
                 }
                 tokio::select! {

@@ -45,7 +45,7 @@ pub async fn run(
         "Requests the broker refused (nack; a quorum queue without a majority) and the unit published again within their deadline",
         refused_publishes.clone(),
     );
-    let brokers = dnet_amqp::Brokers::new(uris.clone(), "", None).describe();
+    let brokers = dnet_amqp::connect::describe(&uris);
     let queue = QueueClient::start(QueueSettings {
         uris,
         queue: config.queue_name.clone(),

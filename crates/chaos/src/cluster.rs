@@ -102,26 +102,14 @@ impl Cascade {
             .map_or("", |(_, q)| q.as_str())
     }
 
-    /// The cluster node a transmission unit is on now (its `dnet_amqp_node`).
+    /// The cluster node transmission unit `front` is on now.
     async fn node_of(&self, cluster: &PrivateCluster, front: usize) -> anyhow::Result<usize> {
-        let metrics = self.fronts[front].metrics().await?;
-        let node = metrics
-            .label_where("dnet_amqp_node", "node", 1.0)
-            .ok_or_else(|| anyhow::anyhow!("unit {front} names no node"))?;
-        cluster
-            .index_of(&node)
-            .ok_or_else(|| anyhow::anyhow!("{node} is not a node of the cluster"))
+        node_in(cluster, self.fronts[front].metrics().await?)
     }
 
-    /// The cluster node a worker is on now.
+    /// The cluster node worker `worker` is on now.
     async fn worker_node(&self, cluster: &PrivateCluster, worker: usize) -> anyhow::Result<usize> {
-        let metrics = self.workers[worker].metrics().await?;
-        let node = metrics
-            .label_where("dnet_amqp_node", "node", 1.0)
-            .ok_or_else(|| anyhow::anyhow!("worker {worker} names no node"))?;
-        cluster
-            .index_of(&node)
-            .ok_or_else(|| anyhow::anyhow!("{node} is not a node of the cluster"))
+        node_in(cluster, self.workers[worker].metrics().await?)
     }
 
     /// Replies the workers computed (published or not) beyond one per
@@ -135,6 +123,16 @@ impl Cascade {
         .await?;
         Ok(((published + unpublished) as u64).saturating_sub(answered * self.workers.len() as u64))
     }
+}
+
+/// The cluster node a program's `dnet_amqp_node` names.
+fn node_in(cluster: &PrivateCluster, metrics: dnet_testkit::Metrics) -> anyhow::Result<usize> {
+    let node = metrics
+        .label_where("dnet_amqp_node", "node", 1.0)
+        .ok_or_else(|| anyhow::anyhow!("the program names no node"))?;
+    cluster
+        .index_of(&node)
+        .ok_or_else(|| anyhow::anyhow!("{node} is not a node of the cluster"))
 }
 
 /// The faults, in the order they run.

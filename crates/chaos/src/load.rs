@@ -212,40 +212,24 @@ pub async fn closed_loop(
     deadline: Duration,
     first_id: u64,
 ) -> anyhow::Result<Tally> {
-    let client = client(address)?;
-    let next_id = Arc::new(AtomicU64::new(first_id));
-    let end = Instant::now() + duration;
-    let tasks: Vec<_> = (0..callers)
-        .map(|_| {
-            let (mut client, next_id) = (client.clone(), Arc::clone(&next_id));
-            tokio::spawn(async move {
-                let mut tally = Tally::default();
-                while Instant::now() < end {
-                    let errors = tally.error_count();
-                    call(
-                        &mut client,
-                        next_id.fetch_add(1, Ordering::SeqCst),
-                        deadline,
-                        &mut tally,
-                    )
-                    .await;
-                    if tally.error_count() > errors {
-                        // Do not spin on an unreachable unit.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-                tally
-            })
-        })
-        .collect();
-    gather(first_id, tasks).await
+    // Unpaced: each caller sends its next call as soon as the last one ends.
+    paced_loop(
+        address,
+        callers,
+        f64::INFINITY,
+        tokio::time::sleep(duration),
+        deadline,
+        first_id,
+    )
+    .await
 }
 
 /// A paced closed loop: `callers` callers, each waiting for its answer
 /// before the next call and sending at most `rate` / `callers` calls a
-/// second, until `until` completes; each call with `deadline`, ids from
-/// `first_id`. At a rate below capacity it loads the units to that share,
-/// and when they stall, the callers wait with them rather than pile up.
+/// second (`f64::INFINITY`: unpaced), until `until` completes; each call with
+/// `deadline`, ids from `first_id`. At a rate below capacity it loads the
+/// units to that share, and when they stall, the callers wait with them
+/// rather than pile up.
 pub async fn paced_loop(
     address: &str,
     callers: usize,
@@ -265,6 +249,7 @@ pub async fn paced_loop(
                 let mut tally = Tally::default();
                 while !stop.load(Ordering::Relaxed) {
                     let started = tokio::time::Instant::now();
+                    let errors = tally.error_count();
                     call(
                         &mut client,
                         next_id.fetch_add(1, Ordering::SeqCst),
@@ -272,6 +257,10 @@ pub async fn paced_loop(
                         &mut tally,
                     )
                     .await;
+                    if tally.error_count() > errors {
+                        // Do not spin on an unreachable unit.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                     tokio::time::sleep_until(started + interval).await;
                 }
                 tally
@@ -292,28 +281,14 @@ pub async fn open_loop(
     deadline: Duration,
     first_id: u64,
 ) -> anyhow::Result<Tally> {
-    open_loop_until(address, rate, tokio::time::sleep(duration), deadline, first_id).await
-}
-
-/// [`open_loop`] until `until` completes.
-pub async fn open_loop_until(
-    address: &str,
-    rate: f64,
-    until: impl std::future::Future<Output = ()>,
-    deadline: Duration,
-    first_id: u64,
-) -> anyhow::Result<Tally> {
     let client = client(address)?;
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    tokio::pin!(until);
+    let end = Instant::now() + duration;
     let mut tasks = Vec::new();
     let mut id = first_id;
-    loop {
-        tokio::select! {
-            _ = ticks.tick() => {}
-            () = &mut until => break,
-        }
+    while Instant::now() < end {
+        ticks.tick().await;
         let mut client = client.clone();
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::default();

@@ -19,6 +19,14 @@ use tonic_health::pb::health_check_response::ServingStatus;
 /// How long a test waits for a state it needs before it fails.
 const PATIENCE: Duration = Duration::from_secs(60);
 
+/// A private RabbitMQ node with these `rabbitmq.conf` lines.
+async fn private_broker(config: &'static str) -> PrivateBroker {
+    tokio::task::spawn_blocking(move || PrivateBroker::start_with_config(config))
+        .await
+        .expect("task")
+        .expect("private broker")
+}
+
 async fn unit(broker: &Broker, queue: &TestQueue, extra: &[&str]) -> TransmissionUnit {
     TransmissionUnit::start(broker, queue.name(), extra)
         .await
@@ -72,10 +80,7 @@ async fn a_fifty_day_deadline_is_cut_to_max_deadline_and_later_calls_are_answere
 #[tokio::test]
 async fn a_max_message_bytes_over_the_brokers_limit_stops_the_unit_at_start_naming_both() {
     // A broker whose largest message is 1 MiB; the unit's default is 48 MiB.
-    let node = tokio::task::spawn_blocking(|| PrivateBroker::start_with_config("max_message_size = 1048576"))
-        .await
-        .expect("task")
-        .expect("private broker");
+    let node = private_broker("max_message_size = 1048576").await;
     let broker = node.broker().clone();
     let queue = TestQueue::new(&broker);
     let mut unit = TransmissionUnit::launch(&broker, queue.name(), &[])
@@ -107,10 +112,7 @@ async fn a_message_the_broker_refuses_for_its_size_is_not_sent_again_and_the_uni
     // drops to 256 KiB (an operator's change) for the channels opened from
     // now on, and the unit reconnects: a call of 512 KiB passes the unit's
     // own limit and the broker refuses it by closing the publish channel.
-    let node = tokio::task::spawn_blocking(|| PrivateBroker::start_with_config("max_message_size = 1048576"))
-        .await
-        .expect("task")
-        .expect("private broker");
+    let node = private_broker("max_message_size = 1048576").await;
     let broker = node.broker().clone();
     let queue = TestQueue::new(&broker);
     let unit = unit(&broker, &queue, &["--max-message-bytes", "1048576"]).await;
@@ -186,10 +188,7 @@ async fn a_flood_of_qstatus_calls_is_answered_from_the_polled_counts_and_they_st
     // A broker that gives a connection 4 channels: the unit's session uses
     // 3 (publish, replies, the counts' reader). A Qstatus that opened a
     // channel of its own would be refused past the fourth at once.
-    let node = tokio::task::spawn_blocking(|| PrivateBroker::start_with_config("channel_max = 4"))
-        .await
-        .expect("task")
-        .expect("private broker");
+    let node = private_broker("channel_max = 4").await;
     let broker = node.broker().clone();
     let queue = TestQueue::new(&broker);
     let unit = unit(&broker, &queue, &[]).await;

@@ -245,6 +245,11 @@ async fn wait_for_answers(tally: &Tally, since: Instant, what: &str) -> Duration
 /// Kills node `index` under load, waits until answers flow again, brings
 /// the node back and waits until the cluster is whole.
 async fn kill_and_restore(cluster: &PrivateCluster, index: usize, tally: &Tally, what: &str) {
+    // As an operator does before stopping a node: every quorum queue keeps a
+    // majority without it (a node restarted just before may still be catching
+    // up; killing another then leaves a queue without a majority until it is).
+    tokio::task::block_in_place(|| cluster.wait_until_not_critical(index, NODE_BACK_WITHIN))
+        .expect("the node can be stopped without a queue losing its majority");
     let killed = Instant::now();
     cluster.node(index).kill().expect("kill -9 the node");
     let flowing = wait_for_answers(tally, killed, &format!("answers after killing {what}")).await;

@@ -203,7 +203,10 @@ impl PrivateBroker {
         };
         give_to_rabbitmq_user(&path)?;
         private.launch()?;
-        private.wait_until_up(Duration::from_secs(60))?;
+        // A node starts in about 5 s here, but the first start on a fresh
+        // machine reads Erlang and RabbitMQ from a cold disk cache: once, on a
+        // new machine, the bench's first node was not up within 60 s.
+        private.wait_until_up(Duration::from_secs(120))?;
         Ok(private)
     }
 

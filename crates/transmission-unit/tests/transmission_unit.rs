@@ -54,6 +54,18 @@ async fn success_passes_through_with_this_units_hop() {
     worker.stop().await;
 }
 
+/// A log written to a file (as here) or a pipe carries no ANSI colour
+/// codes: they are for terminals only.
+#[tokio::test]
+async fn a_log_written_to_a_file_has_no_colour_codes() {
+    let broker = Broker::local();
+    let queue = TestQueue::new(&broker);
+    let unit = unit(&broker, &queue, &[]).await;
+    let log = unit.process.log();
+    assert!(log.contains("INFO"), "the unit logged its start: {log}");
+    assert!(!log.contains('\u{1b}'), "colour codes in a log file: {log:?}");
+}
+
 #[tokio::test]
 async fn not_success_is_forwarded_along_three_units() {
     let broker = Broker::local();

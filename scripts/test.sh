@@ -19,6 +19,7 @@ cargo test --workspace
 "$DNET_VENV/bin/python" tests/deploy/check_deploy.py
 scripts/fuzz.sh 10
 cargo build --release --workspace --bins
+scripts/test_python_client.sh
 scripts/test_images.sh
 # The cluster scenarios run in make chaos; make test has their short version (tests/cluster.rs).
 "$BIN/chaos" --bin-dir "$BIN" --seconds 8 --only faults,overload,flood

@@ -1,0 +1,1 @@
+"""gRPC stubs generated from proto/ by clients/python/generate.py: do not edit."""

@@ -1,0 +1,85 @@
+"""The blocking client."""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple
+
+import grpc
+import numpy as np
+
+from . import _calls
+from ._proto import QstatusMessage_pb2, TransmissionUnit_pb2_grpc
+from .errors import from_rpc_error
+from .images import Answer
+
+Metadata = Sequence[Tuple[str, str]]
+
+
+class Client:
+    """Calls the first unit of a cascade (a transmission unit or a direct
+    unit) at `address` ("host:port").
+
+    - `timeout`: each call's deadline in seconds (None: the unit's own);
+    - `attempts`: tries of a call the unit could not take (UNAVAILABLE), with
+      gRPC's exponential backoff, within the deadline (1 to 5; 1: no retry);
+    - `tls_ca`, `tls_cert`, `tls_key`, `tls_domain`: TLS as the units'
+      `--tls-*` flags configure it (PEM files; the name to verify).
+
+    Use it as a context manager, or call `close()`."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: Optional[float] = 30.0,
+        attempts: int = 3,
+        tls_ca: Optional[str] = None,
+        tls_cert: Optional[str] = None,
+        tls_key: Optional[str] = None,
+        tls_domain: Optional[str] = None,
+    ) -> None:
+        options = _calls.channel_options(attempts, tls_domain)
+        creds = _calls.credentials(tls_ca, tls_cert, tls_key)
+        if creds is None:
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            self._channel = grpc.secure_channel(address, creds, options=options)
+        self._stub = TransmissionUnit_pb2_grpc.DNetStub(self._channel)
+        self.timeout = timeout
+
+    def classify(
+        self,
+        images: np.ndarray,
+        *,
+        normalised: bool = False,
+        thresholds: Optional[Sequence[float]] = None,
+        timeout: Optional[float] = None,
+        metadata: Optional[Metadata] = None,
+    ) -> List[Answer]:
+        """One answer per image (see `images.to_request_x` for the forms
+        accepted). `thresholds`: exits 1..15 for this call only (units with
+        --allow-threshold-override). `metadata`: gRPC metadata to send (for
+        example a W3C `traceparent`). Raises a `DNetError` subclass."""
+        request = _calls.request(images, normalised, thresholds)
+        try:
+            reply = self._stub.Compute(request, timeout=timeout or self.timeout, metadata=metadata)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return _calls.answers(reply)
+
+    def qstatus(self, *, timeout: Optional[float] = None) -> Tuple[int, int]:
+        """(messages waiting in the unit's queue, its computation units)."""
+        try:
+            reply = self._stub.Qstatus(QstatusMessage_pb2.QstatusRequest(), timeout=timeout or self.timeout)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return reply.qlength, reply.consumer
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

@@ -20,7 +20,7 @@ FUZZ_TARGET ?=
 # make images IMAGES_MODE=host: the offline path even where a registry answers.
 IMAGES_MODE ?=
 
-.PHONY: help setup build images test test-images demo demo-trained bench bench-trained bench-link chaos soak fuzz-long
+.PHONY: help setup build images images-cuda test test-images demo demo-trained bench bench-trained bench-link chaos soak fuzz-long
 
 help:
 	@echo "make demo   run a local cascade (starts RabbitMQ if needed; DNET_LAYOUT=direct: no broker)"
@@ -28,6 +28,7 @@ help:
 	@echo "make test   fmt, clippy, unit and integration tests (real RabbitMQ, never restarted), fuzz, chaos"
 	@echo "make build  release binaries into $(DNET_BIN_DIR)"
 	@echo "make images  the Docker images the examples use (offline from the host's build where no registry answers; IMAGES_MODE=build|host)"
+	@echo "make images-cuda  the same and dnet/computation-unit:0.1.0-cu130, with CUDA's libraries (about 4 GB)"
 	@echo "make test-images  the demo cascade from the images, as the manifests configure them, against the binaries (part of make test)"
 	@echo "make bench  measure and rewrite BENCHMARKS.md"
 	@echo "make bench-trained  early exit on the trained demo model: the calibrated cascade against exit 16 alone, shadow work, answers at 2x and 3x capacity, live thresholds from three starts and under drift; its BENCHMARKS.md section"
@@ -45,7 +46,12 @@ build: setup
 images: build
 	@scripts/setup.sh docker
 	@scripts/dockerd.sh
-	@scripts/images.sh $(IMAGES_MODE)
+	@scripts/images.sh $(IMAGES_MODE) --readme
+
+images-cuda: build
+	@scripts/setup.sh docker
+	@scripts/dockerd.sh
+	@scripts/images.sh $(IMAGES_MODE) --cuda
 
 test: setup
 	@scripts/test.sh

@@ -11,6 +11,10 @@
 # the runtime stage is the same text either way.
 ARG TORCH_VARIANT=cpu
 ARG BINARIES=build
+# The runtime base: Debian's image where a registry supplies it; `make
+# images` passes the one it made from Debian's packages when none does
+# (scripts/base_image.sh, tagged under the project's name).
+ARG BASE=debian:bookworm-slim
 
 FROM rust:1.89-slim-bookworm AS build
 ARG TORCH_VARIANT
@@ -23,9 +27,17 @@ RUN python3 -m venv /opt/venv \
 ENV PATH=/opt/venv/bin:$PATH LIBTORCH_USE_PYTORCH=1
 WORKDIR /src
 COPY . .
+# /opt/closure mirrors what the runtime image holds of the venv: for the
+# CPU variant exactly the libraries the binary loads (docker/closure.sh);
+# for CUDA all of torch/lib and nvidia/, since CUDA opens some at run time.
 RUN cargo build --release --locked -p computation-unit \
     && strip target/release/computation-unit \
-    && mkdir -p /opt/venv/lib/python3.11/site-packages/nvidia
+    && site=/opt/venv/lib/python3.11/site-packages \
+    && if [ "$TORCH_VARIANT" = cpu ]; then \
+         docker/closure.sh "$site" "/opt/closure$site" target/release/computation-unit; \
+       else \
+         mkdir -p "/opt/closure$site" && cp -a "$site/torch" "$site/nvidia" "/opt/closure$site/"; \
+       fi
 
 # The host's build, staged by scripts/images.sh at the paths the build stage uses.
 FROM scratch AS host
@@ -34,11 +46,11 @@ COPY . /
 # hadolint ignore=DL3006
 FROM ${BINARIES} AS binaries
 
-FROM debian:bookworm-slim
-# The binary's rpath points at torch/lib under /opt/venv; keep the same paths.
-# nvidia/ holds CUDA's libraries (empty for the cpu variant).
-COPY --from=binaries /opt/venv/lib/python3.11/site-packages/torch/lib /opt/venv/lib/python3.11/site-packages/torch/lib
-COPY --from=binaries /opt/venv/lib/python3.11/site-packages/nvidia /opt/venv/lib/python3.11/site-packages/nvidia
+# hadolint ignore=DL3006
+FROM ${BASE}
+# The binary's run-path points at torch/lib under /opt/venv: the libraries
+# keep their paths there (/opt/closure mirrors them).
+COPY --from=binaries /opt/closure/ /
 COPY --from=binaries /src/target/release/computation-unit /usr/local/bin/computation-unit
 RUN useradd --system --uid 10001 --no-create-home dnet
 USER 10001

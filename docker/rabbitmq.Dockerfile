@@ -6,7 +6,12 @@
 # Each node is configured by its environment (RABBITMQ_NODENAME,
 # RABBITMQ_NODE_PORT, RABBITMQ_DIST_PORT, RABBITMQ_CONFIG_FILE) and a shared
 # Erlang cookie; the package's server switches to its `rabbitmq` user.
-FROM debian:bookworm-slim
+# The runtime base: Debian's image where a registry supplies it; `make
+# images` passes the one it made from Debian's packages when none does
+# (scripts/base_image.sh, tagged under the project's name).
+ARG BASE=debian:bookworm-slim
+# hadolint ignore=DL3006
+FROM ${BASE}
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends rabbitmq-server \

@@ -3,6 +3,10 @@
 # Without a registry (`make images`, scripts/images.sh): BINARIES=host, as
 # for the computation unit; the runtime stage is the same text either way.
 ARG BINARIES=build
+# The runtime base: Debian's image where a registry supplies it; `make
+# images` passes the one it made from Debian's packages when none does
+# (scripts/base_image.sh, tagged under the project's name).
+ARG BASE=debian:bookworm-slim
 
 FROM rust:1.89-slim-bookworm AS build
 # hadolint ignore=DL3008
@@ -14,9 +18,12 @@ RUN python3 -m venv /opt/venv \
 ENV PATH=/opt/venv/bin:$PATH LIBTORCH_USE_PYTORCH=1
 WORKDIR /src
 COPY . .
+# /opt/closure mirrors what the runtime image holds of the venv: exactly
+# the libraries the binary loads (docker/closure.sh).
 RUN cargo build --release --locked -p test-unit \
     && strip target/release/test-unit \
-    && mkdir -p /opt/venv/lib/python3.11/site-packages/nvidia
+    && site=/opt/venv/lib/python3.11/site-packages \
+    && docker/closure.sh "$site" "/opt/closure$site" target/release/test-unit
 
 # The host's build, staged by scripts/images.sh at the paths the build stage uses.
 FROM scratch AS host
@@ -25,10 +32,10 @@ COPY . /
 # hadolint ignore=DL3006
 FROM ${BINARIES} AS binaries
 
-FROM debian:bookworm-slim
+# hadolint ignore=DL3006
+FROM ${BASE}
 # libtorch first, as in the computation unit's image: the same layers, stored once.
-COPY --from=binaries /opt/venv/lib/python3.11/site-packages/torch/lib /opt/venv/lib/python3.11/site-packages/torch/lib
-COPY --from=binaries /opt/venv/lib/python3.11/site-packages/nvidia /opt/venv/lib/python3.11/site-packages/nvidia
+COPY --from=binaries /opt/closure/ /
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libfontconfig1 fonts-dejavu-core \

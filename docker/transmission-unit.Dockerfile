@@ -5,6 +5,10 @@
 # the binary built on the host, from a staged context; the runtime stage is
 # the same text either way.
 ARG BINARIES=build
+# The runtime base: Debian's image where a registry supplies it; `make
+# images` passes the one it made from Debian's packages when none does
+# (scripts/base_image.sh, tagged under the project's name).
+ARG BASE=debian:bookworm-slim
 
 FROM rust:1.89-slim-bookworm AS build
 WORKDIR /src
@@ -20,7 +24,8 @@ COPY . /
 # hadolint ignore=DL3006
 FROM ${BINARIES} AS binaries
 
-FROM debian:bookworm-slim
+# hadolint ignore=DL3006
+FROM ${BASE}
 COPY --from=binaries /src/target/release/transmission-unit /usr/local/bin/transmission-unit
 # The public CAs, so that amqps:// to a publicly signed broker works without
 # --amqp-ca (rustls-native-certs reads this file).

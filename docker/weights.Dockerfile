@@ -5,7 +5,12 @@
 #     --build-arg WEIGHTS="trained, epoch 53" -t dnet/inception-weights:epoch53 docker/
 # The initContainer runs `cp`: the same base as the units' images, so the
 # weights add one layer to what a node already holds.
-FROM debian:bookworm-slim
+# The runtime base: Debian's image where a registry supplies it; `make
+# images` passes the one it made from Debian's packages when none does
+# (scripts/base_image.sh, tagged under the project's name).
+ARG BASE=debian:bookworm-slim
+# hadolint ignore=DL3006
+FROM ${BASE}
 # Where the weights came from (`make images` says "random, seed 1" when no
 # trained file is at docker/model.safetensors).
 ARG WEIGHTS=unspecified

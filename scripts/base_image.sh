@@ -1,22 +1,35 @@
 #!/usr/bin/env bash
-# Makes sure the runtime images' base, debian:bookworm-slim, is in the local
-# Docker: pulled where a registry can supply it, else made from Debian's
-# packages (debootstrap --variant=minbase, as Debian's own images are made)
-# and imported under that name. The root filesystem is cached as a tar in
-# $DNET_CACHE/images, so it is made once per machine.
+# Makes sure the runtime images' base is in the local Docker and prints its
+# name: Debian's debian:bookworm-slim where a registry supplies it, else one
+# made from Debian's packages (debootstrap --variant=minbase, as Debian's own
+# images are made) and imported under the project's own name,
+# dnet/debian-base:bookworm-minbase, so that it never stands in for Debian's
+# image for any other build on the host. The root filesystem is cached as a
+# tar in $DNET_CACHE/images, so it is made once per machine.
 #   scripts/base_image.sh
 set -euo pipefail
-NAME=debian:bookworm-slim
+DEBIAN=debian:bookworm-slim
+NAME=dnet/debian-base:bookworm-minbase
 DOCKER=${DNET_DOCKER:-/usr/bin/docker}
 CACHE=${DNET_CACHE:-$HOME/.cache/dnet}/images
 TAR=$CACHE/bookworm-minbase.tar
 say() { echo "[images] $*" >&2; }
 
-if "$DOCKER" image inspect "$NAME" >/dev/null 2>&1; then
+# An earlier version imported its own base as debian:bookworm-slim: take
+# that name back (an import says so in its comment; Debian's images are not
+# imports), so Debian's image is pulled again where a registry answers.
+case "$("$DOCKER" image inspect -f '{{.Comment}}' "$DEBIAN" 2>/dev/null)" in
+  "Imported from"*)
+    "$DOCKER" image rm "$DEBIAN" >/dev/null
+    say "untagged $DEBIAN, which an earlier make images had made from Debian's packages"
+    ;;
+esac
+if "$DOCKER" image inspect "$DEBIAN" >/dev/null 2>&1 || timeout 60 "$DOCKER" pull -q "$DEBIAN" >/dev/null 2>&1; then
+  echo "$DEBIAN"
   exit 0
 fi
-if timeout 60 "$DOCKER" pull -q "$NAME" >/dev/null 2>&1; then
-  say "pulled $NAME"
+if "$DOCKER" image inspect "$NAME" >/dev/null 2>&1; then
+  echo "$NAME"
   exit 0
 fi
 if [ ! -f "$TAR" ]; then
@@ -24,7 +37,7 @@ if [ ! -f "$TAR" ]; then
   mkdir -p "$CACHE"
   root=$(mktemp -d)
   trap 'rm -rf "$root"' EXIT
-  say "no registry supplies $NAME: making it from Debian's packages (debootstrap, about a minute)"
+  say "no registry supplies $DEBIAN: making $NAME from Debian's packages (debootstrap, about a minute)"
   debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian >"$CACHE/debootstrap.log" 2>&1 \
     || { tail -n 20 "$CACHE/debootstrap.log"; exit 1; }
   # What Debian's slim images leave out, now and in later installs (as
@@ -49,5 +62,6 @@ CFG
 fi
 # The configuration Debian's image carries, which an import does not.
 "$DOCKER" import --change "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
-  --change 'CMD ["bash"]' "$TAR" "$NAME" >/dev/null
+  --change 'CMD ["bash"]' --change 'LABEL org.dnet.base=debootstrap' "$TAR" "$NAME" >/dev/null
 say "imported $NAME from $TAR"
+echo "$NAME"

@@ -326,6 +326,10 @@ def built_images():
     branches = re.search(r'^if \[ "\$mode" = host \]; then\n(.*?)^else\n(.*?)^fi\n', text, re.M | re.S)
     pattern = re.compile(r"^\s*build (\S+) (dnet/\S+) ", re.M)
     tags = {tag: f"docker/{name}.Dockerfile" for name, tag in pattern.findall(text)}
+    # An image whose tag says what it holds (the weights: `:random-seed1`,
+    # or what DNET_WEIGHTS_TAG names, e.g. `:epoch53`): any tag of it.
+    any_tag = re.compile(r'^\s*build (\S+) "(dnet/[^:"]+):\$\w+" ', re.M)
+    tags.update({f"{repository}:*": f"docker/{name}.Dockerfile" for name, repository in any_tag.findall(text)})
     if branches is None:
         return tags, ["scripts/images.sh has no if/else of its two paths"]
     on_host, in_image = (set(dict(pattern.findall(b)).items()) for b in branches.groups())
@@ -351,10 +355,11 @@ def image_consistency(docs, built):
             where = f"{d['metadata']['name']}/{c['name']}"
             if not c["image"].startswith("dnet/"):
                 continue
-            if c["image"] not in built:
+            image = c["image"] if c["image"] in built else c["image"].partition(":")[0] + ":*"
+            if image not in built:
                 problems.append(f"{where}: image {c['image']} is not built by make images")
                 continue
-            dockerfile = built[c["image"]]
+            dockerfile = built[image]
             exposed, user, program = runtime_stage(dockerfile)
             ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
             problems += [f"{where}: port {p} is not EXPOSEd by {dockerfile}" for p in ports.values() if p not in exposed]

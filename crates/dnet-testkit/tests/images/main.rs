@@ -24,6 +24,7 @@
 //! `make test-images` runs it (part of `make test`): it needs the images and
 //! a Docker engine, so plain `cargo test` skips it.
 
+mod closure;
 mod manifest;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -51,6 +52,11 @@ const REQUEST_ARGS: [&str; 5] = ["-n", "8", "-c", "1", "--each"];
 const DEMO_THRESHOLDS: [(usize, f64); 2] = [(8, 0.10682), (12, 0.10888)];
 /// What `make images` puts in the weights image without a trained file.
 const DEMO_WEIGHTS: &str = "random, seed 1";
+/// The weights image this test runs in place of the manifests' `:epoch53`
+/// (the original's trained model, which `make images` builds only from
+/// that file): `DNET_WEIGHTS_IMAGE`, else what `make images` tags the
+/// random weights of seed 1.
+const RANDOM_WEIGHTS_IMAGE: &str = "dnet/inception-weights:random-seed1";
 /// What the logs say when a program is ready.
 const TU_READY: &str = "ready: publishing to the computation queue";
 const CU_READY: &str = "consuming";
@@ -123,7 +129,10 @@ impl Setting {
             let manifest = examples.join(format!("distrib/dnet-unit-{exit}.yaml"));
             let tu = manifest::pod_with(&manifest, "transmission-unit")?;
             let cu = manifest::pod_with(&manifest, "computation-unit")?;
-            init = cu.init_containers.first().cloned();
+            init = cu.init_containers.first().cloned().map(|mut init| {
+                init.image = weights_image();
+                init
+            });
             units.push((
                 exit,
                 tu.container("transmission-unit")?.clone(),
@@ -175,9 +184,13 @@ impl Setting {
             .flat_map(|(_, tu, cu)| [tu.image.clone(), cu.image.clone()])
             .collect();
         images.insert(self.test_unit.image.clone());
-        images.insert("dnet/inception-weights:epoch53".to_owned());
+        images.insert(weights_image());
         images
     }
+}
+
+fn weights_image() -> String {
+    std::env::var("DNET_WEIGHTS_IMAGE").unwrap_or_else(|_| RANDOM_WEIGHTS_IMAGE.to_owned())
 }
 
 /// A temporary folder with `mode`, readable by the containers' users.

@@ -29,11 +29,12 @@ use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel};
 use prost::Message;
 use tokio::sync::oneshot;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 use crate::metrics::WorkerMetrics;
 use crate::refusals::Refusals;
 use crate::returned::{Held, Returned};
+use crate::spans;
 
 /// The longest a worker keeps trying to put a copy of a request back in the
 /// queue before it gives the delivery back itself (which marks it redelivered).
@@ -101,8 +102,17 @@ pub async fn serve(mut delivery: Delivery, context: Arc<Context>, _held: Option<
         // too, the copy carries the count to the next.
         return give_back(&delivery, &body, &context, attempts, deadline).await;
     } else {
-        match compute(&delivery, &body, &context, received, deadline, attempts).await {
-            Some(computed) => computed,
+        // In the trace of the transmission unit that published it.
+        let span = spans::computation_span("consumer");
+        dnet_common::traces::continue_trace(&span, |name| dnet_amqp::trace::trace_header(properties, name));
+        let computed = compute(&delivery, &body, &context, received, deadline, attempts)
+            .instrument(span.clone())
+            .await;
+        match computed {
+            Some(computed) => {
+                spans::computed(&span, &computed.0);
+                computed
+            }
             None => return,
         }
     };

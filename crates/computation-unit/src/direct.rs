@@ -16,9 +16,10 @@ use dnet_proto::{ComputationRequest, ComputationResponse};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tonic::Code;
-use tracing::error;
+use tracing::{error, Instrument};
 
 use crate::refusals::Refusals;
+use crate::spans;
 
 /// The engine once it has loaded, and the readiness that follows it.
 #[derive(Debug)]
@@ -107,8 +108,11 @@ impl Backend for EngineBackend {
             done,
         };
         engine.submit_encoded(job).map_err(|_| stopping())?;
-        match outcome.await {
+        // A child of the call's span (the edge's `dnet.unit`).
+        let span = spans::computation_span("internal");
+        match outcome.instrument(span.clone()).await {
             Ok(Outcome::Reply(reply)) => {
+                spans::computed(&span, &reply);
                 self.refusals.log_if_error(&reply, None);
                 Ok(*reply)
             }

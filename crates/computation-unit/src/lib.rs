@@ -11,6 +11,7 @@
 //!   transmission unit's gRPC edge, no broker.
 //! - `returned`: requests this worker returned to the queue alive (not deaths).
 //! - `refusals`: ERROR answers logged with their reason, a few per second.
+//! - `spans`: the computation's spans, when traces are on.
 //! - `metrics`: the worker's Prometheus metrics.
 //! - `engine_metrics`: the engine's Prometheus metrics (it is their observer).
 //! - `thresholds_file`: `--thresholds-file`, read again while the unit runs.
@@ -24,5 +25,6 @@ pub mod infer;
 pub mod metrics;
 pub mod refusals;
 pub mod returned;
+pub mod spans;
 pub mod thresholds_file;
 pub mod worker;

@@ -58,7 +58,7 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 /// `computation-unit serve`: the gRPC edge and the engine in one process.
 /// The edge serves from the start, NOT_SERVING while the model loads.
 fn serve_direct(mut args: ServeArgs) -> anyhow::Result<()> {
-    dnet_common::telemetry::init(args.edge.observability.log_format);
+    let _exporting = dnet_common::telemetry::init(&args.edge.observability, "computation-unit")?;
     // The edge moves this exit's threshold through request overrides: in
     // one process, the range it moves in and the range the engine accepts
     // are one, either flag giving both.
@@ -176,7 +176,7 @@ async fn export_waiting(slot: Arc<EngineSlot>, gauge: prometheus_client::metrics
 
 /// The queue worker.
 fn consume(args: WorkerArgs) -> anyhow::Result<()> {
-    dnet_common::telemetry::init(args.observability.log_format);
+    let _exporting = dnet_common::telemetry::init(&args.observability, "computation-unit")?;
     args.amqp_credentials.warn_if_password_on_command_line();
     let exit_on_start_layer = args.unit.test_exit_on_start_layer().map_err(anyhow::Error::msg)?;
     let settings = args.unit.settings(args.max_message_bytes, args.unit_name())?;

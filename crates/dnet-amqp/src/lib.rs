@@ -11,6 +11,7 @@
 //! - `node`: the metric naming the node a program is on.
 //! - `credentials`: user and password given apart (their flags), percent-encoded into the URI.
 //! - `publish`: publishing with publisher confirms.
+//! - `trace`: a request's trace context in its message headers.
 
 pub mod attempts;
 pub mod connect;
@@ -20,6 +21,7 @@ pub mod limits;
 pub mod node;
 pub mod publish;
 pub mod queue;
+pub mod trace;
 
 pub use connect::{close, read_ca, redact, Brokers, Connected};
 pub use credentials::with_credentials;

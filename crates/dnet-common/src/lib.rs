@@ -10,7 +10,8 @@
 //! - `never_sent`: whether a failed call never reached the server (safe to send again).
 //! - `resources`: the memory this process may use (cgroup-aware).
 //! - `shutdown`: a future that completes on SIGTERM or SIGINT.
-//! - `telemetry`: tracing set-up, text or JSON.
+//! - `telemetry`: tracing set-up, text or JSON, and the span exporter when asked for.
+//! - `traces`: trace context in and out of calls and messages, spans over OTLP.
 
 pub mod balance;
 pub mod duration;
@@ -22,3 +23,4 @@ pub mod never_sent;
 pub mod resources;
 pub mod shutdown;
 pub mod telemetry;
+pub mod traces;

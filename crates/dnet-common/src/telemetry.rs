@@ -2,7 +2,12 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+use crate::traces;
 
 /// Default filter when `RUST_LOG` is unset: our logs at info, chatty libraries at warn.
 const DEFAULT_FILTER: &str = "info,lapin=warn,h2=warn,tower=warn,hyper=warn";
@@ -26,20 +31,46 @@ pub struct ObservabilityArgs {
     /// Log line format.
     #[arg(long, env = "DNET_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// OTLP (gRPC) endpoint to export traces to, e.g. http://collector:4317: spans of each call,
+    /// its queue round trip, computation and forward pass, in the trace of the caller's
+    /// `traceparent` (or a new one), carried on to the next units. Off when unset
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
-/// Installs the global tracing subscriber (`RUST_LOG` overrides the filter).
-pub fn init(format: LogFormat) {
+/// Installs the global tracing subscriber (`RUST_LOG` overrides the log
+/// filter) and, with an OTLP endpoint, the span exporter, named `service`:
+/// keep what it returns alive until the program ends (it flushes the last
+/// spans when dropped).
+///
+/// # Errors
+/// An OTLP endpoint that cannot be used.
+pub fn init(observability: &ObservabilityArgs, service: &str) -> anyhow::Result<Option<traces::Exporting>> {
+    let format = observability.log_format;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_ansi(colour(format, std::io::stderr().is_terminal(), no_color))
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    let lines: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Text => lines.with_filter(filter).boxed(),
+        LogFormat::Json => lines.json().flatten_event(true).with_filter(filter).boxed(),
+    };
+    // An empty value (a compose file's `${OTEL_EXPORTER_OTLP_ENDPOINT:-}`) is unset.
+    let endpoint = observability.otlp_endpoint.as_deref().filter(|e| !e.trim().is_empty());
+    let (spans, exporting) = match endpoint {
+        Some(endpoint) => {
+            let (tracer, exporting) = traces::start(endpoint, service)?;
+            // Only DNet's own spans, whatever RUST_LOG says of log lines.
+            let ours = filter_fn(|metadata| metadata.is_span() && metadata.name().starts_with("dnet."));
+            let layer = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(ours);
+            (Some(layer), Some(exporting))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(lines).with(spans).init();
+    Ok(exporting)
 }
 
 /// Whether log lines carry ANSI colour codes: only text lines to a terminal,

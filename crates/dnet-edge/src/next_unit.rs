@@ -97,6 +97,12 @@ impl NextUnit {
                 tonic::metadata::MetadataValue::from_static("1"),
             );
         }
+        // The call goes on in this unit's trace (when traces are on).
+        for (name, value) in dnet_common::traces::headers_of(&tracing::Span::current()) {
+            if let Ok(value) = value.parse() {
+                request.metadata_mut().insert(name, value);
+            }
+        }
         let mut client = self.client.clone();
         match tokio::time::timeout_at(deadline, client.compute(request)).await {
             Ok(Ok(response)) => Ok(response.into_inner()),

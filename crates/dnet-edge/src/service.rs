@@ -4,13 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dnet_codec::Answers;
+use dnet_common::traces;
 use dnet_proto::{
     Bytes, ComputationRequest, ComputationResponse, DNet, Data, QstatusRequest, QstatusResponse, StatusCode,
 };
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
-use tracing::{debug, warn};
+use tracing::{debug, field, info_span, warn, Instrument};
 
 use crate::agreement::Agreement;
 use crate::answered;
@@ -154,6 +155,30 @@ impl<B: Backend> UnitService<B> {
 
     /// This unit's exit; ordinary calls retry what did not get through,
     /// shadow calls never retry.
+    /// The call's span at this unit, in the caller's trace (its
+    /// `traceparent`) or a new one; none when traces are off.
+    fn call_span(&self, request: &Request<ComputationRequest>) -> tracing::Span {
+        let span = traces::span(|| {
+            info_span!(
+                "dnet.unit",
+                otel.kind = "server",
+                dnet.unit = %self.settings.unit_name,
+                dnet.start_layer = request.get_ref().start_layer,
+                dnet.status = field::Empty,
+                dnet.exit_layer = field::Empty,
+                otel.status_code = field::Empty,
+            )
+        });
+        traces::continue_trace(&span, |name| {
+            request
+                .metadata()
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        });
+        span
+    }
+
     async fn compute_here(&self, request: &ComputationRequest, call: Call) -> Result<ComputationResponse, Error> {
         if call.shadow {
             return self.backend.compute(request, call.deadline).await;
@@ -329,6 +354,7 @@ impl<B: Backend> DNet for UnitService<B> {
         // Only the header marks shadow work: a body that says so without it
         // is an ordinary call (it must not skip "refused first").
         let shadow = request.metadata().contains_key(dnet_proto::SHADOW_HEADER);
+        let span = self.call_span(&request);
         let mut request = request.into_inner();
         request.shadow = shadow;
         let start_layer = request.start_layer;
@@ -344,11 +370,13 @@ impl<B: Backend> DNet for UnitService<B> {
             margin: deadline::late_margin(budget.time),
             shadow,
         };
-        let outcome = self.handle(request, call).await;
+        let outcome = self.handle(request, call).instrument(span.clone()).await;
         let latency_ms = arrived.elapsed().as_secs_f64() * 1e3;
         match outcome {
             Ok(answer) => {
                 let status = status_name(answer.status);
+                span.record("dnet.status", status);
+                span.record("dnet.exit_layer", answer.exit_layer);
                 self.metrics.count(status, traffic);
                 debug!(
                     start_layer,
@@ -362,6 +390,8 @@ impl<B: Backend> DNet for UnitService<B> {
             }
             Err(error) => {
                 let status = Status::from(error);
+                span.record("dnet.status", format!("{:?}", status.code()));
+                span.record("otel.status_code", "ERROR");
                 self.metrics.count(&format!("{:?}", status.code()), traffic);
                 warn!(start_layer, code = ?status.code(), error = status.message(), latency_ms, shadow, "call failed");
                 Err(status)

@@ -12,6 +12,7 @@
 //! - `programs`: the transmission unit and the computation unit as
 //!   processes, ready when they say so, with their addresses read from their logs.
 //! - `metrics`: reading a program's `/metrics`.
+//! - `otlp`: an OTLP trace receiver, keeping the spans the programs export.
 //! - `grpc`: clients, health and queue status of a unit.
 //! - `container`: containers of DNet's images on the host's network
 //!   (Docker's client), removed on `Drop`; an image's file listing.
@@ -35,6 +36,7 @@ pub mod flood;
 pub mod grpc;
 pub mod hostile;
 pub mod metrics;
+pub mod otlp;
 pub mod process;
 pub mod programs;
 pub mod queue;

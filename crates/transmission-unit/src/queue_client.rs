@@ -30,6 +30,7 @@ use dnet_amqp::attempts::with_attempts;
 use dnet_amqp::deadline::with_deadline;
 use dnet_amqp::node::NodeMetric;
 use dnet_amqp::publish::{publish, PublishError};
+use dnet_amqp::trace::with_trace_context;
 use dnet_amqp::QueueContract;
 use lapin::types::ShortString;
 
@@ -159,6 +160,12 @@ impl QueueClient {
         }
     }
 
+    /// The computation queue's name.
+    #[must_use]
+    pub fn queue_name(&self) -> &str {
+        &self.inner.settings.queue
+    }
+
     /// Messages waiting in the computation queue, as last read (every 250 ms).
     #[must_use]
     pub fn waiting(&self) -> u64 {
@@ -216,6 +223,7 @@ impl QueueClient {
                     .with_correlation_id(correlation_id.as_str().into())
                     .with_reply_to(session.reply_to.clone());
                 let properties = with_attempts(with_deadline(properties, compute_by.into_std()), attempts);
+                let properties = with_trace_context(properties, &tracing::Span::current());
                 match self.publish(&session, body, properties).await {
                     Ok(()) => break,
                     // A nack means the queue did not take the message (a

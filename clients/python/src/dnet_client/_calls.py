@@ -81,6 +81,23 @@ def request(images: np.ndarray, normalised: bool, thresholds: Optional[Sequence[
     )
 
 
+def with_trace_context(metadata: Optional[Sequence[Tuple[str, str]]]) -> Optional[List[Tuple[str, str]]]:
+    """`metadata` plus the caller's current OpenTelemetry trace context
+    (`traceparent`, `tracestate`), when `opentelemetry` is installed and a
+    span is current: the units' spans then join the caller's trace. A
+    `traceparent` the caller put in `metadata` is kept."""
+    given = list(metadata or [])
+    if any(key.lower() == "traceparent" for key, _ in given):
+        return given or None
+    try:
+        from opentelemetry.propagate import inject
+    except ImportError:
+        return given or None
+    carrier: dict = {}
+    inject(carrier)
+    return given + sorted(carrier.items()) or None
+
+
 def answers(reply: messages.ComputationResponse) -> List[Answer]:
     """The reply's answers, or the exception its status means."""
     hops = hops_of(reply.hops)

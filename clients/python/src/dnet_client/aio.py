@@ -52,7 +52,7 @@ class AsyncClient:
         """As `Client.classify`."""
         request = _calls.request(images, normalised, thresholds)
         try:
-            reply = await self._stub.Compute(request, timeout=timeout or self.timeout, metadata=metadata)
+            reply = await self._stub.Compute(request, timeout=timeout or self.timeout, metadata=_calls.with_trace_context(metadata))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return _calls.answers(reply)

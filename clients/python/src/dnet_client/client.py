@@ -58,11 +58,13 @@ class Client:
     ) -> List[Answer]:
         """One answer per image (see `images.to_request_x` for the forms
         accepted). `thresholds`: exits 1..15 for this call only (units with
-        --allow-threshold-override). `metadata`: gRPC metadata to send (for
-        example a W3C `traceparent`). Raises a `DNetError` subclass."""
+        --allow-threshold-override). `metadata`: gRPC metadata to send. With
+        `opentelemetry` installed, the call carries the current span's trace
+        context (unless `metadata` has a `traceparent`): the units' spans
+        join the caller's trace. Raises a `DNetError` subclass."""
         request = _calls.request(images, normalised, thresholds)
         try:
-            reply = self._stub.Compute(request, timeout=timeout or self.timeout, metadata=metadata)
+            reply = self._stub.Compute(request, timeout=timeout or self.timeout, metadata=_calls.with_trace_context(metadata))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return _calls.answers(reply)

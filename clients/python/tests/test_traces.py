@@ -1,0 +1,39 @@
+"""The client's calls join the caller's OpenTelemetry trace: the first
+unit's span is a child of the caller's current span, as the units exported
+it to the receiver (conftest.py)."""
+
+import os
+import time
+
+import numpy as np
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from dnet_client import Client
+
+FIRST_UNIT = os.environ.get("FIRST_UNIT")
+# Units export in batches, every few seconds.
+PATIENCE_S = 60
+
+pytestmark = pytest.mark.skipif(
+    FIRST_UNIT is None or os.environ.get("DNET_TEST_OTLP_PORT") is None,
+    reason="needs a cascade exporting to DNET_TEST_OTLP_PORT (scripts/test_python_client.sh)",
+)
+
+
+def test_a_call_joins_the_callers_trace(otlp_receiver):
+    tracer = TracerProvider().get_tracer("dnet-client-test")
+    image = np.zeros((3, 32, 32), dtype=np.uint8)
+    with Client(FIRST_UNIT) as client:
+        with tracer.start_as_current_span("caller") as caller:
+            client.classify(image)
+    context = caller.get_span_context()
+    trace_id, span_id = format(context.trace_id, "032x"), format(context.span_id, "016x")
+    ended = time.monotonic() + PATIENCE_S
+    while time.monotonic() < ended:
+        roots = [s for s in otlp_receiver.spans() if s.name == "dnet.unit" and s.trace_id == trace_id]
+        if roots:
+            break
+        time.sleep(0.2)
+    assert roots, f"no dnet.unit span of trace {trace_id} within {PATIENCE_S} s"
+    assert [root.parent_span_id for root in roots] == [span_id], roots

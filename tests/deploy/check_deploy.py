@@ -390,6 +390,9 @@ def image_consistency(docs, built):
 # host's network, and credentials from the shell instead of a Secret.
 COMPOSE_OWN = {"DNET_LISTEN_ADDRESS", "DNET_AMQP_ADDRESS", "DNET_ADDRESS", "DNET_NEXT_ADDRESS",
                "DNET_METRICS_ADDRESS", "DNET_AMQP_USER", "DNET_AMQP_PASSWORD"}
+# What only example/compose/ sets: its optional collector's address (empty
+# unless the `tracing` profile is used).
+COMPOSE_ONLY = {"OTEL_EXPORTER_OTLP_ENDPOINT"}
 
 
 def compose_consistency(compose, distrib):
@@ -408,7 +411,7 @@ def compose_consistency(compose, distrib):
         service, c = units[name], containers[name]
         if service["image"] != c["image"]:
             problems.append(f"{name}: image {service['image']}, in example/distrib {c['image']}")
-        ours = {k: str(v) for k, v in service.get("environment", {}).items()}
+        ours = {k: str(v) for k, v in service.get("environment", {}).items() if k not in COMPOSE_ONLY}
         theirs = {e["name"]: e.get("value") for e in c.get("env", [])}
         if set(ours) != set(theirs):
             problems.append(f"{name}: variables {sorted(set(ours) ^ set(theirs))} are set by only one of them")

@@ -21,6 +21,7 @@ use common::{success, Behaviour, Worker};
 use dnet_common::http2;
 use dnet_proto::{ComputationRequest, DNetClient};
 use dnet_testkit::stats::{closed_loop_repeats, Summary};
+use dnet_testkit::otlp::OtlpReceiver;
 use dnet_testkit::{Broker, TestQueue, TransmissionUnit};
 use prost::Message;
 use safetensors::tensor::{Dtype, TensorView};
@@ -141,6 +142,7 @@ async fn main() {
         }
     }
 
+    let traces_rows = traces_on_and_off(&broker, queue.name(), &client).await;
     drop(unit);
     bare.close().await;
     worker.stop().await;
@@ -196,12 +198,75 @@ async fn main() {
         WARMUP.as_millis(),
         direct_rows.join("\n")
     );
+    let section = format!(
+        "{section}\n### Traces on and off (one transmission-unit hop, 12 KB)\n\n\
+         The hop above, and the same with a second transmission unit exporting its spans \
+         (`--otlp-endpoint`, to an OTLP receiver in this process), on the same queue and worker, measured in turn \
+         in this run. With traces off no span is created (one relaxed atomic load per call). Each cell the median \
+         of {REPEATS} runs of {} s after {} ms warm-up (range).\n\n\
+         | concurrency | off p50 ms | off req/s | on p50 ms | on req/s | p50 ratio on/off | req/s ratio on/off |\n\
+         |---|---|---|---|---|---|---|\n{}\n",
+        MEASURE.as_secs(),
+        WARMUP.as_millis(),
+        traces_rows.join("\n")
+    );
     let out = std::env::var("DNET_BENCH_OUT").unwrap_or_else(|_| "bench-out/transmission-unit.md".to_owned());
     if let Some(parent) = std::path::Path::new(&out).parent() {
         std::fs::create_dir_all(parent).expect("output folder");
     }
     std::fs::write(&out, &section).expect("write the benchmark section");
     println!("{section}");
+}
+
+/// The hop at 12 KB from `client` (traces off) and from a unit exporting
+/// its spans, in turn, on the same queue: one row per concurrency.
+async fn traces_on_and_off(
+    broker: &Broker,
+    queue: &str,
+    client: &DNetClient<tonic::transport::Channel>,
+) -> Vec<String> {
+    let receiver = OtlpReceiver::start().await.expect("an OTLP receiver");
+    let traced = TransmissionUnit::start(broker, queue, &["--otlp-endpoint", &receiver.endpoint()])
+        .await
+        .expect("the release transmission unit starts with traces on");
+    let traced_client = DNetClient::connect(format!("http://{}", traced.address))
+        .await
+        .expect("connect")
+        .max_decoding_message_size(64 << 20);
+    let request = ComputationRequest {
+        start_layer: 0,
+        x: vec![7; SIZES[0].1].into(),
+        ..ComputationRequest::default()
+    };
+    let hop = |client: DNetClient<tonic::transport::Channel>, request: ComputationRequest| {
+        move || {
+            let (mut client, request) = (client.clone(), request.clone());
+            async move {
+                client.compute(request).await.expect("hop answer");
+            }
+        }
+    };
+    let mut rows = Vec::new();
+    for concurrency in CONCURRENCY {
+        let off = measure(concurrency, hop(client.clone(), request.clone())).await;
+        let on = measure(concurrency, hop(traced_client.clone(), request.clone())).await;
+        eprintln!(
+            "traces c={concurrency}: off p50 {:.3} ms, on p50 {:.3} ms ({} spans received)",
+            off.p50_ms,
+            on.p50_ms,
+            receiver.spans().len()
+        );
+        rows.push(format!(
+            "| {concurrency} | {:.3} | {:.0} | {:.3} | {:.0} | {:.2} | {:.2} |",
+            off.p50_ms,
+            off.rps,
+            on.p50_ms,
+            on.rps,
+            on.p50_ms.median / off.p50_ms.median,
+            on.rps.median / off.rps.median,
+        ));
+    }
+    rows
 }
 
 /// A safetensors `x` of zeros shaped `shape` (valid input for its boundary).

@@ -72,6 +72,24 @@ def credentials(
     )
 
 
+def open_channel(
+    grpc_module,
+    address: str,
+    attempts: int,
+    tls_ca: Optional[str],
+    tls_cert: Optional[str],
+    tls_key: Optional[str],
+    tls_domain: Optional[str],
+):
+    """A channel to `address` from `grpc_module` (`grpc` or `grpc.aio`, which
+    open channels alike): TLS when a CA or client certificate is given."""
+    options = channel_options(attempts, tls_domain)
+    creds = credentials(tls_ca, tls_cert, tls_key)
+    if creds is None:
+        return grpc_module.insecure_channel(address, options=options)
+    return grpc_module.secure_channel(address, creds, options=options)
+
+
 def request(images: np.ndarray, normalised: bool, thresholds: Optional[Sequence[float]]) -> messages.ComputationRequest:
     """A request computing `images` from the first layer."""
     if thresholds is not None and len(thresholds) != 15:

@@ -38,12 +38,7 @@ class Client:
         tls_key: Optional[str] = None,
         tls_domain: Optional[str] = None,
     ) -> None:
-        options = _calls.channel_options(attempts, tls_domain)
-        creds = _calls.credentials(tls_ca, tls_cert, tls_key)
-        if creds is None:
-            self._channel = grpc.insecure_channel(address, options=options)
-        else:
-            self._channel = grpc.secure_channel(address, creds, options=options)
+        self._channel = _calls.open_channel(grpc, address, attempts, tls_ca, tls_cert, tls_key, tls_domain)
         self._stub = TransmissionUnit_pb2_grpc.DNetStub(self._channel)
         self.timeout = timeout
 

@@ -9,7 +9,9 @@
 # a runtime image holds the programs and exactly what they load, not all of
 # PyTorch's wheel.
 set -eu
-site=$(realpath "$1")
+# Both sides as given, `..` resolved, symlinks kept: ldd reports the paths
+# the run-paths name, which may pass through a symlink.
+site=$(realpath -s "$1")
 dest=$2
 shift 2
 listing=$(for program in "$@"; do ldd "$program"; done)

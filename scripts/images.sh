@@ -19,6 +19,8 @@
 # Either way the runtime stages are the same text; BuildKit (Debian's docker
 # client with DOCKER_BUILDKIT=1) builds only the stage the runtime copies from.
 set -euo pipefail
+# A failure inside $(...) (staging a context) stops the script too.
+shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
 DOCKER=${DNET_DOCKER:-/usr/bin/docker}
 export DOCKER_BUILDKIT=1
@@ -142,12 +144,14 @@ if [ "$mode" = host ]; then
   for program in transmission-unit computation-unit test-unit; do
     [ -x "$BIN/$program" ] || { say "$BIN/$program is not built (make build)"; exit 1; }
   done
-  build transmission-unit dnet/transmission-unit:0.1.0 "$(stage plain none transmission-unit)"
+  plain=$(stage plain none transmission-unit)
+  build transmission-unit dnet/transmission-unit:0.1.0 "$plain"
   torch=$(stage torch-cpu cpu computation-unit test-unit)
   build computation-unit dnet/computation-unit:0.1.0-cpu "$torch"
   build test-unit dnet/test-unit:0.1.0 "$torch"
   if [ -n "$cuda" ]; then
-    build computation-unit dnet/computation-unit:0.1.0-cu130 "$(stage torch-cuda cuda computation-unit)"
+    cuda_context=$(stage torch-cuda cuda computation-unit)
+    build computation-unit dnet/computation-unit:0.1.0-cu130 "$cuda_context"
   fi
 else
   build transmission-unit dnet/transmission-unit:0.1.0 .
@@ -160,7 +164,8 @@ fi
 # Debian's RabbitMQ, for the three-node cluster of example/compose/cluster.yaml.
 mkdir -p "$STAGE/rabbitmq"
 build rabbitmq dnet/rabbitmq:3.10-bookworm "$STAGE/rabbitmq"
-read -r context weights_tag origin < <(weights)
+weights_line=$(weights)
+read -r context weights_tag origin <<<"$weights_line"
 build weights "dnet/inception-weights:$weights_tag" "$context" --build-arg "WEIGHTS=$origin"
 # Layers shared between images (libtorch, the base) are stored once.
 table() {

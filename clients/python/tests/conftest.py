@@ -53,7 +53,8 @@ def otlp_receiver() -> Optional[Receiver]:
     receiver = Receiver()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
-    server.add_insecure_port(f"127.0.0.1:{PORT}")
+    if server.add_insecure_port(f"127.0.0.1:{PORT}") == 0:
+        raise RuntimeError(f"the OTLP receiver cannot listen on 127.0.0.1:{PORT}")
     server.start()
     yield receiver
     server.stop(0)

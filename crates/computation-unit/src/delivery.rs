@@ -73,6 +73,11 @@ pub async fn serve(mut delivery: Delivery, context: Arc<Context>, _held: Option<
         let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
         return;
     };
+    // Opened before the request counts as received, so that the model wait
+    // and forward drawn inside it start after it. In the trace of the
+    // transmission unit that published the request.
+    let span = spans::computation_span("consumer");
+    dnet_common::traces::continue_trace(&span, |name| dnet_amqp::trace::trace_header(properties, name));
     let received = Instant::now();
     let deadline = deadline_of(properties);
     let mut attempts = attempts_of(properties);
@@ -102,9 +107,6 @@ pub async fn serve(mut delivery: Delivery, context: Arc<Context>, _held: Option<
         // too, the copy carries the count to the next.
         return give_back(&delivery, &body, &context, attempts, deadline).await;
     } else {
-        // In the trace of the transmission unit that published it.
-        let span = spans::computation_span("consumer");
-        dnet_common::traces::continue_trace(&span, |name| dnet_amqp::trace::trace_header(properties, name));
         let computed = compute(&delivery, &body, &context, received, deadline, attempts)
             .instrument(span.clone())
             .await;

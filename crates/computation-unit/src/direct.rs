@@ -98,6 +98,9 @@ impl Backend for EngineBackend {
             );
             std::process::exit(3);
         }
+        // A child of the call's span (the edge's `dnet.unit`), opened before
+        // the request counts as received: the model wait starts inside it.
+        let span = spans::computation_span("internal");
         let received = std::time::Instant::now();
         let (done, outcome) = oneshot::channel();
         let job = EncodedJob {
@@ -108,8 +111,6 @@ impl Backend for EngineBackend {
             done,
         };
         engine.submit_encoded(job).map_err(|_| stopping())?;
-        // A child of the call's span (the edge's `dnet.unit`).
-        let span = spans::computation_span("internal");
         match outcome.instrument(span.clone()).await {
             Ok(Outcome::Reply(reply)) => {
                 spans::computed(&span, &reply);

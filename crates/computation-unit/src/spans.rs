@@ -35,6 +35,9 @@ pub fn computed(span: &Span, response: &ComputationResponse) {
     if span.is_none() {
         return;
     }
+    // The exporter ends a span at its last exit: entered here, it ends
+    // after the child spans drawn below.
+    let _inside = span.enter();
     let status = StatusCode::try_from(response.status).map_or("UNKNOWN_STATUS", |s| s.as_str_name());
     span.record("dnet.status", status);
     span.record("dnet.confidence", f64::from(response.confidence));

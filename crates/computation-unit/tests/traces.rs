@@ -3,7 +3,8 @@
 //! whose spans nest as the hops did, in the caller's trace when it sent a
 //! `traceparent` and in a trace of its own when it did not; the queue waits
 //! and the forward passes the spans show are those of the answer's hop
-//! records, within 1 ms. In both layouts: through RabbitMQ (the context in
+//! records, within 1 ms, the model wait and forward pass inside the
+//! computation. In both layouts: through RabbitMQ (the context in
 //! the messages' headers) and between direct units (gRPC metadata only).
 
 mod support;
@@ -205,6 +206,14 @@ fn check_nesting(spans: &[ReceivedSpan], root: &str, hops: &[HopRecord], layout:
             Duration::from_micros(hop.compute_us),
             "forward pass",
             hop,
+        );
+        // The model wait, then the forward pass, inside the computation.
+        let model_wait = child(&computation.span_id, "dnet.model_wait");
+        assert!(
+            computation.start_unix_nano <= model_wait.start_unix_nano
+                && model_wait.end_unix_nano == forward.start_unix_nano
+                && forward.end_unix_nano <= computation.end_unix_nano,
+            "{computation:?}\n{model_wait:?}\n{forward:?}"
         );
         if let Some(queue) = queue {
             let waited = queue.duration().saturating_sub(forward.duration());

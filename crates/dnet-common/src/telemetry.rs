@@ -9,8 +9,12 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::traces;
 
-/// Default filter when `RUST_LOG` is unset: our logs at info, chatty libraries at warn.
-const DEFAULT_FILTER: &str = "info,lapin=warn,h2=warn,tower=warn,hyper=warn";
+/// Default filter when `RUST_LOG` is unset: our logs at info, chatty
+/// libraries at warn. The span exporter's own logs are off: an unreachable
+/// collector would log every failed batch, many lines a second under load
+/// (`RUST_LOG=info,opentelemetry_sdk=warn,opentelemetry_otlp=warn` shows them).
+const DEFAULT_FILTER: &str =
+    "info,lapin=warn,h2=warn,tower=warn,hyper=warn,opentelemetry_sdk=off,opentelemetry_otlp=off,opentelemetry=off";
 
 /// How log lines are written to stderr.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -29,6 +29,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 pub const HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 /// The instrumentation scope of every DNet span.
 const SCOPE: &str = "dnet";
+/// The longest one export may take.
+const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 static ON: AtomicBool = AtomicBool::new(false);
 
@@ -73,24 +75,46 @@ impl Drop for Exporting {
     }
 }
 
-/// Starts exporting spans to `endpoint` (`http://host:4317`) as `service`;
-/// the tracer for `tracing-opentelemetry`'s layer, and the guard.
+/// Starts exporting spans to `endpoint` (`http://host:4317`, plain gRPC) as
+/// `service`; the tracer for `tracing-opentelemetry`'s layer, and the guard.
 ///
 /// # Errors
-/// An endpoint that is not a URI, or a runtime that cannot start.
+/// An endpoint that is not an `http://` URI, or a runtime that cannot start.
 pub fn start(endpoint: &str, service: &str) -> anyhow::Result<(SdkTracer, Exporting)> {
+    if !endpoint.starts_with("http://") {
+        anyhow::bail!(
+            "--otlp-endpoint {endpoint}: give an http:// address (OTLP over plain gRPC, e.g. http://collector:4317; \
+             a collector beside the unit, or a sidecar, carries it further)"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("otlp-export")
         .enable_all()
         .build()?;
-    let _entered = runtime.enter();
-    let exporter = SpanExporter::builder()
-        .with_tonic()
-        .with_endpoint(endpoint)
-        .build()
-        .map_err(|e| anyhow::anyhow!("--otlp-endpoint {endpoint}: {e}"))?;
-    let processor = BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build();
+    let exporter = {
+        let _entered = runtime.enter();
+        SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            // A collector that stops answering must not hold a unit's
+            // shutdown for long: each export gives up after this.
+            .with_timeout(EXPORT_TIMEOUT)
+            .build()
+    };
+    let exporter = match exporter {
+        Ok(exporter) => exporter,
+        Err(error) => {
+            // Dropped here, inside a program's async main, a runtime panics.
+            runtime.shutdown_background();
+            anyhow::bail!("--otlp-endpoint {endpoint}: {error}");
+        }
+    };
+    // The processor's task runs on the exporter's runtime.
+    let processor = {
+        let _entered = runtime.enter();
+        BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio).build()
+    };
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
         .with_resource(Resource::builder().with_service_name(service.to_owned()).build())

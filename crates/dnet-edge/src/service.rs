@@ -153,8 +153,6 @@ impl<B: Backend> UnitService<B> {
         }
     }
 
-    /// This unit's exit; ordinary calls retry what did not get through,
-    /// shadow calls never retry.
     /// The call's span at this unit, in the caller's trace (its
     /// `traceparent`) or a new one; none when traces are off.
     fn call_span(&self, request: &Request<ComputationRequest>) -> tracing::Span {
@@ -179,6 +177,8 @@ impl<B: Backend> UnitService<B> {
         span
     }
 
+    /// This unit's exit; ordinary calls retry what did not get through,
+    /// shadow calls never retry.
     async fn compute_here(&self, request: &ComputationRequest, call: Call) -> Result<ComputationResponse, Error> {
         if call.shadow {
             return self.backend.compute(request, call.deadline).await;

@@ -19,7 +19,7 @@ use dnet_codec::Answers;
 use dnet_proto::{Bytes, ComputationRequest, Data, StatusCode};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, Instrument};
 
 use crate::agreement::Agreement;
 use crate::error::Error;
@@ -81,42 +81,46 @@ impl Shadow {
             Arc::clone(&self.agreement),
             Arc::clone(&self.metrics),
         );
-        tokio::spawn(async move {
-            let answer = next.compute_shadow(work, Instant::now() + SHADOW_BUDGET).await;
-            drop(permit);
-            let last = match answer {
-                Ok(answer) => match (StatusCode::try_from(answer.status), &answer.data) {
-                    (Ok(StatusCode::Success), Some(Data::Result(result))) => {
-                        Answers::parse(result, answer.exit_layer).ok()
+        tokio::spawn(
+            async move {
+                let answer = next.compute_shadow(work, Instant::now() + SHADOW_BUDGET).await;
+                drop(permit);
+                let last = match answer {
+                    Ok(answer) => match (StatusCode::try_from(answer.status), &answer.data) {
+                        (Ok(StatusCode::Success), Some(Data::Result(result))) => {
+                            Answers::parse(result, answer.exit_layer).ok()
+                        }
+                        _ => None,
+                    },
+                    // Refused or expired on the way (here, or at a unit after
+                    // the next): shadow work is the first to go.
+                    Err(
+                        Error::Next {
+                            code: tonic::Code::ResourceExhausted | tonic::Code::DeadlineExceeded,
+                            ..
+                        }
+                        | Error::NextDeadline { .. },
+                    ) => {
+                        metrics.shadow_n("dropped", local.len() as u64);
+                        return;
                     }
-                    _ => None,
-                },
-                // Refused or expired on the way (here, or at a unit after
-                // the next): shadow work is the first to go.
-                Err(
-                    Error::Next {
-                        code: tonic::Code::ResourceExhausted | tonic::Code::DeadlineExceeded,
-                        ..
+                    Err(error) => {
+                        debug!(%error, "shadow work failed");
+                        None
                     }
-                    | Error::NextDeadline { .. },
-                ) => {
-                    metrics.shadow_n("dropped", local.len() as u64);
+                };
+                let Some(last) = last.filter(|last| last.category.len() == local.len()) else {
+                    metrics.shadow_n("failed", local.len() as u64);
                     return;
+                };
+                for (&(category, confidence), &final_category) in local.iter().zip(&last.category) {
+                    let agreed = category == final_category;
+                    agreement.shadow_returned(confidence, agreed);
+                    metrics.shadow(if agreed { "agreed" } else { "disagreed" });
                 }
-                Err(error) => {
-                    debug!(%error, "shadow work failed");
-                    None
-                }
-            };
-            let Some(last) = last.filter(|last| last.category.len() == local.len()) else {
-                metrics.shadow_n("failed", local.len() as u64);
-                return;
-            };
-            for (&(category, confidence), &final_category) in local.iter().zip(&last.category) {
-                let agreed = category == final_category;
-                agreement.shadow_returned(confidence, agreed);
-                metrics.shadow(if agreed { "agreed" } else { "disagreed" });
             }
-        });
+            // The shadow call goes on in the trace of the call it came from.
+            .in_current_span(),
+        );
     }
 }

@@ -57,6 +57,9 @@ impl Process {
         };
         let child = Command::new(program)
             .args(args)
+            // A tester's shell setting must not make every test's programs
+            // export traces; a test that wants them passes --otlp-endpoint.
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

@@ -19,10 +19,18 @@ MAX_MESSAGE_BYTES = 64 << 20
 SERVICE = "unit.DNet"
 
 
+def deadline(per_call: Optional[float], client: Optional[float]) -> Optional[float]:
+    """A call's timeout: its own when given (0 included), else the client's."""
+    return client if per_call is None else per_call
+
+
 def retry_policy(attempts: int) -> str:
-    """gRPC's service config retrying UNAVAILABLE (no unit took the call:
-    nothing was computed, so a retry is safe) with exponential backoff,
-    within the call's deadline."""
+    """gRPC's service config retrying UNAVAILABLE with exponential backoff,
+    within the call's deadline. UNAVAILABLE means the first unit could not
+    take the call, or a unit after it could not (the first units then
+    computed their part, which a retry computes again: the computation is
+    pure, so that is safe, but it is work). gRPC's retry throttling stops
+    retrying when most calls fail, so an outage does not multiply the load."""
     config = {
         "methodConfig": [
             {
@@ -35,7 +43,8 @@ def retry_policy(attempts: int) -> str:
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },
             }
-        ]
+        ],
+        "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1},
     }
     return json.dumps(config)
 
@@ -50,8 +59,10 @@ def channel_options(attempts: int, tls_domain: Optional[str]) -> List[Tuple[str,
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.enable_retries", 1 if attempts > 1 else 0),
-        ("grpc.service_config", retry_policy(attempts)),
     ]
+    if attempts > 1:
+        # gRPC's retry policy takes 2 attempts at least.
+        options.append(("grpc.service_config", retry_policy(attempts)))
     if tls_domain:
         options.append(("grpc.ssl_target_name_override", tls_domain))
     return options

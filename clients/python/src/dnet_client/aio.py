@@ -47,7 +47,9 @@ class AsyncClient:
         """As `Client.classify`."""
         request = _calls.request(images, normalised, thresholds)
         try:
-            reply = await self._stub.Compute(request, timeout=timeout or self.timeout, metadata=_calls.with_trace_context(metadata))
+            reply = await self._stub.Compute(
+                request, timeout=_calls.deadline(timeout, self.timeout), metadata=_calls.with_trace_context(metadata)
+            )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return _calls.answers(reply)
@@ -55,7 +57,9 @@ class AsyncClient:
     async def qstatus(self, *, timeout: Optional[float] = None) -> Tuple[int, int]:
         """As `Client.qstatus`."""
         try:
-            reply = await self._stub.Qstatus(QstatusMessage_pb2.QstatusRequest(), timeout=timeout or self.timeout)
+            reply = await self._stub.Qstatus(
+                QstatusMessage_pb2.QstatusRequest(), timeout=_calls.deadline(timeout, self.timeout)
+            )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return reply.qlength, reply.consumer

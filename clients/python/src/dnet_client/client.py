@@ -20,8 +20,9 @@ class Client:
     unit) at `address` ("host:port").
 
     - `timeout`: each call's deadline in seconds (None: the unit's own);
-    - `attempts`: tries of a call the unit could not take (UNAVAILABLE), with
-      gRPC's exponential backoff, within the deadline (1 to 5; 1: no retry);
+    - `attempts`: tries of a call answered UNAVAILABLE, with gRPC's
+      exponential backoff and retry throttling, within the deadline (1 to 5;
+      1: no retry);
     - `tls_ca`, `tls_cert`, `tls_key`, `tls_domain`: TLS as the units'
       `--tls-*` flags configure it (PEM files; the name to verify).
 
@@ -59,7 +60,9 @@ class Client:
         join the caller's trace. Raises a `DNetError` subclass."""
         request = _calls.request(images, normalised, thresholds)
         try:
-            reply = self._stub.Compute(request, timeout=timeout or self.timeout, metadata=_calls.with_trace_context(metadata))
+            reply = self._stub.Compute(
+                request, timeout=_calls.deadline(timeout, self.timeout), metadata=_calls.with_trace_context(metadata)
+            )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return _calls.answers(reply)
@@ -67,7 +70,7 @@ class Client:
     def qstatus(self, *, timeout: Optional[float] = None) -> Tuple[int, int]:
         """(messages waiting in the unit's queue, its computation units)."""
         try:
-            reply = self._stub.Qstatus(QstatusMessage_pb2.QstatusRequest(), timeout=timeout or self.timeout)
+            reply = self._stub.Qstatus(QstatusMessage_pb2.QstatusRequest(), timeout=_calls.deadline(timeout, self.timeout))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return reply.qlength, reply.consumer

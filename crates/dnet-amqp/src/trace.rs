@@ -6,10 +6,13 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use tracing::Span;
 
-/// `properties` with `span`'s trace context in its headers.
+/// `properties` with the current span's trace context in its headers.
 #[must_use]
-pub fn with_trace_context(properties: BasicProperties, span: &Span) -> BasicProperties {
-    let context = dnet_common::traces::headers_of(span);
+pub fn with_trace_context(properties: BasicProperties) -> BasicProperties {
+    if !dnet_common::traces::enabled() {
+        return properties;
+    }
+    let context = dnet_common::traces::headers_of(&Span::current());
     if context.is_empty() {
         return properties;
     }
@@ -35,8 +38,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nothing_is_added_without_a_span_and_headers_read_back() {
-        let properties = with_trace_context(BasicProperties::default(), &Span::none());
+    fn nothing_is_added_with_traces_off_and_headers_read_back() {
+        let properties = with_trace_context(BasicProperties::default());
         assert!(properties.headers().is_none());
         let mut headers = FieldTable::default();
         headers.insert("traceparent".into(), AMQPValue::LongString("00-ab-cd-01".into()));

@@ -54,27 +54,35 @@ pub fn init(observability: &ObservabilityArgs, service: &str) -> anyhow::Result<
     let format = observability.log_format;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
+    let ansi = colour(format, std::io::stderr().is_terminal(), no_color);
+    // An empty value (a compose file's `${OTEL_EXPORTER_OTLP_ENDPOINT:-}`) is unset.
+    let Some(endpoint) = observability.otlp_endpoint.as_deref().filter(|e| !e.trim().is_empty()) else {
+        // Without traces, the plain subscriber with a global filter: a
+        // disabled log callsite costs nothing (its interest is cached).
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr);
+        match format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().flatten_event(true).init(),
+        }
+        return Ok(None);
+    };
     let lines = tracing_subscriber::fmt::layer()
-        .with_ansi(colour(format, std::io::stderr().is_terminal(), no_color))
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
+    // The log filter for log lines only: the span layer takes DNet's spans
+    // whatever RUST_LOG says of log lines.
     let lines: Box<dyn Layer<Registry> + Send + Sync> = match format {
         LogFormat::Text => lines.with_filter(filter).boxed(),
         LogFormat::Json => lines.json().flatten_event(true).with_filter(filter).boxed(),
     };
-    // An empty value (a compose file's `${OTEL_EXPORTER_OTLP_ENDPOINT:-}`) is unset.
-    let endpoint = observability.otlp_endpoint.as_deref().filter(|e| !e.trim().is_empty());
-    let (spans, exporting) = match endpoint {
-        Some(endpoint) => {
-            let (tracer, exporting) = traces::start(endpoint, service)?;
-            // Only DNet's own spans, whatever RUST_LOG says of log lines.
-            let ours = filter_fn(|metadata| metadata.is_span() && metadata.name().starts_with("dnet."));
-            let layer = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(ours);
-            (Some(layer), Some(exporting))
-        }
-        None => (None, None),
-    };
+    let (tracer, exporting) = traces::start(endpoint, service)?;
+    let ours = filter_fn(|metadata| metadata.is_span() && metadata.name().starts_with("dnet."));
+    let spans = tracing_opentelemetry::layer().with_tracer(tracer).with_filter(ours);
     tracing_subscriber::registry().with(lines).with(spans).init();
-    Ok(exporting)
+    Ok(Some(exporting))
 }
 
 /// Whether log lines carry ANSI colour codes: only text lines to a terminal,

@@ -98,9 +98,11 @@ impl NextUnit {
             );
         }
         // The call goes on in this unit's trace (when traces are on).
-        for (name, value) in dnet_common::traces::headers_of(&tracing::Span::current()) {
-            if let Ok(value) = value.parse() {
-                request.metadata_mut().insert(name, value);
+        if dnet_common::traces::enabled() {
+            for (name, value) in dnet_common::traces::headers_of(&tracing::Span::current()) {
+                if let Ok(value) = value.parse() {
+                    request.metadata_mut().insert(name, value);
+                }
             }
         }
         let mut client = self.client.clone();

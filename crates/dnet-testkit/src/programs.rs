@@ -137,6 +137,26 @@ impl TransmissionUnit {
         Ok(unit)
     }
 
+    /// [`TransmissionUnit::start`] of another build of the program: `program`
+    /// names a file beside the kit's binaries (e.g. a previous release's
+    /// transmission unit, for a benchmark comparing builds in one run).
+    ///
+    /// # Errors
+    /// It does not start, or is not ready in time.
+    pub async fn start_build(
+        program: &str,
+        broker: &Broker,
+        queue: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<TransmissionUnit> {
+        let broker_flags = [("-a", broker.uri.clone()), ("-q", queue.to_owned())];
+        let mut unit = TransmissionUnit::spawn(program, &[], "tu", &broker_flags, extra, None).await?;
+        unit.process
+            .wait_for_event("ready: publishing to the computation queue", READY_WITHIN)
+            .await?;
+        Ok(unit)
+    }
+
     /// Starts a unit and waits only until it serves gRPC (its broker may be unreachable).
     ///
     /// # Errors

@@ -21,7 +21,7 @@ use common::{success, Behaviour, Worker};
 use dnet_common::http2;
 use dnet_proto::{ComputationRequest, DNetClient};
 use dnet_testkit::otlp::OtlpReceiver;
-use dnet_testkit::stats::{closed_loop_repeats, Summary};
+use dnet_testkit::stats::{closed_loop, closed_loop_repeats, Run, Summary};
 use dnet_testkit::{Broker, TestQueue, TransmissionUnit};
 use prost::Message;
 use safetensors::tensor::{Dtype, TensorView};
@@ -42,6 +42,16 @@ struct Stats {
     p50_ms: Summary,
     p99_ms: Summary,
     rps: Summary,
+}
+
+/// The median (range) of each statistic of `runs`.
+fn stats_of(runs: &[Run]) -> Stats {
+    let of = |f: fn(&Run) -> f64| Summary::of(&runs.iter().map(f).collect::<Vec<_>>());
+    Stats {
+        p50_ms: of(|r| r.p50_ms),
+        p99_ms: of(|r| r.p99_ms),
+        rps: of(|r| r.per_second),
+    }
 }
 
 /// Runs `call` from `concurrency` closed-loop callers, REPEATS times.
@@ -142,7 +152,11 @@ async fn main() {
         }
     }
 
-    let traces_rows = traces_on_and_off(&broker, queue.name(), &client).await;
+    let traces_rows = traces_on_and_off(&broker, queue.name()).await;
+    let baseline_rows = match std::env::var("DNET_HOP_BASELINE") {
+        Ok(program) => against_baseline(&program, &broker, queue.name()).await,
+        Err(_) => Vec::new(),
+    };
     drop(unit);
     bare.close().await;
     worker.stop().await;
@@ -200,9 +214,9 @@ async fn main() {
     );
     let section = format!(
         "{section}\n### Traces on and off (one transmission-unit hop, 12 KB)\n\n\
-         The hop above, and the same with a second transmission unit exporting its spans \
-         (`--otlp-endpoint`, to an OTLP receiver in this process), on the same queue and worker, measured in turn \
-         in this run. With traces off no span is created (one relaxed atomic load per call). Each cell the median \
+         Two fresh transmission units on the same queue and worker, one exporting its spans \
+         (`--otlp-endpoint`, to an OTLP receiver in this process), measured in turn, repeat by repeat (which goes first alternating), in this \
+         run. With traces off no span is created (one relaxed atomic load per call). Each cell the median \
          of {REPEATS} runs of {} s after {} ms warm-up (range).\n\n\
          | concurrency | off p50 ms | off req/s | on p50 ms | on req/s | p50 ratio on/off | req/s ratio on/off |\n\
          |---|---|---|---|---|---|---|\n{}\n",
@@ -210,6 +224,19 @@ async fn main() {
         WARMUP.as_millis(),
         traces_rows.join("\n")
     );
+    let section = if baseline_rows.is_empty() {
+        section
+    } else {
+        format!(
+            "{section}\n### This build against a baseline build (traces off, 12 KB)\n\n\
+             Two fresh transmission units, this build's and `{}` (another build, beside the binaries; \
+             `DNET_HOP_BASELINE`), on the same queue and worker, measured in turn, repeat by repeat (which goes first alternating), in this run.\n\n\
+             | concurrency | baseline p50 ms | baseline req/s | this build p50 ms | this build req/s | p50 ratio this/baseline | req/s ratio this/baseline |\n\
+             |---|---|---|---|---|---|---|\n{}\n",
+            std::env::var("DNET_HOP_BASELINE").unwrap_or_default(),
+            baseline_rows.join("\n")
+        )
+    };
     let out = std::env::var("DNET_BENCH_OUT").unwrap_or_else(|_| "bench-out/transmission-unit.md".to_owned());
     if let Some(parent) = std::path::Path::new(&out).parent() {
         std::fs::create_dir_all(parent).expect("output folder");
@@ -220,19 +247,28 @@ async fn main() {
 
 /// The hop at 12 KB from `client` (traces off) and from a unit exporting
 /// its spans, in turn, on the same queue: one row per concurrency.
-async fn traces_on_and_off(
-    broker: &Broker,
-    queue: &str,
-    client: &DNetClient<tonic::transport::Channel>,
-) -> Vec<String> {
+async fn traces_on_and_off(broker: &Broker, queue: &str) -> Vec<String> {
+    let plain = TransmissionUnit::start(broker, queue, &[])
+        .await
+        .expect("the release transmission unit starts");
+    let client = client_of(&plain).await;
     let receiver = OtlpReceiver::start().await.expect("an OTLP receiver");
     let traced = TransmissionUnit::start(broker, queue, &["--otlp-endpoint", &receiver.endpoint()])
         .await
         .expect("the release transmission unit starts with traces on");
-    let traced_client = DNetClient::connect(format!("http://{}", traced.address))
-        .await
-        .expect("connect")
-        .max_decoding_message_size(64 << 20);
+    let traced_client = client_of(&traced).await;
+    let rows = compare(&client, &traced_client, "traces on").await;
+    eprintln!("{} spans received", receiver.spans().len());
+    rows
+}
+
+/// The 12 KB hop through `ours` and through `other`, measured in turn at
+/// each concurrency: rows of (ours, other, other/ours for p50, req/s).
+async fn compare(
+    ours: &DNetClient<tonic::transport::Channel>,
+    other: &DNetClient<tonic::transport::Channel>,
+    label: &str,
+) -> Vec<String> {
     let request = ComputationRequest {
         start_layer: 0,
         x: vec![7; SIZES[0].1].into(),
@@ -248,25 +284,59 @@ async fn traces_on_and_off(
     };
     let mut rows = Vec::new();
     for concurrency in CONCURRENCY {
-        let off = measure(concurrency, hop(client.clone(), request.clone())).await;
-        let on = measure(concurrency, hop(traced_client.clone(), request.clone())).await;
+        // Repeat by repeat, one side then the other, the order swapped each
+        // time: a drift of the machine, or an advantage of going first or
+        // second, falls on both alike.
+        let (mut firsts, mut seconds) = (Vec::new(), Vec::new());
+        for repeat in 0..REPEATS {
+            let run = |client: &DNetClient<tonic::transport::Channel>| {
+                closed_loop(concurrency, WARMUP, MEASURE, hop(client.clone(), request.clone()))
+            };
+            if repeat % 2 == 0 {
+                firsts.push(run(ours).await);
+                seconds.push(run(other).await);
+            } else {
+                seconds.push(run(other).await);
+                firsts.push(run(ours).await);
+            }
+        }
+        let (first, second) = (stats_of(&firsts), stats_of(&seconds));
         eprintln!(
-            "traces c={concurrency}: off p50 {:.3} ms, on p50 {:.3} ms ({} spans received)",
-            off.p50_ms,
-            on.p50_ms,
-            receiver.spans().len()
+            "{label} c={concurrency}: this p50 {:.3} ms, {label} p50 {:.3} ms",
+            first.p50_ms, second.p50_ms
         );
         rows.push(format!(
             "| {concurrency} | {:.3} | {:.0} | {:.3} | {:.0} | {:.2} | {:.2} |",
-            off.p50_ms,
-            off.rps,
-            on.p50_ms,
-            on.rps,
-            on.p50_ms.median / off.p50_ms.median,
-            on.rps.median / off.rps.median,
+            first.p50_ms,
+            first.rps,
+            second.p50_ms,
+            second.rps,
+            second.p50_ms.median / first.p50_ms.median,
+            second.rps.median / first.rps.median,
         ));
     }
     rows
+}
+
+/// The hop at 12 KB from `client` (this build) and from `program` (another
+/// build of the transmission unit), in turn, on the same queue.
+async fn against_baseline(program: &str, broker: &Broker, queue: &str) -> Vec<String> {
+    let baseline = TransmissionUnit::start_build(program, broker, queue, &[])
+        .await
+        .expect("the baseline transmission unit starts");
+    let this = TransmissionUnit::start(broker, queue, &[])
+        .await
+        .expect("the release transmission unit starts");
+    // Rows read baseline, then this build: the ratios are this/baseline.
+    compare(&client_of(&baseline).await, &client_of(&this).await, "this build").await
+}
+
+/// A client of `unit`, taking its largest replies.
+async fn client_of(unit: &TransmissionUnit) -> DNetClient<tonic::transport::Channel> {
+    DNetClient::connect(format!("http://{}", unit.address))
+        .await
+        .expect("connect")
+        .max_decoding_message_size(64 << 20)
 }
 
 /// A safetensors `x` of zeros shaped `shape` (valid input for its boundary).

@@ -223,7 +223,7 @@ impl QueueClient {
                     .with_correlation_id(correlation_id.as_str().into())
                     .with_reply_to(session.reply_to.clone());
                 let properties = with_attempts(with_deadline(properties, compute_by.into_std()), attempts);
-                let properties = with_trace_context(properties, &tracing::Span::current());
+                let properties = with_trace_context(properties);
                 match self.publish(&session, body, properties).await {
                     Ok(()) => break,
                     // A nack means the queue did not take the message (a

@@ -327,7 +327,16 @@ async fn poison(broker: &Broker, duration: Duration) -> anyhow::Result<Row> {
         }
     };
     let ((tally, answer), deaths) = tokio::join!(work, restarts);
-    let (tally, answer, deaths) = (tally?, answer?, deaths?);
+    let (tally, answer, mut deaths) = (tally?, answer?, deaths?);
+    // The last death may come after the loop's last look (the poison answer
+    // follows it by a redelivery): restart that worker too, as the loop would.
+    for slot in &mut workers {
+        if slot.process.exited().is_some() {
+            deaths += 1;
+            replaced_logs.push(slot.process.log());
+            *slot = start().await?;
+        }
+    }
     let poisoned_answer = describe(answer);
     let poisoned_total = counters::total("dnet_worker_poisoned_total", workers.iter().map(|w| w.metrics())).await?;
     let note = format!(

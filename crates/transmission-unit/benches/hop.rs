@@ -77,10 +77,7 @@ async fn main() {
     let unit = TransmissionUnit::start(&broker, queue.name(), &[])
         .await
         .expect("the release transmission unit starts");
-    let client = DNetClient::connect(format!("http://{}", unit.address))
-        .await
-        .expect("connect")
-        .max_decoding_message_size(64 << 20);
+    let client = client_of(&unit).await;
 
     let bare = QueueClient::start(QueueSettings {
         uris: vec![broker.uri.clone()],
